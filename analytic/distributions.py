@@ -1,0 +1,229 @@
+"""Distributions of the workload: think times, turns per conversation, tokens per turn.
+
+Each is a small frozen dataclass that the simulator samples and the models integrate. Sampling
+uses numpy ``Generator`` methods directly (a scipy ``rvs`` call costs ~20 µs, too much per
+conversation); CDFs and partial expectations come from ``scipy.stats`` where it has them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from scipy import integrate, stats
+
+THINK_KINDS = ("exp", "det", "lognormal", "gamma", "empirical")
+TURN_KINDS = ("fixed", "geometric", "empirical")
+TOKEN_KINDS = ("fixed", "lognormal", "empirical")
+
+# A geometric pmf is cut where its tail mass drops below this; the models sum over the support.
+GEOMETRIC_TAIL = 1e-12
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number (got {value!r})")
+
+
+def _kind(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def _lognormal_params(mean: float, cv: float) -> tuple[float, float]:
+    """(mu, sigma) of the underlying normal for a lognormal with this mean and CV."""
+    sigma2 = math.log1p(cv * cv)
+    return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)
+
+
+@dataclass(frozen=True)
+class ThinkTime:
+    """Gap between a response and the conversation's next request (seconds).
+
+    ``kind`` is one of exp, det, lognormal, gamma (given ``mean`` and coefficient of variation
+    ``cv``) or empirical (``samples``; ``mean`` is then ignored and taken from the samples).
+    """
+
+    kind: str = "exp"
+    mean: float = 30.0
+    cv: float = 1.0
+    samples: tuple[float, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        _kind("think-dist", self.kind, THINK_KINDS)
+        if self.kind == "empirical":
+            if not self.samples or any(not math.isfinite(s) or s < 0 for s in self.samples):
+                raise ValueError("think-time samples must be a non-empty list of numbers >= 0")
+            object.__setattr__(self, "mean", float(np.mean(self.samples)))
+            object.__setattr__(self, "cv", float(np.std(self.samples) / self.mean) if self.mean else 0.0)
+            return
+        _positive("think-time", self.mean)
+        if self.kind in ("lognormal", "gamma"):
+            _positive("think-cv", self.cv)
+        elif self.kind == "exp":
+            object.__setattr__(self, "cv", 1.0)
+        else:
+            object.__setattr__(self, "cv", 0.0)
+
+    @cached_property
+    def scipy(self):
+        """The frozen ``scipy.stats`` distribution (None for det and empirical)."""
+        if self.kind == "exp":
+            return stats.expon(scale=self.mean)
+        if self.kind == "gamma":
+            shape = 1.0 / self.cv**2
+            return stats.gamma(shape, scale=self.mean / shape)
+        if self.kind == "lognormal":
+            mu, sigma = _lognormal_params(self.mean, self.cv)
+            return stats.lognorm(sigma, scale=math.exp(mu))
+        return None
+
+    @cached_property
+    def _sorted(self) -> np.ndarray:
+        return np.sort(np.asarray(self.samples, dtype=float))
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        if self.kind == "exp":
+            return rng.exponential(self.mean, size)
+        if self.kind == "gamma":
+            shape = 1.0 / self.cv**2
+            return rng.gamma(shape, self.mean / shape, size)
+        if self.kind == "lognormal":
+            mu, sigma = _lognormal_params(self.mean, self.cv)
+            return rng.lognormal(mu, sigma, size)
+        if self.kind == "det":
+            return np.full(size, self.mean)
+        return rng.choice(self._sorted, size)
+
+    def cdf(self, x):
+        """P(G <= x)."""
+        if self.kind == "det":
+            return np.where(np.asarray(x) >= self.mean, 1.0, 0.0)
+        if self.kind == "empirical":
+            return np.searchsorted(self._sorted, x, side="right") / len(self._sorted)
+        return self.scipy.cdf(x)
+
+    def limited_mean(self, t: float) -> float:
+        """m(t) = E[min(G, t)] = integral_0^t (1 - F(x)) dx (DESIGN.md §5)."""
+        if t <= 0:
+            return 0.0
+        if self.kind == "exp":
+            return self.mean * -math.expm1(-t / self.mean)
+        if self.kind == "det":
+            return min(self.mean, t)
+        if self.kind == "empirical":
+            return float(np.minimum(self._sorted, t).mean())
+        if self.kind == "gamma":
+            shape = 1.0 / self.cv**2
+            scale = self.mean / shape
+            # E[G; G <= t] = mean * F_{shape+1}(t): the size-biased gamma is gamma(shape+1).
+            return float(self.mean * stats.gamma.cdf(t, shape + 1, scale=scale) + t * self.scipy.sf(t))
+        mu, sigma = _lognormal_params(self.mean, self.cv)
+        # E[G; G <= t] = mean * Phi((ln t - mu - sigma^2) / sigma) for the lognormal.
+        below = self.mean * stats.norm.cdf((math.log(t) - mu - sigma * sigma) / sigma)
+        return float(below + t * self.scipy.sf(t))
+
+    def limited_mean_numeric(self, t: float) -> float:
+        """m(t) by quadrature of the survival function; the closed forms are checked against it."""
+        return integrate.quad(lambda x: 1.0 - float(self.cdf(x)), 0.0, t, limit=200)[0]
+
+
+@dataclass(frozen=True)
+class TurnCount:
+    """Turns (requests) per conversation: fixed, geometric with a given mean, or an empirical pmf.
+
+    ``pmf`` for empirical is a tuple of (turns, probability) pairs.
+    """
+
+    kind: str = "fixed"
+    mean: float = 5.0
+    pmf_pairs: tuple[tuple[int, float], ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        _kind("turns-dist", self.kind, TURN_KINDS)
+        if self.kind == "empirical":
+            values = [v for v, _ in self.pmf_pairs]
+            probs = [p for _, p in self.pmf_pairs]
+            if not values or any(int(v) != v or v < 1 for v in values) or any(p < 0 for p in probs):
+                raise ValueError("turns pmf must list whole turn counts >= 1 with probabilities >= 0")
+            total = sum(probs)
+            if not math.isclose(total, 1.0, rel_tol=1e-6):
+                raise ValueError(f"turns pmf probabilities must sum to 1 (got {total})")
+            object.__setattr__(self, "mean", float(sum(v * p for v, p in self.pmf_pairs)))
+            return
+        if self.kind == "fixed":
+            if not (isinstance(self.mean, (int, float)) and self.mean >= 1 and int(self.mean) == self.mean):
+                raise ValueError(f"turns must be a whole number >= 1 for fixed turns (got {self.mean!r})")
+        elif not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean) and self.mean >= 1):
+            raise ValueError(f"turns must be a number >= 1 (got {self.mean!r})")
+
+    @property
+    def continuation(self) -> float:
+        """q, the probability of one more turn, for the geometric kind."""
+        return 1.0 - 1.0 / self.mean
+
+    @cached_property
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        """(turn counts, probabilities); the geometric tail below GEOMETRIC_TAIL is cut off."""
+        if self.kind == "fixed":
+            return np.array([int(self.mean)]), np.array([1.0])
+        if self.kind == "empirical":
+            values = np.array([int(v) for v, _ in self.pmf_pairs])
+            probs = np.array([float(p) for _, p in self.pmf_pairs])
+            keep = probs > 0
+            return values[keep], probs[keep] / probs[keep].sum()
+        q = self.continuation
+        if q == 0:
+            return np.array([1]), np.array([1.0])
+        n = int(math.ceil(math.log(GEOMETRIC_TAIL) / math.log(q))) + 1
+        values = np.arange(1, n + 1)
+        return values, stats.geom.pmf(values, 1.0 - q)
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        if self.kind == "fixed":
+            return np.full(size, int(self.mean))
+        if self.kind == "geometric":
+            return rng.geometric(1.0 - self.continuation, size)
+        values, probs = self.support
+        return rng.choice(values, size, p=probs)
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """Tokens of one user message or one response: fixed, lognormal (mean, cv) or empirical."""
+
+    kind: str = "fixed"
+    mean: float = 200
+    cv: float = 0.0
+    samples: tuple[int, ...] = field(default=(), repr=False)
+    name: str = "tokens"
+
+    def __post_init__(self) -> None:
+        _kind(f"{self.name}-dist", self.kind, TOKEN_KINDS)
+        if self.kind == "empirical":
+            if not self.samples or any(int(s) != s or s < 0 for s in self.samples):
+                raise ValueError(f"{self.name} samples must be whole numbers >= 0")
+            object.__setattr__(self, "mean", float(np.mean(self.samples)))
+            return
+        if not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean) and self.mean >= 0):
+            raise ValueError(f"{self.name} must be a number >= 0 (got {self.mean!r})")
+        if self.kind == "fixed":
+            if int(self.mean) != self.mean:
+                raise ValueError(f"{self.name} must be a whole number (got {self.mean!r})")
+        else:
+            _positive(f"{self.name}-cv", self.cv)
+            _positive(self.name, self.mean)
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.kind == "fixed"
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        if self.kind == "fixed":
+            return np.full(size, int(self.mean), dtype=np.int64)
+        if self.kind == "lognormal":
+            mu, sigma = _lognormal_params(self.mean, self.cv)
+            return np.rint(rng.lognormal(mu, sigma, size)).astype(np.int64)
+        return rng.choice(np.asarray(self.samples, dtype=np.int64), size)

@@ -1,0 +1,113 @@
+"""KV bytes per token and cache capacity from GPU memory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from analytic.specs import DEFAULT_BLOCK_SIZE, DTYPE_BYTES, Hardware, ModelSpec, check_dtype, check_positive
+
+GIB = 1024**3
+
+
+def bytes_per_token(model: ModelSpec, kv_dtype: str = "bf16") -> float:
+    """KV bytes one token takes when every layer caches every token (no sliding window).
+
+    Full attention: 2 (K and V) x layers x kv_heads x head_dim x dtype bytes.
+    MLA: layers x (kv_lora_rank + qk_rope_head_dim) x dtype bytes (the latent and the rope key).
+    """
+    check_dtype("kv-dtype", kv_dtype)
+    if model.is_mla:
+        return model.layers * (model.kv_lora_rank + model.qk_rope_head_dim) * DTYPE_BYTES[kv_dtype]
+    return 2 * model.layers * model.kv_heads * model.head_dim * DTYPE_BYTES[kv_dtype]
+
+
+def bytes_for_sequence(model: ModelSpec, tokens: int, kv_dtype: str = "bf16") -> float:
+    """Exact KV bytes of one sequence of ``tokens`` tokens: sliding layers keep only their window."""
+    check_positive("tokens", tokens, integer=True, allow_zero=True)
+    per_layer = bytes_per_token(model, kv_dtype) / model.layers
+    full_layers = model.layers - model.sliding_layers
+    return per_layer * (full_layers * tokens + model.sliding_layers * min(tokens, model.sliding_window))
+
+
+def weights_bytes(params_b: float, weight_dtype: str = "bf16") -> float:
+    check_dtype("weight-dtype", weight_dtype)
+    check_positive("params-b", params_b)
+    return params_b * 1e9 * DTYPE_BYTES[weight_dtype]
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """How much KV cache a deployment has, and how it was obtained."""
+
+    bytes_per_token: float
+    capacity_tokens: int
+    capacity_blocks: int
+    block_size: int
+    kv_cache_gib: float
+    source: str  # "gpu-memory", "capacity-tokens" or "capacity-gib"
+    gpu_memory_gib: float | None = None  # total over the GPUs
+    usable_gib: float | None = None  # after the memory-utilisation fraction
+    weights_gib: float | None = None
+    activation_reserve_gib: float | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _from_tokens(bpt: float, tokens: int, block_size: int, source: str, **extra) -> Capacity:
+    blocks = tokens // block_size
+    return Capacity(bpt, tokens, blocks, block_size, tokens * bpt / GIB, source, **extra)
+
+
+def capacity_from_memory(
+    model: ModelSpec,
+    hardware: Hardware,
+    kv_dtype: str = "bf16",
+    weight_dtype: str = "bf16",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    model_size_gib: float | None = None,
+) -> Capacity:
+    """GPU memory x GPUs x utilisation - weights - activation reserve -> KV bytes -> tokens -> blocks.
+
+    Weights are ``model_size_gib`` when given, else parameters x weight-dtype bytes.
+    """
+    check_positive("block-size", block_size, integer=True)
+    if model_size_gib is not None:
+        check_positive("model-size-gb", model_size_gib)
+        weights = model_size_gib * GIB
+    elif model.params_b is None:
+        raise ValueError("params-b or model-size-gb is required to size the cache from GPU memory")
+    else:
+        weights = weights_bytes(model.params_b, weight_dtype)
+    bpt = bytes_per_token(model, kv_dtype)
+    total = hardware.gpu_memory_gib * hardware.gpus * GIB
+    usable = total * hardware.memory_utilization
+    reserve = hardware.activation_reserve_gib * GIB
+    kv_bytes = usable - weights - reserve
+    if kv_bytes <= 0:
+        raise ValueError(
+            f"gpu-memory-gb: {usable / GIB:.1f} GiB usable ({hardware.gpus} x {hardware.gpu_memory_gib} GiB x "
+            f"{hardware.memory_utilization}) does not hold the weights ({weights / GIB:.1f} GiB) and the "
+            f"activation reserve ({hardware.activation_reserve_gib} GiB); use more or larger GPUs"
+        )
+    return _from_tokens(
+        bpt, int(kv_bytes // bpt), block_size, "gpu-memory",
+        gpu_memory_gib=total / GIB, usable_gib=usable / GIB, weights_gib=weights / GIB,
+        activation_reserve_gib=hardware.activation_reserve_gib,
+    )
+
+
+def capacity_from_tokens(model: ModelSpec, tokens: int, kv_dtype: str = "bf16",
+                         block_size: int = DEFAULT_BLOCK_SIZE) -> Capacity:
+    check_positive("capacity-tokens", tokens, integer=True)
+    check_positive("block-size", block_size, integer=True)
+    return _from_tokens(bytes_per_token(model, kv_dtype), int(tokens), block_size, "capacity-tokens")
+
+
+def capacity_from_gib(model: ModelSpec, gib: float, kv_dtype: str = "bf16",
+                      block_size: int = DEFAULT_BLOCK_SIZE) -> Capacity:
+    check_positive("capacity-gib", gib)
+    check_positive("block-size", block_size, integer=True)
+    bpt = bytes_per_token(model, kv_dtype)
+    return _from_tokens(bpt, int(math.floor(gib * GIB / bpt)), block_size, "capacity-gib")

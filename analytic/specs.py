@@ -1,0 +1,136 @@
+"""Frozen, validated specs shared by the models and the simulator: model, hardware, workload.
+
+A bad value raises ``ValueError`` naming the field (as its CLI flag) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from analytic.distributions import ThinkTime, TokenCount, TurnCount
+
+# Bytes per element of each KV-cache / weight dtype; int4 packs two values per byte.
+DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+
+DEFAULT_BLOCK_SIZE = 16  # vLLM's default block size (tokens per KV block)
+DEFAULT_MEMORY_UTILIZATION = 0.9  # vLLM's --gpu-memory-utilization default
+# Peak activation memory that vLLM's profiling run sets aside (forward pass at
+# max_num_batched_tokens, sampler, CUDA graphs). It is typically 1-3 GiB for 7-70B models at
+# vLLM's default batch-token budgets; 2 GiB per deployment is our documented middle value.
+DEFAULT_ACTIVATION_RESERVE_GIB = 2.0
+
+
+def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if ok and integer:
+        ok = int(value) == value
+    if not ok:
+        what = "a whole number" if integer else "a number"
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {what} {bound} (got {value!r})")
+
+
+def check_dtype(name: str, value: str) -> None:
+    if value not in DTYPE_BYTES:
+        raise ValueError(f"{name} must be one of {', '.join(DTYPE_BYTES)} (got {value!r})")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Attention geometry and size of a model.
+
+    MLA models (DeepSeek-V3/R1) set ``kv_lora_rank`` and ``qk_rope_head_dim``: their cache holds
+    the compressed latent plus the rope key per layer, not per-head K and V. Sliding-window
+    models set ``sliding_window`` (tokens) and ``sliding_layers`` (how many layers use it).
+    """
+
+    name: str = "custom"
+    layers: int = 32
+    kv_heads: int = 8
+    head_dim: int = 128
+    params_b: float | None = None
+    kv_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    sliding_window: int = 0
+    sliding_layers: int = 0
+    max_context: int | None = None
+
+    def __post_init__(self) -> None:
+        check_positive("layers", self.layers, integer=True)
+        check_positive("kv-heads", self.kv_heads, integer=True)
+        check_positive("head-dim", self.head_dim, integer=True)
+        if self.params_b is not None:
+            check_positive("params-b", self.params_b)
+        check_positive("kv-lora-rank", self.kv_lora_rank, integer=True, allow_zero=True)
+        check_positive("qk-rope-head-dim", self.qk_rope_head_dim, integer=True, allow_zero=True)
+        check_positive("sliding-window", self.sliding_window, integer=True, allow_zero=True)
+        check_positive("sliding-layers", self.sliding_layers, integer=True, allow_zero=True)
+        if self.sliding_layers > self.layers:
+            raise ValueError(f"sliding-layers must be <= layers ({self.layers}) (got {self.sliding_layers})")
+        if bool(self.sliding_window) != bool(self.sliding_layers):
+            raise ValueError("sliding-window and sliding-layers must be given together")
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def attention(self) -> str:
+        if self.is_mla:
+            return "MLA"
+        if self.sliding_layers:
+            return f"sliding window {self.sliding_window} on {self.sliding_layers}/{self.layers} layers"
+        return "full attention (MHA/GQA/MQA)"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """GPU memory of one serving instance (tensor parallel over ``gpus``)."""
+
+    gpu_memory_gib: float = 80.0
+    gpus: int = 1
+    memory_utilization: float = DEFAULT_MEMORY_UTILIZATION
+    activation_reserve_gib: float = DEFAULT_ACTIVATION_RESERVE_GIB
+    gpu: str = "custom"
+
+    def __post_init__(self) -> None:
+        check_positive("gpu-memory-gb", self.gpu_memory_gib)
+        check_positive("gpus", self.gpus, integer=True)
+        if not (isinstance(self.memory_utilization, (int, float)) and 0 < self.memory_utilization <= 1):
+            raise ValueError(f"memory-utilization must be in (0, 1] (got {self.memory_utilization!r})")
+        check_positive("activation-reserve-gib", self.activation_reserve_gib, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Multi-turn conversations (DESIGN.md §2).
+
+    Conversations arrive as a Poisson process (``arrival_rate`` per second); each has ``turns``
+    requests; turn k sends ``input_tokens`` new tokens and receives ``output_tokens``; a think
+    time separates a response from the next request. ``system_prompt_tokens`` are shared by all
+    conversations and precede each one's context.
+    """
+
+    arrival_rate: float = 1.0
+    turns: TurnCount = field(default_factory=lambda: TurnCount("fixed", 5))
+    think_time: ThinkTime = field(default_factory=lambda: ThinkTime("exp", 30.0))
+    input_tokens: TokenCount = field(default_factory=lambda: TokenCount("fixed", 200, name="input-tokens"))
+    output_tokens: TokenCount = field(default_factory=lambda: TokenCount("fixed", 300, name="output-tokens"))
+    system_prompt_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive("arrival-rate", self.arrival_rate)
+        check_positive("system-prompt-tokens", self.system_prompt_tokens, integer=True, allow_zero=True)
+        if self.input_tokens.is_fixed and self.input_tokens.mean < 1 and self.system_prompt_tokens == 0:
+            raise ValueError("input-tokens must be >= 1 when there is no system prompt")
+
+    @property
+    def tokens_per_turn(self) -> float:
+        """Mean tokens a turn adds to the context (u + r): the seed model's sequence length."""
+        return self.input_tokens.mean + self.output_tokens.mean
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.arrival_rate * self.turns.mean

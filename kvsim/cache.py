@@ -1,0 +1,203 @@
+"""Block-level prefix cache (vLLM v1 automatic prefix caching).
+
+A request is served with ``cache.serve(keys, max_hit_blocks, alloc_blocks)``:
+
+* ``keys`` -- distinct keys of the full blocks the request leaves cached, head
+  first (``keys[j]`` is the block at depth ``j``);
+* ``max_hit_blocks`` -- the lookup considers ``keys[:max_hit_blocks]`` only
+  (vLLM computes at least one prompt token);
+* ``alloc_blocks`` -- blocks held while served, the partial last one included.
+
+The hit is the leading run of ``keys[:max_hit_blocks]`` that is cached. Every
+cached block of ``keys`` (hits and stale copies after a miss or beyond the cap)
+belongs to the request and is never evicted to make room for it; victims are
+evicted until ``alloc_blocks`` fit. Then the hits are touched, the other keys
+are (re)inserted and the partial block is freed. A request with more blocks
+than the whole cache is *oversized*: it leaves the cache untouched.
+
+:class:`PrefixCache` is the fast implementation behind an
+:class:`~kvsim.policies.EvictionPolicy`; :class:`ReferenceCache` is a
+deliberately naive oracle of the same semantics for tests.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Hashable, Sequence
+from typing import NamedTuple
+
+from kvsim.policies import POLICIES, EvictionPolicy, make_policy
+
+__all__ = ["PrefixCache", "ReferenceCache", "ServeResult"]
+
+
+class ServeResult(NamedTuple):
+    """Outcome of serving one request."""
+
+    hit_blocks: int
+    """Leading blocks found in the cache (0 if oversized)."""
+    evicted: int
+    """Blocks evicted to make room for this request."""
+    oversized: bool
+    """The request did not fit in the cache and left it unchanged."""
+
+
+_OVERSIZED = ServeResult(0, 0, True)
+
+
+def _check_capacity(capacity_blocks: object) -> int:
+    if (
+        not isinstance(capacity_blocks, numbers.Integral)
+        or isinstance(capacity_blocks, bool)
+        or capacity_blocks < 0
+    ):
+        raise ValueError(f"capacity_blocks must be an int >= 0 (got {capacity_blocks!r})")
+    return int(capacity_blocks)
+
+
+def _check_request(n_keys: int, max_hit_blocks: int, alloc_blocks: int) -> None:
+    if not 0 <= max_hit_blocks <= n_keys:
+        raise ValueError(
+            f"max_hit_blocks must be in [0, len(keys)] = [0, {n_keys}] (got {max_hit_blocks!r})"
+        )
+    if not alloc_blocks >= n_keys:
+        raise ValueError(f"alloc_blocks must be >= len(keys) = {n_keys} (got {alloc_blocks!r})")
+
+
+class PrefixCache:
+    """Prefix cache of ``capacity_blocks`` blocks evicting by ``policy``.
+
+    ``policy`` is a name from :data:`~kvsim.policies.POLICIES` (``"lru"``,
+    ``"fifo"``, ``"lfu"``) or a new, empty :class:`EvictionPolicy` that no
+    other cache uses. Counters: :attr:`requests` (every call of :meth:`serve`),
+    :attr:`oversized` and :attr:`evictions`.
+    """
+
+    def __init__(self, capacity_blocks: int, policy: str | EvictionPolicy) -> None:
+        self.capacity_blocks = _check_capacity(capacity_blocks)
+        if isinstance(policy, str):
+            policy = make_policy(policy)
+        elif not isinstance(policy, EvictionPolicy):
+            raise ValueError(
+                f"policy must be one of {', '.join(POLICIES)} or an EvictionPolicy (got {policy!r})"
+            )
+        elif len(policy):
+            raise ValueError(f"policy must be empty (got {len(policy)} cached blocks)")
+        self.policy: EvictionPolicy = policy
+        self.requests = 0
+        self.oversized = 0
+        self.evictions = 0
+        # Kept here rather than asked of the policy: a policy's own size is
+        # only meaningful between requests.
+        self._size = 0
+
+    def serve(
+        self, keys: Sequence[Hashable], max_hit_blocks: int, alloc_blocks: int
+    ) -> ServeResult:
+        """Serve one request and return its :class:`ServeResult`."""
+        n_keys = len(keys)
+        if not 0 <= max_hit_blocks <= n_keys <= alloc_blocks:
+            _check_request(n_keys, max_hit_blocks, alloc_blocks)
+        self.requests += 1
+        if alloc_blocks > self.capacity_blocks:
+            self.oversized += 1
+            return _OVERSIZED
+        policy = self.policy
+        hit, own = policy.acquire(keys, max_hit_blocks)
+        # The request's own cached blocks are already counted in _size.
+        evicted = alloc_blocks - own - (self.capacity_blocks - self._size)
+        if evicted > 0:
+            policy.evict(evicted)
+            self.evictions += evicted
+        else:
+            evicted = 0
+        policy.release(keys, hit)
+        self._size += n_keys - own - evicted
+        return ServeResult(hit, evicted, False)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.policy
+
+    def keys(self) -> set[Hashable]:
+        """Return the set of cached keys."""
+        return set(self.policy)
+
+    def __repr__(self) -> str:
+        return (
+            f"PrefixCache(capacity_blocks={self.capacity_blocks}, "
+            f"policy={self.policy.name!r}, cached={self._size})"
+        )
+
+
+class ReferenceCache:
+    """Naive oracle of :class:`PrefixCache`, independent of the policy classes.
+
+    Each cached key maps to its priority tuple; the victim is found by a
+    ``min()`` scan, O(cache size) per eviction. For tests only.
+    """
+
+    def __init__(self, capacity_blocks: int, policy: str) -> None:
+        self.capacity_blocks = _check_capacity(capacity_blocks)
+        name = policy.lower() if isinstance(policy, str) else None
+        if name not in ("lru", "fifo", "lfu"):
+            raise ValueError(f"policy must be one of lru, fifo, lfu (got {policy!r})")
+        self.policy_name = name
+        self.requests = 0
+        self.oversized = 0
+        self.evictions = 0
+        self._seq = 0
+        self._priority: dict[Hashable, tuple[int, ...]] = {}
+
+    def _touched(self, old: tuple[int, ...], seq: int, depth: int) -> tuple[int, ...]:
+        if self.policy_name == "lru":
+            return (seq, -depth)
+        if self.policy_name == "fifo":
+            return old
+        return (old[0] + 1, seq, -depth)
+
+    def _inserted(self, seq: int, depth: int) -> tuple[int, ...]:
+        if self.policy_name == "lfu":
+            return (1, seq, -depth)
+        return (seq, -depth)
+
+    def serve(
+        self, keys: Sequence[Hashable], max_hit_blocks: int, alloc_blocks: int
+    ) -> ServeResult:
+        """Serve one request and return its :class:`ServeResult`."""
+        _check_request(len(keys), max_hit_blocks, alloc_blocks)
+        self.requests += 1
+        if alloc_blocks > self.capacity_blocks:
+            self.oversized += 1
+            return ServeResult(0, 0, True)
+        self._seq += 1
+        priority = self._priority
+        hit = 0
+        while hit < max_hit_blocks and keys[hit] in priority:
+            hit += 1
+        mine = set(keys)
+        own = sum(1 for key in mine if key in priority)
+        evicted = 0
+        while self.capacity_blocks - len(priority) < alloc_blocks - own:
+            victim = min((k for k in priority if k not in mine), key=priority.__getitem__)
+            del priority[victim]
+            evicted += 1
+        self.evictions += evicted
+        for depth, key in enumerate(keys):
+            if depth < hit:
+                priority[key] = self._touched(priority[key], self._seq, depth)
+            else:
+                priority[key] = self._inserted(self._seq, depth)
+        return ServeResult(hit, evicted, False)
+
+    def __len__(self) -> int:
+        return len(self._priority)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._priority
+
+    def keys(self) -> set[Hashable]:
+        """Return the set of cached keys."""
+        return set(self._priority)

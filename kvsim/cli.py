@@ -1,0 +1,321 @@
+"""The ``kvsim`` command line: a thin layer over ``analytic`` and ``kvsim``.
+
+Bad input gets one line on stderr naming the flag and what is allowed, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from analytic import presets
+from analytic.calc import calculate, inputs_summary
+from analytic.distributions import THINK_KINDS, ThinkTime, TokenCount, TurnCount
+from analytic.sizing import (
+    bytes_per_token,
+    capacity_from_gib,
+    capacity_from_memory,
+    capacity_from_tokens,
+)
+from analytic.specs import (
+    DEFAULT_ACTIVATION_RESERVE_GIB,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_MEMORY_UTILIZATION,
+    DTYPE_BYTES,
+    Hardware,
+    ModelSpec,
+    Workload,
+)
+
+POLICY_NAMES = ("lru", "fifo", "lfu")
+DEFAULT_PRESET = "llama-3.1-8b"
+DEFAULT_GPU = "a100-40gb"
+
+
+class UsageError(Exception):
+    """Bad input from the command line: reported in one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message; one line is enough
+        raise UsageError(message)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", help=f"model preset (see `kvsim presets`; default {DEFAULT_PRESET} "
+                                    "when no --layers is given)")
+    g.add_argument("--layers", type=int)
+    g.add_argument("--kv-heads", type=int)
+    g.add_argument("--head-dim", type=int)
+    g.add_argument("--kv-lora-rank", type=int, help="MLA latent rank (DeepSeek-V3: 512)")
+    g.add_argument("--qk-rope-head-dim", type=int, help="MLA rope key dim (DeepSeek-V3: 64)")
+    g.add_argument("--sliding-window", type=int, help="tokens kept by sliding-window layers")
+    g.add_argument("--sliding-layers", type=int, help="how many layers use the sliding window")
+    g.add_argument("--params-b", type=float, help="parameters in billions (weights = params x weight dtype)")
+    g.add_argument("--model-size-gb", type=float, help="weights in GiB, instead of --params-b")
+    g.add_argument("--kv-dtype", default="bf16", choices=list(DTYPE_BYTES), metavar="DTYPE",
+                   help=f"KV cache dtype: {', '.join(DTYPE_BYTES)} (default bf16)")
+    g.add_argument("--weight-dtype", default="bf16", choices=list(DTYPE_BYTES), metavar="DTYPE",
+                   help="weight dtype (default bf16)")
+
+
+def add_memory_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("memory (GPU memory, or the cache capacity directly)")
+    g.add_argument("--gpu", help=f"GPU preset: {', '.join(presets.GPUS)} (default {DEFAULT_GPU})")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs per instance (tensor parallel; default 1)")
+    g.add_argument("--gpu-memory-gb", type=float, help="memory per GPU in GiB, instead of --gpu")
+    g.add_argument("--memory-utilization", type=float, default=DEFAULT_MEMORY_UTILIZATION,
+                   help=f"fraction of GPU memory the engine may use (default {DEFAULT_MEMORY_UTILIZATION}, as vLLM)")
+    g.add_argument("--activation-reserve-gib", type=float, default=DEFAULT_ACTIVATION_RESERVE_GIB,
+                   help=f"memory kept for activations (default {DEFAULT_ACTIVATION_RESERVE_GIB} GiB)")
+    g.add_argument("--capacity-tokens", type=int, help="KV cache capacity in tokens")
+    g.add_argument("--capacity-gib", type=float, help="KV cache capacity in GiB")
+    g.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE,
+                   help=f"tokens per KV block (default {DEFAULT_BLOCK_SIZE}, as vLLM)")
+
+
+def add_workload_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workload (multi-turn conversations)")
+    g.add_argument("--arrival-rate", type=float, default=1.0, help="new conversations per second (default 1)")
+    g.add_argument("--turns", type=float, default=5, help="turns per conversation, or their mean (default 5)")
+    g.add_argument("--turns-dist", default="fixed", choices=["fixed", "geometric"])
+    g.add_argument("--think-time", type=float, default=30.0, help="mean think time in s (default 30)")
+    g.add_argument("--think-dist", default="exp", choices=[k for k in THINK_KINDS if k != "empirical"])
+    g.add_argument("--think-cv", type=float, default=1.0, help="think-time CV for lognormal and gamma (default 1)")
+    g.add_argument("--input-tokens", type=int, default=200, help="new user tokens per turn (default 200)")
+    g.add_argument("--output-tokens", type=int, default=300, help="response tokens per turn (default 300)")
+    g.add_argument("--input-cv", type=float, default=0.0, help="CV of input tokens (> 0: lognormal; default fixed)")
+    g.add_argument("--output-cv", type=float, default=0.0, help="CV of output tokens (> 0: lognormal)")
+    g.add_argument("--tokens-per-turn", type=int,
+                   help="the original tool's sequence length: same as --input-tokens N --output-tokens 0")
+    g.add_argument("--system-prompt-tokens", type=int, default=0, help="system prompt shared by all (default 0)")
+
+
+def model_from_args(a) -> ModelSpec:
+    custom = [a.layers, a.kv_heads, a.head_dim]
+    if a.preset and any(v is not None for v in custom):
+        raise UsageError("--preset cannot be combined with --layers/--kv-heads/--head-dim")
+    if any(v is not None for v in custom):
+        if any(v is None for v in custom):
+            raise UsageError("--layers, --kv-heads and --head-dim must be given together")
+        return ModelSpec(
+            layers=a.layers, kv_heads=a.kv_heads, head_dim=a.head_dim, params_b=a.params_b,
+            kv_lora_rank=a.kv_lora_rank or 0, qk_rope_head_dim=a.qk_rope_head_dim or 0,
+            sliding_window=a.sliding_window or 0, sliding_layers=a.sliding_layers or 0,
+        )
+    model = presets.model(a.preset or DEFAULT_PRESET)
+    if a.params_b is not None:
+        model = ModelSpec(**{**model.__dict__, "params_b": a.params_b})
+    return model
+
+
+def model_size_gb(a, model: ModelSpec) -> float:
+    """Weights in GiB: given, or params x weight-dtype bytes (the original tool's convention)."""
+    if a.model_size_gb is not None:
+        return a.model_size_gb
+    if model.params_b is None:
+        raise UsageError("--params-b or --model-size-gb is required with a custom model")
+    return model.params_b * DTYPE_BYTES[a.weight_dtype]
+
+
+def capacity_from_args(a, model: ModelSpec):
+    direct = [x for x in ("capacity_tokens", "capacity_gib") if getattr(a, x) is not None]
+    if len(direct) > 1:
+        raise UsageError("give only one of --capacity-tokens and --capacity-gib")
+    if direct and (a.gpu or a.gpu_memory_gb is not None):
+        raise UsageError("give either GPU memory (--gpu/--gpu-memory-gb) or the capacity, not both")
+    if a.capacity_tokens is not None:
+        return capacity_from_tokens(model, a.capacity_tokens, a.kv_dtype, a.block_size)
+    if a.capacity_gib is not None:
+        return capacity_from_gib(model, a.capacity_gib, a.kv_dtype, a.block_size)
+    if a.gpu and a.gpu_memory_gb is not None:
+        raise UsageError("give either --gpu or --gpu-memory-gb, not both")
+    gib = a.gpu_memory_gb if a.gpu_memory_gb is not None else presets.gpu_memory_gib(a.gpu or DEFAULT_GPU)
+    hardware = Hardware(gib, a.gpus, a.memory_utilization, a.activation_reserve_gib,
+                        gpu=(a.gpu or DEFAULT_GPU) if a.gpu_memory_gb is None else "custom")
+    return capacity_from_memory(model, hardware, a.kv_dtype, a.weight_dtype, a.block_size,
+                                model_size_gib=a.model_size_gb)
+
+
+def _tokens(name: str, mean: int, cv: float) -> TokenCount:
+    if cv < 0:
+        raise UsageError(f"--{name}-cv must be >= 0 (got {cv})")
+    return TokenCount("lognormal", mean, cv, name=f"{name}-tokens") if cv > 0 else TokenCount(
+        "fixed", mean, name=f"{name}-tokens")
+
+
+def workload_from_args(a) -> Workload:
+    inp, out = a.input_tokens, a.output_tokens
+    if a.tokens_per_turn is not None:
+        inp, out = a.tokens_per_turn, 0
+    return Workload(
+        arrival_rate=a.arrival_rate,
+        turns=TurnCount(a.turns_dist, a.turns),
+        think_time=ThinkTime(a.think_dist, a.think_time, a.think_cv),
+        input_tokens=_tokens("input", inp, a.input_cv),
+        output_tokens=_tokens("output", out, a.output_cv),
+        system_prompt_tokens=a.system_prompt_tokens,
+    )
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def describe(model: ModelSpec, memory: dict, workload: Workload, kv_dtype: str) -> list[str]:
+    lines = [f"model     {model.name}: {model.attention}, KV {kv_dtype}: {memory['bytes_per_token']:,.0f} B/token"]
+    if memory["source"] == "gpu-memory":
+        lines.append(
+            f"memory    {memory['gpu_memory_gib']:.1f} GiB x {memory.get('usable_gib', 0) / memory['gpu_memory_gib']:.2f}"
+            f" - weights {memory['weights_gib']:.1f} GiB - activations {memory['activation_reserve_gib']:.1f} GiB"
+            f" = {memory['kv_cache_gib']:.1f} GiB of KV cache")
+    lines.append(f"capacity  {memory['capacity_tokens']:,} tokens = {memory['capacity_blocks']:,} blocks "
+                 f"of {memory['block_size']} tokens")
+    if "bytes_per_token_note" in memory:
+        lines.append(f"note      {memory['bytes_per_token_note']}")
+    w = workload
+    think = f"{w.think_time.kind} think {w.think_time.mean:g} s" + (
+        f" (cv {w.think_time.cv:g})" if w.think_time.kind in ("lognormal", "gamma") else "")
+    lines.append(f"workload  {w.arrival_rate:g} conversations/s, {w.turns.mean:g} turns ({w.turns.kind}), {think}, "
+                 f"{w.input_tokens.mean:g} in + {w.output_tokens.mean:g} out tokens/turn, "
+                 f"system prompt {w.system_prompt_tokens}")
+    return lines
+
+
+def cmd_calc(a) -> int:
+    model = model_from_args(a)
+    workload = workload_from_args(a)
+    capacity = capacity_from_args(a, model)
+    methods = ("seed",) if a.method == "all" else (a.method,)
+    result = calculate(model, capacity, workload, kv_dtype=a.kv_dtype,
+                       model_size_gb=model_size_gb(a, model), methods=methods)
+    record = {"inputs": inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype),
+              **result}
+    if a.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    print("\n".join(describe(model, result["memory"], workload, a.kv_dtype)))
+    print()
+    print(f"{'method':8} {'token_hit_rate':>15} {'request_hit_rate':>17}")
+    for name, m in result["methods"].items():
+        print(f"{name:8} {_fmt(m['token_hit_rate']):>15} {_fmt(m['request_hit_rate']):>17}")
+    if "seed" in result["methods"]:
+        print("\nseed model (the original calculator's outputs):")
+        for key, value in result["methods"]["seed"].items():
+            if key not in ("token_hit_rate", "request_hit_rate"):
+                print(f"  {key:26} {_fmt(value)}")
+    return 0
+
+
+def cmd_presets(a) -> int:
+    models = presets.models()
+    if a.json:
+        print(json.dumps({
+            "models": {n: {**m.__dict__, "bytes_per_token_bf16": bytes_per_token(m)} for n, m in models.items()},
+            "gpus": {n: {"memory_gib": g} for n, g in presets.GPUS.items()},
+        }, indent=2))
+        return 0
+    print(f"{'model':24} {'layers':>6} {'kv_heads':>8} {'head_dim':>8} {'params_b':>8} {'B/token bf16':>13}  attention")
+    for name, m in models.items():
+        print(f"{name:24} {m.layers:>6} {m.kv_heads:>8} {m.head_dim:>8} {m.params_b:>8g} "
+              f"{bytes_per_token(m):>13,.0f}  {m.attention}")
+    print(f"\n{'gpu':24} {'memory (GiB)':>12}")
+    for name, gib in presets.GPUS.items():
+        print(f"{name:24} {gib:>12g}")
+    return 0
+
+
+def _ci(estimate: dict) -> str:
+    if estimate["mean"] is None:
+        return "-"
+    if not estimate["ci95"]:
+        return f"{estimate['mean']:.4f}"
+    lo, hi = estimate["ci95"]
+    return f"{estimate['mean']:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def cmd_simulate(a) -> int:
+    from kvsim.engine import simulate
+
+    model = model_from_args(a)
+    workload = workload_from_args(a)
+    capacity = capacity_from_args(a, model)
+    policies = POLICY_NAMES if a.policy == "all" else (a.policy,)
+    results = [
+        simulate(workload, capacity.capacity_blocks, policy, block_size=a.block_size, duration=a.duration,
+                 warmup=a.warmup, replications=a.replications, seed=a.seed).as_dict()
+        for policy in policies
+    ]
+    inputs = inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype,
+                            duration=a.duration, warmup=a.warmup, seed=a.seed,
+                            capacity_tokens=capacity.capacity_tokens)
+    if a.json:
+        record = {"inputs": inputs, **results[0]} if len(results) == 1 else {"inputs": inputs, "results": results}
+        print(json.dumps(record, indent=2))
+        return 0
+    memory = capacity.as_dict()
+    print("\n".join(describe(model, memory, workload, a.kv_dtype)))
+    print(f"simulated {a.duration:g} s of arrivals, warm-up {a.warmup:g} s, {a.replications} replications, "
+          f"seed {a.seed}; mean [95% CI]\n")
+    print(f"{'policy':6} {'token_hit_rate':>26} {'request_hit_rate':>26} {'evictions':>10} {'oversized':>9} "
+          f"{'requests':>9}")
+    for r in results:
+        print(f"{r['policy']:6} {_ci(r['token_hit_rate']):>26} {_ci(r['request_hit_rate']):>26} "
+              f"{r['evictions']:>10,} {r['oversized']:>9,} {r['requests_measured']:>9,}")
+    print("\nhit probability by turn:")
+    for r in results:
+        turns = "  ".join(f"{k}:{p:.3f}" for k, p in list(r["per_turn_hit"].items())[:12])
+        print(f"{r['policy']:6} {turns}")
+    return 0
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="kvsim", description="Prefix-cache hit rates of LLM serving: models and simulation.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    calc = sub.add_parser("calc", help="sizing and the analytic hit-rate models")
+    add_model_args(calc)
+    add_memory_args(calc)
+    add_workload_args(calc)
+    calc.add_argument("--method", default="all", choices=["seed", "all"])
+    calc.add_argument("--json", action="store_true", help="print one JSON object")
+    calc.set_defaults(func=cmd_calc)
+
+    sim = sub.add_parser("simulate", help="discrete-event simulation through a block-level prefix cache")
+    add_model_args(sim)
+    add_memory_args(sim)
+    add_workload_args(sim)
+    sim.add_argument("--policy", default="lru", choices=[*POLICY_NAMES, "all"], help="eviction policy (default lru)")
+    sim.add_argument("--duration", type=float, default=3600.0, help="seconds of arrivals (default 3600)")
+    sim.add_argument("--warmup", type=float, default=600.0, help="seconds not measured at the start (default 600)")
+    sim.add_argument("--replications", type=int, default=5, help="independent runs (default 5)")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sim.add_argument("--json", action="store_true", help="print one JSON object")
+    sim.set_defaults(func=cmd_simulate)
+
+    pre = sub.add_parser("presets", help="list model and GPU presets")
+    pre.add_argument("--json", action="store_true")
+    pre.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (UsageError, ValueError) as e:
+        print(f"kvsim: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"kvsim: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
