@@ -12,7 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/kvsim calc
+	mkdir -p out
+	$(VENV)/bin/kvsim compare --figure out/hit_rate_vs_memory.png
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

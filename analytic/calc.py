@@ -7,8 +7,9 @@ from dataclasses import asdict
 from analytic import seed
 from analytic.sizing import GIB, Capacity, bytes_for_sequence
 from analytic.specs import DTYPE_BYTES, ModelSpec, Workload
+from analytic.ttl import fifo_model, lru_model
 
-METHODS = ("seed",)
+METHODS = ("seed", "lru", "fifo")
 
 
 def mean_prompt_tokens(workload: Workload) -> float:
@@ -72,6 +73,9 @@ def calculate(
             result["request_hit_rate"] = result["hit_rate"]
             result["token_hit_rate"] = None  # the seed model predicts no token-level figure
             out["methods"]["seed"] = result
+        elif method in ("lru", "fifo"):
+            model_fn = lru_model if method == "lru" else fifo_model
+            out["methods"][method] = model_fn(workload, capacity.capacity_blocks, capacity.block_size).as_dict()
         else:
             raise ValueError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
     return out

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 
 THINK_KINDS = ("exp", "det", "lognormal", "gamma", "empirical")
 TURN_KINDS = ("fixed", "geometric", "empirical")
@@ -128,6 +128,121 @@ class ThinkTime:
     def limited_mean_numeric(self, t: float) -> float:
         """m(t) by quadrature of the survival function; the closed forms are checked against it."""
         return integrate.quad(lambda x: 1.0 - float(self.cdf(x)), 0.0, t, limit=200)[0]
+
+    def limited_means(self, t) -> np.ndarray:
+        """m(t) for an array of t (the vectorised twin of ``limited_mean``)."""
+        t = np.maximum(np.asarray(t, dtype=float), 0.0)
+        if self.kind == "exp":
+            return self.mean * -np.expm1(-t / self.mean)
+        if self.kind == "det":
+            return np.minimum(self.mean, t)
+        if self.kind == "empirical":
+            # E[min(G, t)] = (sum of the samples <= t + t * count of those above) / n.
+            below = np.searchsorted(self._sorted, t, side="right")
+            partial = np.concatenate(([0.0], np.cumsum(self._sorted)))
+            return (partial[below] + t * (len(self._sorted) - below)) / len(self._sorted)
+        if self.kind == "gamma":
+            shape = 1.0 / self.cv**2
+            scale = self.mean / shape
+            return self.mean * stats.gamma.cdf(t, shape + 1, scale=scale) + t * self.scipy.sf(t)
+        mu, sigma = _lognormal_params(self.mean, self.cv)
+        with np.errstate(divide="ignore"):
+            z = (np.log(t) - mu - sigma * sigma) / sigma
+        return self.mean * stats.norm.cdf(z) + t * self.scipy.sf(t)
+
+    def quantile_points(self, n: int = 256) -> np.ndarray:
+        """n equally likely think times (mid-quantiles): nodes for E_G[h(G)] ~ mean of h(nodes)."""
+        if self.kind == "det":
+            return np.array([self.mean])
+        probs = (np.arange(n) + 0.5) / n
+        if self.kind == "empirical":
+            if len(self._sorted) <= n:
+                return self._sorted.copy()
+            return np.quantile(self._sorted, probs, method="inverted_cdf")
+        return self.scipy.ppf(probs)
+
+    def convolution_cdf(self, n, t) -> np.ndarray:
+        """F^{*n}(t) = P(G_1 + ... + G_n <= t), the n-fold convolution (F^{*0} is a step at 0).
+
+        Closed forms: exp -> Erlang (regularised gamma P(n, t/mean)), gamma -> gamma with n times
+        the shape, det -> a step at n * mean. lognormal and empirical have none: they go through
+        ``convolution_lattice`` on [0, max t] (1024 cells; error O(cell width)).
+        """
+        n = np.asarray(n)
+        t = np.asarray(t, dtype=float)
+        if self.kind in ("lognormal", "empirical"):
+            return self.convolution_cdf_numeric(n, t)
+        if np.any(n < 0):
+            raise ValueError("convolution order n must be >= 0")
+        if self.kind == "det":
+            return np.where(n * self.mean <= t, 1.0, 0.0)
+        if self.kind == "exp":
+            shape, scale = n, self.mean
+        else:
+            shape = n / self.cv**2
+            scale = self.mean * self.cv**2
+        with np.errstate(invalid="ignore"):
+            value = special.gammainc(np.maximum(shape, 1e-300), np.maximum(t, 0.0) / scale)
+        # S_0 = 0: the empty sum sits at 0.
+        return np.where(n == 0, np.where(t >= 0, 1.0, 0.0), np.where(t > 0, value, 0.0))
+
+    def convolution_cdf_numeric(self, n, t, cells: int = 1024) -> np.ndarray:
+        """F^{*n}(t) from the lattice on [0, max t] (any kind; the closed forms are tested on it)."""
+        n = np.asarray(n)
+        t = np.asarray(t, dtype=float)
+        if np.any(n < 0):
+            raise ValueError("convolution order n must be >= 0")
+        top = float(np.max(t)) if t.size else 0.0
+        if top <= 0:
+            return np.where((n == 0) & (t >= 0), 1.0, 0.0)
+        pmf, _ = self.convolution_lattice(int(np.max(n)), top, cells)
+        h = top / cells
+        # Lattice point d*h stands for the cell [(d - 1/2)h, (d + 1/2)h): spread it uniformly.
+        weight = np.clip((t[..., None] - np.arange(cells + 1) * h) / h + 0.5, 0.0, 1.0)
+        return np.einsum("...d,...d->...", pmf[n], weight)
+
+    def convolution_lattice(self, n_max: int, t: float, cells: int = 256, tail: float = 0.0):
+        """The sums S_a = G_1 + ... + G_a (a = 0..n_max) on the lattice d*h, h = t/cells, d = 0..cells.
+
+        Returns ``(pmf, below)``, both of shape (n_max + 1, cells + 1): ``pmf[a, d]`` = P(S_a rounds
+        to d*h) (mass above t + h/2 is dropped: callers only look below t), ``below[a, d]`` =
+        P(S_a < d*h). exp and gamma use the closed-form CDF for both; lognormal, empirical and det
+        convolve the one-gap lattice pmf (FFT, truncated at t after each step), and ``below`` counts
+        the lattice point at d*h half (it stands for a cell centred there). With ``tail`` > 0, the
+        powers stop once P(S_a < t) < tail (later rows stay zero).
+        """
+        if n_max < 0 or cells < 1 or not t > 0:
+            raise ValueError("convolution lattice needs n_max >= 0, cells >= 1 and t > 0")
+        h = t / cells
+        grid = np.arange(cells + 1) * h
+        pmf = np.zeros((n_max + 1, cells + 1))
+        below = np.zeros((n_max + 1, cells + 1))
+        if self.kind in ("exp", "gamma"):
+            orders = np.arange(n_max + 1)[:, None]
+            edges = self.convolution_cdf(orders, np.concatenate(([-h / 2], grid + h / 2))[None, :])
+            pmf[:] = np.diff(edges, axis=1)
+            below[:] = self.convolution_cdf(orders, grid[None, :])
+            below[0] = np.where(grid > 0, 1.0, 0.0)
+            if tail > 0:
+                stop = np.nonzero(below[1:, -1] < tail)[0]
+                if stop.size:
+                    pmf[stop[0] + 2 :] = 0.0
+                    below[stop[0] + 2 :] = 0.0
+            return pmf, below
+        edges = np.concatenate(([-h / 2], grid + h / 2))
+        one = np.diff(self.cdf(edges) if self.kind != "det" else np.where(edges >= self.mean, 1.0, 0.0))
+        one = np.clip(one, 0.0, None)
+        size = 2 * (cells + 1)  # linear (not circular) convolution of two lattice rows
+        spectrum = np.fft.rfft(one, size)
+        row = np.zeros(cells + 1)
+        row[0] = 1.0
+        for a in range(n_max + 1):
+            pmf[a] = row
+            below[a] = np.cumsum(row) - 0.5 * row
+            if tail > 0 and a >= 1 and below[a, -1] < tail:
+                break
+            row = np.clip(np.fft.irfft(np.fft.rfft(row, size) * spectrum, size)[: cells + 1], 0.0, None)
+        return pmf, below
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import json
 import sys
 
 from analytic import presets
-from analytic.calc import calculate, inputs_summary
+from analytic.calc import METHODS, calculate, inputs_summary
 from analytic.distributions import THINK_KINDS, ThinkTime, TokenCount, TurnCount
 from analytic.sizing import (
     bytes_per_token,
@@ -120,23 +120,31 @@ def model_size_gb(a, model: ModelSpec) -> float:
     return model.params_b * DTYPE_BYTES[a.weight_dtype]
 
 
-def capacity_from_args(a, model: ModelSpec):
+def hardware_from_args(a) -> Hardware | None:
+    """The GPUs, or None when the capacity is given directly."""
     direct = [x for x in ("capacity_tokens", "capacity_gib") if getattr(a, x) is not None]
     if len(direct) > 1:
         raise UsageError("give only one of --capacity-tokens and --capacity-gib")
     if direct and (a.gpu or a.gpu_memory_gb is not None):
         raise UsageError("give either GPU memory (--gpu/--gpu-memory-gb) or the capacity, not both")
-    if a.capacity_tokens is not None:
-        return capacity_from_tokens(model, a.capacity_tokens, a.kv_dtype, a.block_size)
-    if a.capacity_gib is not None:
-        return capacity_from_gib(model, a.capacity_gib, a.kv_dtype, a.block_size)
+    if direct:
+        return None
     if a.gpu and a.gpu_memory_gb is not None:
         raise UsageError("give either --gpu or --gpu-memory-gb, not both")
-    gib = a.gpu_memory_gb if a.gpu_memory_gb is not None else presets.gpu_memory_gib(a.gpu or DEFAULT_GPU)
-    hardware = Hardware(gib, a.gpus, a.memory_utilization, a.activation_reserve_gib,
-                        gpu=(a.gpu or DEFAULT_GPU) if a.gpu_memory_gb is None else "custom")
-    return capacity_from_memory(model, hardware, a.kv_dtype, a.weight_dtype, a.block_size,
-                                model_size_gib=a.model_size_gb)
+    if a.gpu_memory_gb is not None:
+        return Hardware(a.gpu_memory_gb, a.gpus, a.memory_utilization, a.activation_reserve_gib)
+    gpu = a.gpu or DEFAULT_GPU
+    return Hardware(presets.gpu_memory_gib(gpu), a.gpus, a.memory_utilization, a.activation_reserve_gib, gpu=gpu)
+
+
+def capacity_from_args(a, model: ModelSpec):
+    hardware = hardware_from_args(a)
+    if hardware is not None:
+        return capacity_from_memory(model, hardware, a.kv_dtype, a.weight_dtype, a.block_size,
+                                    model_size_gib=a.model_size_gb)
+    if a.capacity_tokens is not None:
+        return capacity_from_tokens(model, a.capacity_tokens, a.kv_dtype, a.block_size)
+    return capacity_from_gib(model, a.capacity_gib, a.kv_dtype, a.block_size)
 
 
 def _tokens(name: str, mean: int, cv: float) -> TokenCount:
@@ -192,7 +200,7 @@ def cmd_calc(a) -> int:
     model = model_from_args(a)
     workload = workload_from_args(a)
     capacity = capacity_from_args(a, model)
-    methods = ("seed",) if a.method == "all" else (a.method,)
+    methods = METHODS if a.method == "all" else (a.method,)
     result = calculate(model, capacity, workload, kv_dtype=a.kv_dtype,
                        model_size_gb=model_size_gb(a, model), methods=methods)
     record = {"inputs": inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype),
@@ -275,6 +283,47 @@ def cmd_simulate(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from kvsim.compare import SIM_POLICIES, compare, memory_figure
+
+    model = model_from_args(a)
+    workload = workload_from_args(a)
+    capacity = capacity_from_args(a, model)
+    size_gb = model_size_gb(a, model)
+    sim = dict(duration=a.duration, warmup=a.warmup, replications=a.replications, seed=a.seed)
+    result = compare(model, capacity, workload, kv_dtype=a.kv_dtype, model_size_gb=size_gb, **sim)
+    if a.figure:
+        memory_figure(a.figure, model, capacity, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype,
+                      hardware=hardware_from_args(a), model_size_gb=size_gb, **sim)
+    if a.json:
+        inputs = inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype, **sim)
+        print(json.dumps({"inputs": inputs, **result}, indent=2))
+        return 0
+    print("\n".join(describe(model, result["memory"], workload, a.kv_dtype)))
+    print(f"simulation: {a.duration:g} s of arrivals, warm-up {a.warmup:g} s, {a.replications} replications, "
+          f"seed {a.seed}; mean [95% CI]\n")
+    print(f"{'':16} {'token_hit_rate':>26} {'request_hit_rate':>26}")
+    for name, m in result["methods"].items():
+        label = "seed model" if name == "seed" else f"{name.upper()} model"
+        print(f"{label:16} {_fmt(m['token_hit_rate']):>26} {_fmt(m['request_hit_rate']):>26}")
+    for policy in SIM_POLICIES:
+        r = result["simulated"][policy]
+        print(f"{policy.upper() + ' simulated':16} {_ci(r['token_hit_rate']):>26} {_ci(r['request_hit_rate']):>26}")
+    print("\nThe seed model sizes its own cache (1.2 x weights, no utilisation fraction): "
+          f"{result['methods']['seed']['max_cached_tokens']:,} tokens.")
+    if a.figure:
+        print(f"figure: {a.figure}")
+    return 0
+
+
+def add_simulation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("simulation")
+    g.add_argument("--duration", type=float, default=3600.0, help="seconds of arrivals (default 3600)")
+    g.add_argument("--warmup", type=float, default=600.0, help="seconds not measured at the start (default 600)")
+    g.add_argument("--replications", type=int, default=5, help="independent runs (default 5)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
 def build_parser() -> Parser:
     p = Parser(prog="kvsim", description="Prefix-cache hit rates of LLM serving: models and simulation.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -283,7 +332,8 @@ def build_parser() -> Parser:
     add_model_args(calc)
     add_memory_args(calc)
     add_workload_args(calc)
-    calc.add_argument("--method", default="all", choices=["seed", "all"])
+    calc.add_argument("--method", default="all", choices=[*METHODS, "all"],
+                      help="seed (the original calculator), lru, fifo (characteristic-time models) or all")
     calc.add_argument("--json", action="store_true", help="print one JSON object")
     calc.set_defaults(func=cmd_calc)
 
@@ -292,12 +342,18 @@ def build_parser() -> Parser:
     add_memory_args(sim)
     add_workload_args(sim)
     sim.add_argument("--policy", default="lru", choices=[*POLICY_NAMES, "all"], help="eviction policy (default lru)")
-    sim.add_argument("--duration", type=float, default=3600.0, help="seconds of arrivals (default 3600)")
-    sim.add_argument("--warmup", type=float, default=600.0, help="seconds not measured at the start (default 600)")
-    sim.add_argument("--replications", type=int, default=5, help="independent runs (default 5)")
-    sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_simulation_args(sim)
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)
+
+    cmp_ = sub.add_parser("compare", help="models and simulation side by side (the main job)")
+    add_model_args(cmp_)
+    add_memory_args(cmp_)
+    add_workload_args(cmp_)
+    add_simulation_args(cmp_)
+    cmp_.add_argument("--figure", metavar="PNG", help="also draw hit rate vs GPU memory to this file")
+    cmp_.add_argument("--json", action="store_true", help="print one JSON object")
+    cmp_.set_defaults(func=cmd_compare)
 
     pre = sub.add_parser("presets", help="list model and GPU presets")
     pre.add_argument("--json", action="store_true")

@@ -1,0 +1,593 @@
+"""Characteristic-time (TTL) models of the prefix-cache hit rate under LRU and FIFO (DESIGN.md §5).
+
+What is modelled is exactly the simulator's cache (DESIGN.md §3), at the level of whole blocks of
+``bs`` tokens. Per conversation (L turns, context c_0 = S, prompt p_k = c_{k-1} + u_k, context
+c_k = p_k + r_k):
+
+* n_S = floor(S/bs) system blocks are shared by every conversation and assumed always cached (each
+  request touches them); the other full blocks of c_k, c'_k = floor(c_k/bs) - n_S, belong to the
+  conversation. Everything below counts blocks, so the block rounding is exact.
+* Turn k whose predecessor's context survived hits h_k = min(floor(c_{k-1}/bs), floor((p_k-1)/bs))
+  blocks (vLLM computes at least one prompt token); otherwise it hits the system blocks,
+  min(n_S, floor((p_k-1)/bs)). Turn 1 always gets the latter.
+* A request needing more than ``capacity_blocks`` blocks (ceil(c_k/bs)) is served uncached: it
+  hits nothing and caches nothing ("oversized"); since contexts only grow, so are the later turns.
+
+Token counts drawn from a distribution are handled by averaging over ``SIZE_PATHS`` sampled
+per-conversation size paths (seeded, each turn's column shifted to the exact mean). The models
+are linear in every per-turn size quantity and sizes are independent of think times and of L, so
+this average is the exact expectation up to sampling noise. Fixed token counts use one exact path.
+
+Turn counts enter through P(L >= k) over ``TurnCount.support``; for fixed sizes and fixed or
+geometric L without oversized turns, the LRU equation's two sums have closed forms
+(``closed_form_sums``; the tests check them against the sums over the support).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from scipy import optimize, signal, stats
+
+from analytic.distributions import ThinkTime
+from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
+
+LRU_VARIANTS = ("che", "che+gaussian")
+SIZE_PATHS = 2000  # sampled size paths when token counts are drawn
+SIZE_SEED = 20_250_611
+REPORT_REACH = 1e-6  # per-turn dicts list the turns a conversation reaches with at least this probability
+LATTICE_CELLS = 256  # cells on [0, T_F] for the FIFO overlap term (a small correction: see fifo_model)
+CONVOLUTION_TAIL = 1e-13  # F^{*n}(T) below this counts as 0 (longer hit runs are impossible)
+GAUSS_NODES = 256  # quantile nodes for E_G[...] in the Gaussian refinement
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """Predicted steady state of one cache policy at one capacity (metrics named as in DESIGN.md §4).
+
+    ``per_turn_hit[k]`` = P(turn k has hit_tokens > 0), for turns k >= 2 (and turn 1 when the
+    system prompt has a full block). ``per_turn_context_hit[k]`` = P(turn k reuses its
+    conversation's previous context), k >= 2 - what the TTL models predict directly.
+    ``characteristic_time`` is T (LRU) or T_F (FIFO) in seconds (inf: nothing is ever evicted).
+    """
+
+    method: str
+    variant: str
+    characteristic_time: float
+    per_turn_hit: dict[int, float]
+    request_hit_rate: float
+    token_hit_rate: float
+    mean_occupancy_blocks: float
+    per_turn_context_hit: dict[int, float] = field(default_factory=dict)
+    capacity_blocks: float | None = None
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    def as_dict(self) -> dict:
+        """JSON-ready: infinities become None."""
+
+        def clean(value):
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            return value
+
+        return {k: clean(v) for k, v in asdict(self).items()}
+
+
+# ----------------------------------------------------------------------------- turns and sizes
+
+
+@dataclass(frozen=True)
+class _TurnLaw:
+    """P(L = k), P(L >= k), P(L > k) for k = 1..K (index k-1)."""
+
+    last: np.ndarray
+    reach: np.ndarray
+    more: np.ndarray
+
+    @property
+    def turns(self) -> int:
+        return len(self.last)
+
+    @property
+    def mean(self) -> float:
+        return float(self.reach.sum())
+
+
+@lru_cache(maxsize=64)
+def _turn_law(turns) -> _TurnLaw:
+    values, probs = turns.support
+    last = np.zeros(int(values.max()))
+    np.add.at(last, values - 1, probs)
+    last /= last.sum()
+    reach = np.cumsum(last[::-1])[::-1]
+    more = np.append(reach[1:], 0.0)
+    return _TurnLaw(last, reach, more)
+
+
+@dataclass(frozen=True)
+class _SizePaths:
+    """Per-path, per-turn block quantities (arrays of shape (paths, K))."""
+
+    system_blocks: int
+    prompt: np.ndarray  # p_k, tokens
+    need: np.ndarray  # ceil(c_k / bs): blocks the request holds while served
+    conv: np.ndarray  # c'_k = floor(c_k / bs) - n_S
+    reuse: np.ndarray  # h_k: blocks hit when the previous context survived
+    system: np.ndarray  # blocks hit when it did not (the system prompt)
+    new: np.ndarray  # conversation blocks a hit turn inserts
+    fixed: bool
+
+
+@lru_cache(maxsize=32)
+def _size_paths(workload: Workload, block_size: int, turns: int) -> _SizePaths:
+    bs = block_size
+    fixed = workload.input_tokens.is_fixed and workload.output_tokens.is_fixed
+    paths = 1 if fixed else SIZE_PATHS
+    rng = np.random.default_rng(SIZE_SEED)
+
+    def draw(tokens):
+        if tokens.is_fixed:
+            return np.full((paths, turns), float(tokens.mean))
+        x = tokens.sample(rng, paths * turns).reshape(paths, turns).astype(float)
+        # Centre each turn's column on the exact mean: removes most of the sampling noise in
+        # the (linear) expectations; what is left is noise in the rounding corrections.
+        return np.clip(x + (tokens.mean - x.mean(axis=0)), 0.0, None)
+
+    u = draw(workload.input_tokens)
+    r = draw(workload.output_tokens)
+    S = workload.system_prompt_tokens
+    n_s = S // bs
+    context = S + np.cumsum(u + r, axis=1)
+    before = np.concatenate([np.full((paths, 1), float(S)), context[:, :-1]], axis=1)
+    prompt = before + u
+    full = np.floor(context / bs)
+    full_before = np.floor(before / bs)
+    cap = np.floor(np.maximum(prompt - 1, 0) / bs)  # vLLM: at least one prompt token is computed
+    reuse = np.minimum(full_before, cap)
+    system = np.minimum(n_s, cap)
+    conv = np.maximum(full - n_s, 0)
+    new = np.maximum(full - np.maximum(reuse, n_s), 0)
+    return _SizePaths(n_s, prompt, np.ceil(context / bs), conv, reuse, system, new, fixed)
+
+
+@dataclass(frozen=True)
+class _Table:
+    """Per-turn expectations (index k-1) at one capacity; sigma_k = 1(turn k is served)."""
+
+    law: _TurnLaw
+    system_blocks: int
+    prompt: np.ndarray  # E[p_k] (every request counts in the denominator, oversized or not)
+    served: np.ndarray  # E[sigma_k]
+    reuse_tokens: np.ndarray  # E[sigma_k h_k] * bs
+    system_tokens: np.ndarray  # E[sigma_k min(n_S, cap)] * bs
+    reuse_any: np.ndarray  # E[sigma_k 1(h_k > 0)]
+    system_any: np.ndarray
+    conv_follow: np.ndarray  # E[c'_k sigma_{k+1}]: context followed by a served turn
+    conv_stop: np.ndarray  # E[c'_k sigma_k (1 - sigma_{k+1})]: next turn oversized
+    conv_served: np.ndarray  # E[c'_k sigma_k]
+    conv2_follow: np.ndarray  # the same with c'_k^2 (for the Gaussian refinement)
+    conv2_stop: np.ndarray
+    conv2_served: np.ndarray
+    new_served: np.ndarray  # E[new_k sigma_k]
+    paths: _SizePaths
+    sigma: np.ndarray  # (paths, K)
+
+    def sums(self, square: bool = False) -> tuple[float, float]:
+        """(K1, K2): E[sum_{k<L} c'_k] over turns followed by a served turn, and E[c' of the last
+        served turn] - the content that stays min(G, T) resp. T in the LRU equation."""
+        law = self.law
+        follow, stop, served = (
+            (self.conv2_follow, self.conv2_stop, self.conv2_served)
+            if square
+            else (self.conv_follow, self.conv_stop, self.conv_served)
+        )
+        k1 = float(law.more @ follow)
+        k2 = float(law.last @ served + law.more @ stop)
+        return k1, k2
+
+    def new_then_served(self) -> np.ndarray:
+        """M[i, j] = E[new_i sigma_j] (0-based turns): a run written at hit turn i, turn j served."""
+        p = self.paths
+        if p.fixed:
+            return np.outer(p.new[0], self.sigma[0])
+        served_count = self.sigma.sum(axis=1).astype(int)  # sigma_k = 1(k <= served_count)
+        K = self.law.turns
+        grouped = np.zeros((K + 1, K))
+        np.add.at(grouped, served_count, p.new)
+        # E[new_i 1(served_count >= j+1)] = sum over groups with count >= j+1.
+        tail = np.cumsum(grouped[::-1], axis=0)[::-1] / len(served_count)
+        return tail[1:].T
+
+
+def _table(workload: Workload, block_size: int, capacity_blocks: float | None) -> _Table:
+    law = _turn_law(workload.turns)
+    p = _size_paths(workload, block_size, law.turns)
+    sigma = np.ones_like(p.need) if capacity_blocks is None else (p.need <= capacity_blocks).astype(float)
+    sigma_next = np.concatenate([sigma[:, 1:], np.zeros((sigma.shape[0], 1))], axis=1)
+    conv2 = p.conv**2
+
+    def mean(x):
+        return x.mean(axis=0)
+
+    bs = block_size
+    return _Table(
+        law=law,
+        system_blocks=p.system_blocks,
+        prompt=mean(p.prompt),
+        served=mean(sigma),
+        reuse_tokens=mean(sigma * p.reuse) * bs,
+        system_tokens=mean(sigma * p.system) * bs,
+        reuse_any=mean(sigma * (p.reuse > 0)),
+        system_any=mean(sigma * (p.system > 0)),
+        conv_follow=mean(p.conv * sigma_next),
+        conv_stop=mean(p.conv * sigma * (1 - sigma_next)),
+        conv_served=mean(p.conv * sigma),
+        conv2_follow=mean(conv2 * sigma_next),
+        conv2_stop=mean(conv2 * sigma * (1 - sigma_next)),
+        conv2_served=mean(conv2 * sigma),
+        new_served=mean(p.new * sigma),
+        paths=p,
+        sigma=sigma,
+    )
+
+
+def closed_form_sums(workload: Workload, block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[float, float] | None:
+    """(K1, K2) = (E[sum_{k=1}^{L-1} c'_k], E[c'_L]) in blocks, in closed form, or None if none applies.
+
+    Applies to fixed token counts (s = u + r per turn) with fixed or geometric L, no turn
+    oversized. c'_k = floor((S + k s)/bs) - n_S is linear plus periodic: with P = bs/gcd(s, bs)
+    and D = s P / bs, c'_{k+P} = c'_k + D. Hence
+      fixed L = n + 1, n = a P + rho:  K1 = a sum_{j<=P} c'_j + D P a(a-1)/2 + sum_{j<=rho} (c'_j + a D),
+                                       K2 = c'_L;
+      geometric, continuation q:       K1 = sum_k q^k c'_k = sum_{j<=P} q^j (c'_j/(1-q^P) + D q^P/(1-q^P)^2),
+                                       K2 = sum_k (1-q) q^{k-1} c'_k = (1-q)/q K1.
+    Without rounding (S = 0, bs | s) these are DESIGN's s L(L-1)/2 and s L, resp. s q/(1-q)^2 and
+    s/(1-q) = s E[L] (in blocks).
+    """
+    if not (workload.input_tokens.is_fixed and workload.output_tokens.is_fixed):
+        return None
+    turns = workload.turns
+    if turns.kind not in ("fixed", "geometric"):
+        return None
+    bs = block_size
+    s = int(workload.input_tokens.mean + workload.output_tokens.mean)
+    S = workload.system_prompt_tokens
+    n_s = S // bs
+    period = bs // math.gcd(s, bs) if s else 1
+    step = s * period // bs
+
+    def conv(k):
+        return np.maximum((S + np.asarray(k) * s) // bs - n_s, 0)
+
+    head = conv(np.arange(1, period + 1)).astype(float)
+    if turns.kind == "fixed":
+        L = int(turns.mean)
+        a, rho = divmod(L - 1, period)
+        k1 = a * head.sum() + step * period * a * (a - 1) / 2 + head[:rho].sum() + rho * a * step
+        return float(k1), float(conv(L))
+    q = turns.continuation
+    if q == 0:
+        return 0.0, float(conv(1))
+    j = np.arange(1, period + 1)
+    qp = q**period
+    k1 = float(np.sum(q**j * (head / (1 - qp) + step * qp / (1 - qp) ** 2)))
+    return k1, (1 - q) / q * k1
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def _check(workload: Workload, capacity_blocks, block_size) -> None:
+    if not isinstance(workload, Workload):
+        raise ValueError(f"workload must be an analytic.specs.Workload (got {type(workload).__name__})")
+    check_positive("capacity-blocks", capacity_blocks, integer=True, allow_zero=True)
+    check_positive("block-size", block_size, integer=True)
+
+
+def _metrics(table: _Table, reuse_prob: np.ndarray, scale: float = 1.0):
+    """Hit rates given P(previous context survives) per turn (index k-1; turn 1's entry is unused).
+
+    A surviving context gives h_k blocks, a lost one the system blocks; turn 1 always the latter.
+    ``scale`` multiplies every hit (FIFO's periodic loss of the system blocks).
+    """
+    law = table.law
+    keep = reuse_prob.copy()
+    keep[0] = 0.0
+    hit_tokens = keep * table.reuse_tokens + (1 - keep) * table.system_tokens
+    any_hit = keep * table.reuse_any + (1 - keep) * table.system_any
+    token = scale * float(law.reach @ hit_tokens) / float(law.reach @ table.prompt)
+    request = scale * float(law.reach @ any_hit) / law.mean
+    shown = np.nonzero(law.reach >= REPORT_REACH)[0]
+    first = 0 if table.system_blocks >= 1 else 1
+    per_turn = {int(k + 1): scale * float(any_hit[k]) for k in shown if k >= first}
+    context = {int(k + 1): float(keep[k] * table.served[k]) for k in shown if k >= 1}
+    return token, request, per_turn, context
+
+
+def _nothing_served(method: str, variant: str, capacity_blocks, block_size, table: _Table) -> ModelResult:
+    law = table.law
+    shown = np.nonzero(law.reach >= REPORT_REACH)[0]
+    first = 0 if table.system_blocks >= 1 else 1
+    return ModelResult(
+        method, variant, 0.0, {int(k + 1): 0.0 for k in shown if k >= first}, 0.0, 0.0, 0.0,
+        {int(k + 1): 0.0 for k in shown if k >= 1}, capacity_blocks, block_size,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- LRU
+
+
+def _lru_variant(think: ThinkTime, variant) -> str:
+    if variant is None:
+        # F(T) of a deterministic think time is a step; the Gaussian refinement smooths it.
+        return "che+gaussian" if think.kind == "det" else "che"
+    if variant not in LRU_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(LRU_VARIANTS)} or None (got {variant!r})")
+    return variant
+
+
+def lru_characteristic_time(rate: float, think: ThinkTime, k1: float, k2: float, c_conv: float) -> float:
+    """The root T of  C_conv = rate * (K1 m(T) + K2 T)  (blocks; DESIGN.md §5).
+
+    The right side is 0 at T = 0, continuous and strictly increasing (K2 > 0), and grows without
+    bound through K2 T, so the root exists and is unique for C_conv > 0. Since m(T) <= min(T, E[G]),
+    it lies in [max(C/(rate (K1+K2)), (C/rate - K1 E[G])/K2), C/(rate K2)] - brentq's bracket.
+    """
+    if c_conv <= 0:
+        return 0.0
+    if k2 <= 0:
+        return math.inf  # no conversation content: the cache never fills
+    target = c_conv / rate
+    hi = target / k2
+    lo = max(target / (k1 + k2), (target - k1 * think.mean) / k2, 0.0)
+    if lo >= hi:
+        return hi
+
+    def excess(T):
+        return k1 * think.limited_mean(T) + k2 * T - target
+
+    if excess(hi) <= 0:
+        return hi
+    if excess(lo) >= 0:
+        return lo
+    return optimize.brentq(excess, lo, hi, xtol=1e-12 * hi, rtol=1e-12)
+
+
+def _gaussian_keep(rate, think: ThinkTime, sums, sums2, c_conv) -> float:
+    """Campbell refinement: P(hit) ~ E_G[Phi((C - mu(G)) / sigma(G))], where the content touched
+    within x is a compound-Poisson sum with mean mu(x) = rate (K1 m(x) + K2 x) and variance
+    sigma^2(x) = rate (K1sq m(x) + K2sq x) (each conversation contributes its current context
+    c'_k for min(G_k, x), resp. x after its last turn)."""
+    x = think.quantile_points(GAUSS_NODES)
+    m = think.limited_means(x)
+    mu = rate * (sums[0] * m + sums[1] * x)
+    var = rate * (sums2[0] * m + sums2[1] * x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(var > 0, (c_conv - mu) / np.sqrt(var), np.where(mu <= c_conv, np.inf, -np.inf))
+    return float(stats.norm.cdf(z).mean())
+
+
+def lru_model(
+    workload: Workload,
+    capacity_blocks: int,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    variant: str | None = None,
+) -> ModelResult:
+    """LRU by Che's characteristic time applied to conversations (DESIGN.md §5).
+
+    Solves  C_conv = lambda * E[ sum_{k=1}^{L-1} c'_k m(T) + c'_L T ]  for T, with
+    C_conv = capacity - n_S and c'_k in blocks: a context is touched as a whole by every request
+    (hit blocks touched, new ones inserted), so it occupies the cache from its request until the
+    next one (G) or until T has passed, and the last one of a conversation for T. Then
+    P(turn k+1 reuses turn k's context) = F(T) ("che"), or the Gaussian refinement
+    ("che+gaussian", the default for deterministic think times, whose F(T) is a step).
+    Oversized turns end a conversation as far as the cache is concerned (their predecessor's
+    context then stays T). The cache is full at the root: mean occupancy = capacity.
+    """
+    _check(workload, capacity_blocks, block_size)
+    think = workload.think_time
+    variant = _lru_variant(think, variant)
+    table = _table(workload, block_size, capacity_blocks)
+    if table.served[0] == 0:
+        return _nothing_served("lru", variant, capacity_blocks, block_size, table)
+    rate = workload.arrival_rate
+    c_conv = capacity_blocks - table.system_blocks
+    sums = table.sums()
+    T = lru_characteristic_time(rate, think, *sums, c_conv)
+    if math.isinf(T):
+        keep, occupancy = 1.0, float(table.system_blocks)
+    else:
+        occupancy = table.system_blocks + rate * (sums[0] * think.limited_mean(T) + sums[1] * T)
+        if c_conv <= 0:
+            keep = 0.0
+        elif variant == "che":
+            keep = float(think.cdf(T))
+        else:
+            keep = _gaussian_keep(rate, think, sums, table.sums(square=True), c_conv)
+    token, request, per_turn, context = _metrics(table, np.full(table.law.turns, keep))
+    return ModelResult("lru", variant, T, per_turn, request, token, occupancy, context, capacity_blocks, block_size)
+
+
+# ----------------------------------------------------------------------------- FIFO
+
+
+@dataclass(frozen=True)
+class _FifoState:
+    occupancy: float  # lambda * E[block-seconds per conversation], conversation blocks
+    keep: np.ndarray  # P(turn k hits its context) = 1 - pi_k
+
+
+def _below_and_overlap(think: ThinkTime, T: float, turns: int):
+    """(P(S_n < T) for n = 0..turns, kappa[r-1, b-1]) where S_n sums n gaps and
+
+      kappa(r, b) = E[(T - R_b)^+ ; S_{r+b-1} < T <= S_{r+b}],  R_b = the last b of the r+b gaps
+                  = E[I(T - Y) F^{*r}(T - Y)] - E[(T - W) F^{*r}(T - W); W < T],
+      Y ~ F^{*(b-1)}, W ~ F^{*b}, I(a) = E[(a - G)^+] = a - m(a):
+
+    the expected unexpired time of a run written r turns after a miss that a new miss b turns
+    later replaces (split the crossing gap G off: E_G[(T-Y-G)^+] = I(T-Y)).
+    """
+    if think.kind == "det":
+        g = think.mean
+        n = np.arange(turns + 1)
+        below = np.where(n * g < T, 1.0, 0.0)
+        hits = int(below[1:].sum())
+        r = np.arange(1, hits + 1)[:, None]
+        b = np.arange(1, hits + 1)[None, :]
+        # Deterministic gaps: the run is replaced iff the crossing is at turn r+b.
+        cross = ((r + b - 1) * g < T) & ((r + b) * g >= T)
+        return below, np.where(cross, np.maximum(T - b * g, 0.0), 0.0)
+    cells = LATTICE_CELLS
+    if think.kind in ("exp", "gamma"):
+        below = think.convolution_cdf(np.arange(turns + 1), T)
+        hits = int(np.count_nonzero(below[1:] >= CONVOLUTION_TAIL))
+        pmf, lattice_below = think.convolution_lattice(hits, T, cells) if hits else (None, None)
+    else:
+        pmf, lattice_below = think.convolution_lattice(turns, T, cells, tail=CONVOLUTION_TAIL)
+        below = lattice_below[:, -1].copy()
+        hits = int(np.count_nonzero(below[1:] >= CONVOLUTION_TAIL))
+    below[0] = 1.0
+    below[1 + hits :] = 0.0
+    if hits == 0:
+        return below, np.zeros((0, 0))
+    x = T - np.arange(cells + 1) * (T / cells)  # T - Y at each lattice point of Y
+    unexpired = np.maximum(x - think.limited_means(x), 0.0)
+    shifted = lattice_below[1 : hits + 1, ::-1]  # [r-1, d] = P(S_r < T - d h)
+    k1 = shifted @ (pmf[:hits] * unexpired).T
+    k2 = shifted @ (pmf[1 : hits + 1] * x).T
+    return below, np.maximum(k1 - k2, 0.0)
+
+
+def _fifo_state(T: float, rate: float, think: ThinkTime, table: _Table, weights: np.ndarray) -> _FifoState:
+    """Occupancy and per-turn hit probability for a given T_F.
+
+    Turn j hits iff A_j - A_m < T_F (m = last miss). Hit runs after a miss end at the first n with
+    S_n >= T_F: P(run > n) = F^{*n}(T_F), so the miss probabilities pi_j are the renewal sequence
+    pi_1 = 1, pi_j = sum_n f_n pi_{j-n}, f_n = F^{*(n-1)}(T_F) - F^{*n}(T_F) (an IIR filter).
+    Every written run stays T_F unless a later miss rewrites it first:
+      occupancy = lambda (T_F E[W] - E[overlap]),
+      E[W] = sum_j P(L>=j) (pi_j E[c'_j] + (1-pi_j) E[new_j])          (served turns only),
+      E[overlap] = sum_{m<i<j} pi_m E[new_i sigma_j] P(L>=j) kappa(i-m, j-i).
+    """
+    K = table.law.turns
+    if T <= 0:
+        return _FifoState(0.0, np.zeros(K))
+    below, kappa = _below_and_overlap(think, T, K)
+    run_end = below[:-1] - below[1:]  # f_n, n = 1..K
+    impulse = np.zeros(K)
+    impulse[0] = 1.0
+    miss = signal.lfilter([1.0], np.concatenate(([1.0], -run_end[: K - 1])), impulse)
+    miss = np.clip(miss, 0.0, 1.0)
+    reach = table.law.reach
+    written = float(reach @ (miss * table.conv_served + (1 - miss) * table.new_served))
+    overlap = 0.0
+    hits = kappa.shape[0]
+    if hits and K > 1:
+        i = np.arange(K)[:, None]
+        r = np.arange(1, hits + 1)[None, :]
+        since_miss = np.where(i - r >= 0, miss[np.clip(i - r, 0, None)], 0.0)  # pi_{i-r}
+        overlap = float(np.sum(weights[:, :hits] * (since_miss @ kappa)))
+    return _FifoState(rate * (T * written - overlap), 1.0 - miss)
+
+
+def _overlap_weights(table: _Table) -> np.ndarray:
+    """W[i, b-1] = E[new_i sigma_{i+b}] P(L >= i+b) (0-based i): the run of hit turn i and a miss b later."""
+    K = table.law.turns
+    both = table.new_then_served()
+    i = np.arange(K)[:, None]
+    j = i + np.arange(1, K + 1)[None, :]
+    valid = j < K
+    jj = np.where(valid, j, 0)
+    return np.where(valid, both[i, jj] * table.law.reach[jj], 0.0)
+
+
+def fifo_characteristic_time(rate, think, table, c_conv, weights=None) -> tuple[float, _FifoState, _FifoState]:
+    """T_F solving  C_conv = occupancy(T_F), with the states just below and above it.
+
+    Bracket: every conversation's last served context stays exactly T_F, so occupancy >= rate K2
+    T_F; and nothing is written more than all of c'_j at every turn, so occupancy <= rate T_F
+    E[sum_j c'_j]. The occupancy jumps where F^{*n} does (deterministic or empirical gaps):
+    brentq then converges onto the jump, and the caller mixes the two sides.
+    """
+    if weights is None:
+        weights = _overlap_weights(table)
+    k2 = table.sums()[1]
+    most = float(table.law.reach @ table.conv_served)
+
+    def state(T):
+        return _fifo_state(T, rate, think, table, weights)
+
+    lo, hi = c_conv / (rate * most), c_conv / (rate * k2)
+    if state(hi).occupancy < c_conv:  # cannot happen by the bound above; numerical safety
+        hi *= 2
+    if state(lo).occupancy >= c_conv:
+        T = lo
+    else:
+        T = optimize.brentq(lambda t: state(t).occupancy - c_conv, lo, hi, xtol=1e-12 * hi, rtol=1e-12)
+    step = 1e-9 * T
+    return T, state(max(T - step, 0.0)), state(T + step)
+
+
+def fifo_model(workload: Workload, capacity_blocks: int, block_size: int = DEFAULT_BLOCK_SIZE) -> ModelResult:
+    """FIFO by its characteristic time T_F (timer set at insertion, never reset; DESIGN.md §5).
+
+    A conversation's head blocks are written at its last miss m and are its oldest, so turn j
+    hits iff A_j - A_m < T_F: probability F^{*(j-m)}(T_F) given the miss at m (Erlang for exp,
+    gamma for gamma, a step for det, a lattice convolution otherwise). A miss rewrites the whole
+    context (c'_j blocks), a hit inserts only its new blocks. Each written run occupies the cache
+    for T_F, or less when the next miss rewrites it while it is still there (that overlap is
+    subtracted exactly, on a 256-cell lattice for non-deterministic gaps); what remains after the
+    last turn stays T_F. The fixed point  C_conv = lambda (T_F E[W] - E[overlap])  is solved by
+    brentq (see ``fifo_characteristic_time``). Where the occupancy jumps at the root
+    (deterministic/empirical gaps) the result mixes the two sides in the proportion that fills
+    the cache exactly.
+
+    The shared system blocks are also inserted once and never refreshed: about once per T_F they
+    are evicted and the next request of any conversation hits nothing, so every hit is scaled by
+    1 - 1/(lambda E[L] T_F) when there is a system block (its effect on that conversation's
+    cycle is neglected).
+    """
+    _check(workload, capacity_blocks, block_size)
+    think = workload.think_time
+    table = _table(workload, block_size, capacity_blocks)
+    if table.served[0] == 0:
+        return _nothing_served("fifo", "che", capacity_blocks, block_size, table)
+    rate = workload.arrival_rate
+    c_conv = capacity_blocks - table.system_blocks
+    k2 = table.sums()[1]
+    if c_conv <= 0:
+        T, keep, occupancy = 0.0, np.zeros(table.law.turns), float(table.system_blocks)
+    elif k2 <= 0:
+        T, keep, occupancy = math.inf, np.ones(table.law.turns), float(table.system_blocks)
+    else:
+        T, low, high = fifo_characteristic_time(rate, think, table, c_conv)
+        jump = high.occupancy - low.occupancy
+        share = float(np.clip((c_conv - low.occupancy) / jump, 0.0, 1.0)) if jump > 1e-9 * c_conv else 0.5
+        keep = share * high.keep + (1 - share) * low.keep
+        occupancy = table.system_blocks + share * high.occupancy + (1 - share) * low.occupancy
+    scale = 1.0
+    if table.system_blocks >= 1 and 0 < T < math.inf:
+        scale = max(0.0, 1.0 - 1.0 / (rate * table.law.mean * T))
+    token, request, per_turn, context = _metrics(table, keep, scale)
+    return ModelResult("fifo", "che", T, per_turn, request, token, occupancy, context, capacity_blocks, block_size)
+
+
+# ----------------------------------------------------------------------------- ceiling
+
+
+def no_eviction_ceiling(workload: Workload, block_size: int = DEFAULT_BLOCK_SIZE) -> ModelResult:
+    """Hit rates with unlimited capacity: every context survives (T = inf), no request is oversized.
+
+    token = sum_k P(L>=k) E[h_k bs] / sum_k P(L>=k) E[p_k]; request = share of turns with h_k > 0.
+    """
+    if not isinstance(workload, Workload):
+        raise ValueError(f"workload must be an analytic.specs.Workload (got {type(workload).__name__})")
+    check_positive("block-size", block_size, integer=True)
+    table = _table(workload, block_size, None)
+    token, request, per_turn, context = _metrics(table, np.ones(table.law.turns))
+    return ModelResult("none", "no-eviction", math.inf, per_turn, request, token, math.inf, context, None, block_size)

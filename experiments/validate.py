@@ -1,0 +1,321 @@
+"""Validation study: the analytic models against the simulator over a grid of configurations.
+
+    python experiments/validate.py [--quick] [--out out/validate] [--workers N] [--dask ADDRESS]
+
+Each configuration (a workload and a cache capacity) is simulated with LRU and FIFO eviction
+(independent replications) and predicted by the LRU and FIFO characteristic-time models and by
+the seed model. Writes ``validation.csv`` (one row per configuration x method), figures, and
+prints one summary line per method::
+
+    <method>: mean_abs_err=<x> max_abs_err=<y> n=<configs>
+
+``lru`` and ``fifo`` are scored on token hit rate against the simulated policy of the same name;
+``seed`` on its own quantity, the request hit rate, against simulated LRU. Every finished
+configuration is written atomically to ``<out>/points/``, so an interrupted run resumes where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import itertools
+import json
+import os
+import sys
+import tempfile
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.plan import capacity_for_target
+from analytic.seed import seed_model
+from analytic.specs import Workload
+from analytic.ttl import fifo_model, lru_model, no_eviction_ceiling
+
+BLOCK_SIZE = 16
+INPUT_TOKENS, OUTPUT_TOKENS = 200, 300
+METHODS = ("lru", "fifo", "seed")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def make_workload(p: dict) -> Workload:
+    return Workload(
+        arrival_rate=p["arrival_rate"],
+        turns=TurnCount(p["turns_dist"], p["turns"]),
+        think_time=ThinkTime(p["think_dist"], p["think_time"], p["think_cv"]),
+        input_tokens=TokenCount("fixed", INPUT_TOKENS),
+        output_tokens=TokenCount("fixed", OUTPUT_TOKENS),
+        system_prompt_tokens=p["system_prompt_tokens"],
+    )
+
+
+THINK = {"exp": 1.0, "lognormal": 1.5, "gamma": 0.5, "det": 0.0}
+
+
+def grid(quick: bool) -> list[dict]:
+    """Workloads x capacities; capacities placed where the LRU model predicts given fractions of
+    the no-eviction ceiling, so that every workload spans low to high hit rates."""
+    if quick:
+        workloads = [
+            dict(arrival_rate=1.0, turns_dist="fixed", turns=5, think_time=30.0, think_dist=d,
+                 system_prompt_tokens=s) for d, s in (("exp", 0), ("lognormal", 1000), ("det", 0))
+        ]
+        fractions = (0.15, 0.5, 0.85, 0.98)
+    else:
+        workloads = [
+            dict(arrival_rate=rate, turns_dist=td, turns=turns, think_time=think, think_dist=d,
+                 system_prompt_tokens=s)
+            for rate, (td, turns), think, d, s in itertools.product(
+                (0.5, 2.0), (("fixed", 5), ("geometric", 8)), (10.0, 60.0), THINK, (0, 2000))
+        ]
+        fractions = (0.1, 0.4, 0.75, 0.97)
+    points = []
+    for w in workloads:
+        w["think_cv"] = THINK[w["think_dist"]]
+        workload = make_workload(w)
+        ceiling = no_eviction_ceiling(workload, BLOCK_SIZE).token_hit_rate
+        for f in fractions:
+            capacity = capacity_for_target(workload, f * ceiling, "token", block_size=BLOCK_SIZE)
+            points.append({**w, "capacity_blocks": int(capacity), "target_fraction": f})
+    return points
+
+
+def point_id(p: dict) -> str:
+    return hashlib.sha1(json.dumps(p, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_point(p: dict, replications: int, requests_per_replication: int, seed: int) -> list[dict]:
+    """Simulate one configuration with LRU and FIFO and evaluate every model on it."""
+    from kvsim.engine import simulate  # imported in the worker
+
+    workload = make_workload(p)
+    span = workload.turns.mean * workload.think_time.mean  # a conversation's mean lifetime
+    warmup = 5 * span
+    window = requests_per_replication / workload.requests_per_second
+    sims = {policy: simulate(workload, p["capacity_blocks"], policy, block_size=BLOCK_SIZE,
+                             duration=warmup + window, warmup=warmup, replications=replications,
+                             seed=seed, progress=False)
+            for policy in ("lru", "fifo")}
+    models = {"lru": lru_model(workload, p["capacity_blocks"], BLOCK_SIZE),
+              "fifo": fifo_model(workload, p["capacity_blocks"], BLOCK_SIZE)}
+    seed_out = seed_model(memory_per_token_bytes=1, model_size_gb=0, turns=workload.turns.mean,
+                          arrival_rate=workload.arrival_rate, interval=workload.think_time.mean,
+                          seq_len=workload.tokens_per_turn, cached_tokens=p["capacity_blocks"] * BLOCK_SIZE)
+    rows = []
+    for method in METHODS:
+        if method == "seed":
+            metric, predicted, sim = "request_hit_rate", seed_out["hit_rate"], sims["lru"].request_hit_rate
+            variant = "seed"
+        else:
+            metric, predicted, sim = "token_hit_rate", models[method].token_hit_rate, sims[method].token_hit_rate
+            variant = models[method].variant
+        lo, hi = sim.ci95 or (np.nan, np.nan)
+        rows.append({**p, "method": method, "variant": variant, "metric": metric, "predicted": predicted,
+                     "simulated": sim.mean, "ci_lo": lo, "ci_hi": hi, "abs_err": abs(predicted - sim.mean),
+                     "requests": sims["lru" if method == "seed" else method].total("requests"),
+                     "replications": replications})
+    return rows
+
+
+def executor_for(args) -> Executor:
+    if args.dask:
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            sys.exit("validate: error: --dask needs the optional extra: pip install 'kvsim[dask]'")
+        return Client(args.dask).get_executor()
+    return ProcessPoolExecutor(max_workers=args.workers)
+
+
+def run(args) -> list[dict]:
+    out = Path(args.out)
+    points_dir = out / "points"
+    points = grid(args.quick)
+    todo = [p for p in points if not (points_dir / f"{point_id(p)}.json").exists()]
+    print(f"{len(points)} configurations, {len(points) - len(todo)} already done", file=sys.stderr)
+    if todo:
+        from tqdm import tqdm
+
+        with executor_for(args) as pool, tqdm(total=len(todo), file=sys.stderr, disable=args.no_progress,
+                                                 desc="validate") as bar:
+            futures = {pool.submit(run_point, p, args.replications, args.requests, args.seed): p for p in todo}
+            for future in as_completed(futures):
+                p = futures[future]
+                write_atomic(points_dir / f"{point_id(p)}.json", json.dumps(future.result()))
+                bar.update()
+    rows = []
+    for p in points:
+        rows.extend(json.loads((points_dir / f"{point_id(p)}.json").read_text()))
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    fields = list(rows[0])
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, newline="", suffix=".tmp") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(f.name, path)
+
+
+def summary(rows: list[dict]) -> list[str]:
+    lines = []
+    for method in METHODS:
+        errs = [r["abs_err"] for r in rows if r["method"] == method]
+        lines.append(f"{method}: mean_abs_err={np.mean(errs):.4f} max_abs_err={np.max(errs):.4f} n={len(errs)}")
+    return lines
+
+
+def breakdown(rows: list[dict]) -> list[str]:
+    """Mean / max error per method and think-time distribution (the targets are stated that way)."""
+    lines = ["method  think_dist  mean_abs_err  max_abs_err  n"]
+    for method in METHODS:
+        for dist in THINK:
+            errs = [r["abs_err"] for r in rows if r["method"] == method and r["think_dist"] == dist]
+            if errs:
+                lines.append(f"{method:7} {dist:10} {np.mean(errs):12.4f} {np.max(errs):12.4f} {len(errs):3}")
+    return lines
+
+
+def figures(rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    # 1. predicted vs simulated, per method
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), sharex=True, sharey=True)
+    for ax, method in zip(axes, METHODS):
+        sel = [r for r in rows if r["method"] == method]
+        for dist, marker in zip(THINK, "osd^"):
+            s = [r for r in sel if r["think_dist"] == dist]
+            ax.scatter([r["simulated"] for r in s], [r["predicted"] for r in s], s=14, marker=marker,
+                       label=f"{dist} think", alpha=0.75)
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        metric = sel[0]["metric"].replace("_", " ") if sel else ""
+        ax.set_title(f"{method}: {metric}")
+        ax.set_xlabel("simulated")
+    axes[0].set_ylabel("predicted")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "predicted_vs_simulated.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    # 2. error by region: absolute error against the simulated hit rate
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    bins = np.linspace(0, 1, 11)
+    for method in METHODS:
+        sel = [r for r in rows if r["method"] == method]
+        sim = np.array([r["simulated"] for r in sel])
+        err = np.array([r["predicted"] - r["simulated"] for r in sel])
+        idx = np.digitize(sim, bins) - 1
+        centers = [(bins[i] + bins[i + 1]) / 2 for i in range(10) if (idx == i).any()]
+        mean_abs = [np.abs(err[idx == i]).mean() for i in range(10) if (idx == i).any()]
+        ax.plot(centers, mean_abs, "o-", label=method)
+    ax.set_xlabel("simulated hit rate (bin)")
+    ax.set_ylabel("mean |predicted - simulated|")
+    ax.legend()
+    ax.set_title("error by region")
+    fig.tight_layout()
+    paths.append(out / "error_by_region.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def curve_figure(out: Path, replications: int, requests: int, seed: int) -> Path:
+    """Hit rate vs capacity for one workload: models as lines, simulation as points with 95% CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kvsim.engine import simulate
+
+    p = dict(arrival_rate=1.0, turns_dist="fixed", turns=5, think_time=30.0, think_dist="exp", think_cv=1.0,
+             system_prompt_tokens=0)
+    workload = make_workload(p)
+    caps = np.unique(np.geomspace(300, 40000, 40).astype(int))
+    lru = [lru_model(workload, int(c), BLOCK_SIZE) for c in caps]
+    fifo = [fifo_model(workload, int(c), BLOCK_SIZE) for c in caps]
+    seed_hits = [seed_model(memory_per_token_bytes=1, model_size_gb=0, turns=5, arrival_rate=1.0, interval=30.0,
+                            seq_len=INPUT_TOKENS + OUTPUT_TOKENS, cached_tokens=int(c) * BLOCK_SIZE)["hit_rate"]
+                 for c in caps]
+    tokens = caps * BLOCK_SIZE / 1000
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.3))
+    ax1.plot(tokens, [m.token_hit_rate for m in lru], "C0-", label="LRU model")
+    ax1.plot(tokens, [m.token_hit_rate for m in fifo], "C1-", label="FIFO model")
+    ax2.plot(tokens, [m.request_hit_rate for m in lru], "C0-", label="LRU model")
+    ax2.plot(tokens, seed_hits, "C3-", label="seed model")
+    span = 5 * 30.0
+    for c in np.geomspace(400, 30000, 9).astype(int):
+        for policy, color in (("lru", "C0"), ("fifo", "C1")):
+            r = simulate(workload, int(c), policy, block_size=BLOCK_SIZE, duration=5 * span + requests / 5,
+                         warmup=5 * span, replications=replications, seed=seed, progress=False)
+            for ax, est in ((ax1, r.token_hit_rate), (ax2, r.request_hit_rate)):
+                if ax is ax2 and policy == "fifo":
+                    continue
+                lo, hi = est.ci95
+                ax.errorbar(c * BLOCK_SIZE / 1000, est.mean, yerr=[[est.mean - lo], [hi - est.mean]], fmt="o",
+                            color=color, ms=4, capsize=2,
+                            label=f"simulated {policy.upper()}" if c == 400 else None)
+    for ax, title in ((ax1, "token hit rate"), (ax2, "request hit rate")):
+        ax.set_xscale("log")
+        ax.set_xlabel("cache capacity (thousand tokens)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("λ=1 conversation/s, 5 turns, exp think 30 s, 200 in + 300 out tokens, block 16", fontsize=10)
+    fig.tight_layout()
+    path = out / "hit_rate_vs_capacity.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a representative subset, under 2 minutes")
+    ap.add_argument("--out", default="out/validate", help="output folder (default out/validate)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="local worker processes")
+    ap.add_argument("--dask", metavar="ADDRESS", help="run on an existing Dask cluster (optional extra)")
+    ap.add_argument("--replications", type=int, default=None, help="per configuration (default 3, quick 2)")
+    ap.add_argument("--requests", type=int, default=None,
+                    help="measured requests per replication (default 20000, quick 6000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    args.replications = args.replications or (2 if args.quick else 3)
+    args.requests = args.requests or (6000 if args.quick else 20000)
+    if args.quick and args.out == "out/validate":
+        args.out = "out/validate-quick"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run(args)
+    write_csv(rows, out / "validation.csv")
+    lines = summary(rows)
+    write_atomic(out / "summary.txt", "\n".join(lines + [""] + breakdown(rows)) + "\n")
+    figures(rows, out)
+    if not args.quick:
+        curve_figure(out, args.replications, args.requests, args.seed)
+    print("\n".join(breakdown(rows)), file=sys.stderr)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
