@@ -182,9 +182,15 @@ class FIFOPolicy:
         pinned = set(self._keys[: self._hit])
         victims: list[Hashable] = []
         parked: list[Hashable] = []
-        while len(victims) < n:
-            key = popitem(False)[0]
-            (parked if key in pinned else victims).append(key)
+        while n:
+            batch = [popitem(False)[0] for _ in range(n)]
+            if pinned.isdisjoint(batch):
+                victims += batch
+                break
+            kept = [key for key in batch if key not in pinned]
+            parked += [key for key in batch if key in pinned]
+            victims += kept
+            n -= len(kept)
         move_to_end = blocks.move_to_end
         for key in reversed(parked):
             blocks[key] = None
@@ -226,11 +232,9 @@ class LFUPolicy:
     def __iter__(self) -> Iterator[Hashable]:
         return iter(self._count)
 
-    def _bucket(self, count: int) -> OrderedDict[Hashable, None]:
-        bucket = self._buckets.get(count)
-        if bucket is None:
-            bucket = self._buckets[count] = OrderedDict()
-            heappush(self._bucket_counts, count)
+    def _new_bucket(self, count: int) -> OrderedDict[Hashable, None]:
+        bucket = self._buckets[count] = OrderedDict()
+        heappush(self._bucket_counts, count)
         return bucket
 
     def acquire(self, keys: Sequence[Hashable], max_hit_blocks: int) -> tuple[int, int]:
@@ -250,9 +254,8 @@ class LFUPolicy:
             del buckets[c][key]
         size = len(count)
         for key in keys[hit:]:
-            c = pop(key, 0)
-            if c:
-                del buckets[c][key]
+            if key in count:
+                del buckets[pop(key)][key]
         return hit, hit + size - len(count)
 
     def evict(self, n: int) -> list[Hashable]:
@@ -280,13 +283,19 @@ class LFUPolicy:
         hit_counts = self._hit_counts
         # Tail first within each bucket, so that the deepest block of the
         # request is its least recent.
+        bucket_of = self._buckets.get
         for j in range(hit_blocks - 1, -1, -1):
             c = hit_counts[j] + 1
             key = keys[j]
-            self._bucket(c)[key] = None
+            bucket = bucket_of(c)
+            if bucket is None:
+                bucket = self._new_bucket(c)
+            bucket[key] = None
             count[key] = c
         if hit_blocks < len(keys):
-            bucket = self._bucket(1)
+            bucket = bucket_of(1)
+            if bucket is None:
+                bucket = self._new_bucket(1)
             for key in reversed(keys[hit_blocks:]):
                 bucket[key] = None
                 count[key] = 1

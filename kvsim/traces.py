@@ -222,15 +222,20 @@ def _runs(ids, input_tokens: int, block_size: int) -> tuple[list[int], list[int]
         a = np.asarray(ids)
     except (ValueError, TypeError):
         raise _Bad("hash_ids must be a list of integers") from None
-    if a.ndim != 1 or a.dtype.kind not in "iu" or any(type(h) is bool for h in ids[:1]):
+    if a.ndim != 1 or a.dtype.kind not in "iu":
         raise _Bad("hash_ids must be a list of integers")
     if a.min() < 0 or a.max() >= NAMESPACE_STRIDE:
         raise _Bad("hash_ids must be in [0, 2**40)")
     breaks = np.flatnonzero(np.diff(a) != 1) + 1
-    if len(breaks) and np.unique(a).size != n:
-        raise _Bad("hash_ids repeats an id (a chained prefix hash cannot)")
     edges = np.concatenate(([0], breaks, [n]))
-    return a[edges[:-1]].tolist(), np.diff(edges).tolist()
+    starts, lengths = a[edges[:-1]].tolist(), np.diff(edges).tolist()
+    if len(starts) > 1:  # ids repeat iff two runs overlap
+        end = -1
+        for s, m in sorted(zip(starts, lengths)):
+            if s < end:
+                raise _Bad("hash_ids repeats an id (a chained prefix hash cannot)")
+            end = s + m
+    return starts, lengths
 
 
 def _expand(starts: list[int], lengths: list[int], base: int) -> list[int]:
@@ -474,6 +479,10 @@ def _file_info(path: Path, fmt: str, trace_block_size: int | None, time_unit: st
         bs, unit = jsonl_settings(path, trace_block_size, time_unit)
         return {"path": str(path), "format": fmt, "block_size": bs, "time_unit": unit}
     bs, scope = conversation_settings(path)
+    if bs is None and trace_block_size is None:  # not in the head: parse the file once
+        parsed = _conversation_raw(path, True, TraceStats())
+        if parsed is not None:
+            bs, scope = parsed[0], parsed[1]
     return {"path": str(path), "format": fmt, "block_size": bs or trace_block_size,
             "hash_id_scope": scope or "local"}
 
@@ -511,10 +520,10 @@ def _merge(files: list[Path], infos: list[dict], skip_bad: bool, stats: TraceSta
     heap: list = []
 
     def push(i: int, stream: Iterator[TraceRequest]) -> None:
-        for req in stream:
-            heap.append((req.time, i, req, stream))
-            heapq.heapify(heap) if len(heap) < 2 else heapq._siftdown(heap, 0, len(heap) - 1)
-            return
+        # One entry per open file, so (time, file index) never ties and requests are not compared.
+        req = next(stream, None)
+        if req is not None:
+            heapq.heappush(heap, (req.time, i, req, stream))
 
     # A conversation file is opened (parsed) only once the clock reaches its start: all its
     # requests come at or after it. jsonl files stream from the beginning.

@@ -129,7 +129,12 @@ def test_broken_prefix_and_stale_copies(impl, policy):
 #        LRU/LFU: A1 A0 in use -> B1; then order B0 A3 A2 A1 A0 (LFU: count 1
 #        B0 A3 A2, count 2 A1 A0)
 #   r4 C0 / 0 / 1          full: evicts FIFO A1, LRU/LFU B0
-PINNED_REQUESTS = [(["A0", "A1"], 1, 2), (["B0", "B1"], 1, 2), (blocks("A", 4), 3, 4), (["C0"], 0, 1)]
+PINNED_REQUESTS = [
+    (["A0", "A1"], 1, 2),
+    (["B0", "B1"], 1, 2),
+    (blocks("A", 4), 3, 4),
+    (["C0"], 0, 1),
+]
 PINNED_EXPECTED = {
     "fifo": {"A0", "A2", "A3", "B0", "C0"},
     "lru": {"A0", "A1", "A2", "A3", "C0"},
