@@ -111,3 +111,19 @@ def capacity_from_gib(model: ModelSpec, gib: float, kv_dtype: str = "bf16",
     check_positive("block-size", block_size, integer=True)
     bpt = bytes_per_token(model, kv_dtype)
     return _from_tokens(bpt, int(math.floor(gib * GIB / bpt)), block_size, "capacity-gib")
+
+
+def memory_for_tokens(model: ModelSpec, tokens: int, kv_dtype: str = "bf16", weight_dtype: str = "bf16",
+                      memory_utilization: float = 0.9, activation_reserve_gib: float = 0.0,
+                      model_size_gib: float | None = None) -> float:
+    """Total GPU memory (GiB, over all GPUs) whose KV share holds ``tokens``: the inverse of
+    ``capacity_from_memory``."""
+    check_positive("tokens", tokens, allow_zero=True)
+    if model_size_gib is not None:
+        weights = model_size_gib * GIB
+    elif model.params_b is None:
+        raise ValueError("params-b or model-size-gb is required to size GPU memory")
+    else:
+        weights = weights_bytes(model.params_b, weight_dtype)
+    kv = tokens * bytes_per_token(model, kv_dtype)
+    return (kv + weights + activation_reserve_gib * GIB) / memory_utilization / GIB

@@ -4,9 +4,10 @@ What is modelled is exactly the simulator's cache (DESIGN.md §3), at the level 
 ``bs`` tokens. Per conversation (L turns, context c_0 = S, prompt p_k = c_{k-1} + u_k, context
 c_k = p_k + r_k):
 
-* n_S = floor(S/bs) system blocks are shared by every conversation and assumed always cached (each
-  request touches them); the other full blocks of c_k, c'_k = floor(c_k/bs) - n_S, belong to the
-  conversation. Everything below counts blocks, so the block rounding is exact.
+* n_S = floor(S/bs) system blocks are shared by every conversation and always cached: with zero
+  service time every allocation is made by a request that holds them, so no policy can evict
+  them. The other full blocks of c_k, c'_k = floor(c_k/bs) - n_S, belong to the conversation.
+  Everything below counts blocks, so the block rounding is exact.
 * Turn k whose predecessor's context survived hits h_k = min(floor(c_{k-1}/bs), floor((p_k-1)/bs))
   blocks (vLLM computes at least one prompt token); otherwise it hits the system blocks,
   min(n_S, floor((p_k-1)/bs)). Turn 1 always gets the latter.
@@ -14,9 +15,11 @@ c_k = p_k + r_k):
   hits nothing and caches nothing ("oversized"); since contexts only grow, so are the later turns.
 
 Token counts drawn from a distribution are handled by averaging over ``SIZE_PATHS`` sampled
-per-conversation size paths (seeded, each turn's column shifted to the exact mean). The models
-are linear in every per-turn size quantity and sizes are independent of think times and of L, so
-this average is the exact expectation up to sampling noise. Fixed token counts use one exact path.
+per-conversation size paths (fewer for very long turn supports; seeded; each turn's column
+shifted to the exact mean). The models are linear in every per-turn size quantity and sizes are
+independent of think times and of L, so this average is the exact expectation up to sampling
+noise (the Gaussian refinement's partial-survival term uses the mean context instead). Fixed
+token counts use one exact path.
 
 Turn counts enter through P(L >= k) over ``TurnCount.support``; for fixed sizes and fixed or
 geometric L without oversized turns, the LRU equation's two sums have closed forms
@@ -36,7 +39,9 @@ from analytic.distributions import ThinkTime
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 
 LRU_VARIANTS = ("che", "che+gaussian")
-SIZE_PATHS = 2000  # sampled size paths when token counts are drawn
+SIZE_PATHS = 2000  # sampled size paths when token counts are drawn ...
+SIZE_CELLS = 400_000  # ... fewer when the turn support is long: at most this many (path, turn) cells
+MIN_SIZE_PATHS = 400
 SIZE_SEED = 20_250_611
 REPORT_REACH = 1e-6  # per-turn dicts list the turns a conversation reaches with at least this probability
 LATTICE_CELLS = 256  # cells on [0, T_F] for the FIFO overlap term (a small correction: see fifo_model)
@@ -62,7 +67,7 @@ class ModelResult:
     token_hit_rate: float
     mean_occupancy_blocks: float
     per_turn_context_hit: dict[int, float] = field(default_factory=dict)
-    capacity_blocks: float | None = None
+    capacity_blocks: int | None = None
     block_size: int = DEFAULT_BLOCK_SIZE
 
     def as_dict(self) -> dict:
@@ -121,13 +126,24 @@ class _SizePaths:
     system: np.ndarray  # blocks hit when it did not (the system prompt)
     new: np.ndarray  # conversation blocks a hit turn inserts
     fixed: bool
+    all_served: dict = field(default_factory=dict, compare=False)  # _TABLE_FIELDS with every turn served
+
+    def quantity(self, name: str) -> np.ndarray:
+        if name == "one":
+            return np.ones_like(self.conv)
+        if name == "conv2":
+            return self.conv**2
+        if name.endswith("_any"):
+            return (getattr(self, name[:-4]) > 0).astype(float)
+        return getattr(self, name)
 
 
 @lru_cache(maxsize=32)
-def _size_paths(workload: Workload, block_size: int, turns: int) -> _SizePaths:
+def _size_paths(input_tokens, output_tokens, system_prompt_tokens: int, block_size: int, turns: int):
+    """Keyed on what sizes depend on only: changing the rate or think time reuses the paths."""
     bs = block_size
-    fixed = workload.input_tokens.is_fixed and workload.output_tokens.is_fixed
-    paths = 1 if fixed else SIZE_PATHS
+    fixed = input_tokens.is_fixed and output_tokens.is_fixed
+    paths = 1 if fixed else max(MIN_SIZE_PATHS, min(SIZE_PATHS, SIZE_CELLS // turns))
     rng = np.random.default_rng(SIZE_SEED)
 
     def draw(tokens):
@@ -138,9 +154,9 @@ def _size_paths(workload: Workload, block_size: int, turns: int) -> _SizePaths:
         # the (linear) expectations; what is left is noise in the rounding corrections.
         return np.clip(x + (tokens.mean - x.mean(axis=0)), 0.0, None)
 
-    u = draw(workload.input_tokens)
-    r = draw(workload.output_tokens)
-    S = workload.system_prompt_tokens
+    u = draw(input_tokens)
+    r = draw(output_tokens)
+    S = system_prompt_tokens
     n_s = S // bs
     context = S + np.cumsum(u + r, axis=1)
     before = np.concatenate([np.full((paths, 1), float(S)), context[:, :-1]], axis=1)
@@ -152,30 +168,65 @@ def _size_paths(workload: Workload, block_size: int, turns: int) -> _SizePaths:
     system = np.minimum(n_s, cap)
     conv = np.maximum(full - n_s, 0)
     new = np.maximum(full - np.maximum(reuse, n_s), 0)
-    return _SizePaths(n_s, prompt, np.ceil(context / bs), conv, reuse, system, new, fixed)
+    paths_ = _SizePaths(n_s, prompt, np.ceil(context / bs), conv, reuse, system, new, fixed)
+    for name, (quantity, weight) in _TABLE_FIELDS.items():
+        mean = paths_.quantity(quantity).mean(axis=0)
+        # Every turn served: sigma_{k+1} = 1 except after the last turn of the support.
+        if weight == "next":
+            mean = np.append(mean[:-1], 0.0)
+        elif weight == "stop":
+            mean = np.append(np.zeros(turns - 1), mean[-1])
+        paths_.all_served[name] = mean
+    return paths_
+
+
+# Per-turn expectations of a _Table, each E[x_k * (a weight made of sigma_k, sigma_{k+1})].
+_TABLE_FIELDS = {
+    # name: (path quantity, weight)  weight: "k" = sigma_k, "next" = sigma_{k+1},
+    #                                "stop" = sigma_k (1 - sigma_{k+1})
+    "served": ("one", "k"),
+    "reuse_tokens": ("reuse", "k"),
+    "system_tokens": ("system", "k"),
+    "reuse_any": ("reuse_any", "k"),
+    "system_any": ("system_any", "k"),
+    "conv_follow": ("conv", "next"),
+    "conv_stop": ("conv", "stop"),
+    "conv_served": ("conv", "k"),
+    "conv2_follow": ("conv2", "next"),
+    "conv2_stop": ("conv2", "stop"),
+    "conv2_served": ("conv2", "k"),
+    "new_served": ("new", "k"),
+}
 
 
 @dataclass(frozen=True)
 class _Table:
-    """Per-turn expectations (index k-1) at one capacity; sigma_k = 1(turn k is served)."""
+    """Per-turn expectations (index k-1) at one capacity; sigma_k = 1(turn k is served).
+
+    prompt = E[p_k] (every request counts in the denominator, oversized or not); served =
+    E[sigma_k]; reuse_tokens / system_tokens = E[sigma_k h_k] bs / E[sigma_k min(n_S, cap)] bs;
+    *_any = the same with 1(... > 0); conv_follow = E[c'_k sigma_{k+1}] (context followed by a
+    served turn), conv_stop = E[c'_k sigma_k (1 - sigma_{k+1})] (next turn oversized),
+    conv_served = E[c'_k sigma_k]; conv2_* the same with c'_k^2; new_served = E[new_k sigma_k].
+    """
 
     law: _TurnLaw
     system_blocks: int
-    prompt: np.ndarray  # E[p_k] (every request counts in the denominator, oversized or not)
-    served: np.ndarray  # E[sigma_k]
-    reuse_tokens: np.ndarray  # E[sigma_k h_k] * bs
-    system_tokens: np.ndarray  # E[sigma_k min(n_S, cap)] * bs
-    reuse_any: np.ndarray  # E[sigma_k 1(h_k > 0)]
+    prompt: np.ndarray
+    served: np.ndarray
+    reuse_tokens: np.ndarray
+    system_tokens: np.ndarray
+    reuse_any: np.ndarray
     system_any: np.ndarray
-    conv_follow: np.ndarray  # E[c'_k sigma_{k+1}]: context followed by a served turn
-    conv_stop: np.ndarray  # E[c'_k sigma_k (1 - sigma_{k+1})]: next turn oversized
-    conv_served: np.ndarray  # E[c'_k sigma_k]
-    conv2_follow: np.ndarray  # the same with c'_k^2 (for the Gaussian refinement)
+    conv_follow: np.ndarray
+    conv_stop: np.ndarray
+    conv_served: np.ndarray
+    conv2_follow: np.ndarray
     conv2_stop: np.ndarray
     conv2_served: np.ndarray
-    new_served: np.ndarray  # E[new_k sigma_k]
+    new_served: np.ndarray
     paths: _SizePaths
-    sigma: np.ndarray  # (paths, K)
+    served_turns: np.ndarray  # per path: sigma_k = 1(k <= served_turns), contexts only grow
 
     def sums(self, square: bool = False) -> tuple[float, float]:
         """(K1, K2): E[sum_{k<L} c'_k] over turns followed by a served turn, and E[c' of the last
@@ -192,48 +243,48 @@ class _Table:
 
     def new_then_served(self) -> np.ndarray:
         """M[i, j] = E[new_i sigma_j] (0-based turns): a run written at hit turn i, turn j served."""
-        p = self.paths
-        if p.fixed:
-            return np.outer(p.new[0], self.sigma[0])
-        served_count = self.sigma.sum(axis=1).astype(int)  # sigma_k = 1(k <= served_count)
+        new = self.paths.new
         K = self.law.turns
-        grouped = np.zeros((K + 1, K))
-        np.add.at(grouped, served_count, p.new)
-        # E[new_i 1(served_count >= j+1)] = sum over groups with count >= j+1.
-        tail = np.cumsum(grouped[::-1], axis=0)[::-1] / len(served_count)
-        return tail[1:].T
+        count = self.served_turns
+        if self.paths.fixed:
+            return np.outer(new[0], np.arange(K) < count[0])
+        # E[new_i 1(count >= j+1)]: sort the paths by count; a prefix sum gives each tail.
+        order = np.argsort(count, kind="stable")
+        prefix = np.concatenate([np.zeros((1, K)), np.cumsum(new[order], axis=0)])
+        first = np.searchsorted(count[order], np.arange(1, K + 1), side="left")
+        return ((prefix[-1] - prefix[first]) / len(count)).T
 
 
 def _table(workload: Workload, block_size: int, capacity_blocks: float | None) -> _Table:
     law = _turn_law(workload.turns)
-    p = _size_paths(workload, block_size, law.turns)
-    sigma = np.ones_like(p.need) if capacity_blocks is None else (p.need <= capacity_blocks).astype(float)
-    sigma_next = np.concatenate([sigma[:, 1:], np.zeros((sigma.shape[0], 1))], axis=1)
-    conv2 = p.conv**2
-
-    def mean(x):
-        return x.mean(axis=0)
-
-    bs = block_size
-    return _Table(
-        law=law,
-        system_blocks=p.system_blocks,
-        prompt=mean(p.prompt),
-        served=mean(sigma),
-        reuse_tokens=mean(sigma * p.reuse) * bs,
-        system_tokens=mean(sigma * p.system) * bs,
-        reuse_any=mean(sigma * (p.reuse > 0)),
-        system_any=mean(sigma * (p.system > 0)),
-        conv_follow=mean(p.conv * sigma_next),
-        conv_stop=mean(p.conv * sigma * (1 - sigma_next)),
-        conv_served=mean(p.conv * sigma),
-        conv2_follow=mean(conv2 * sigma_next),
-        conv2_stop=mean(conv2 * sigma * (1 - sigma_next)),
-        conv2_served=mean(conv2 * sigma),
-        new_served=mean(p.new * sigma),
-        paths=p,
-        sigma=sigma,
+    p = _size_paths(
+        workload.input_tokens, workload.output_tokens, workload.system_prompt_tokens, block_size, law.turns
     )
+    K = law.turns
+    if capacity_blocks is None:
+        count = np.full(p.need.shape[0], K)
+    else:
+        count = (p.need <= capacity_blocks).sum(axis=1)
+    lo, hi = int(count.min()), int(count.max())
+    # Columns 0..lo-2 have sigma_k = sigma_{k+1} = 1 on every path (the cached all-served means);
+    # columns >= hi have sigma_k = 0; only the columns in between are averaged path by path.
+    a, b = max(lo - 1, 0), hi
+    values = {}
+    for name, (quantity, weight) in _TABLE_FIELDS.items():
+        column = np.zeros(K)
+        column[:a] = p.all_served[name][:a]
+        if b > a:
+            x = p.quantity(quantity)[:, a:b]
+            k = np.arange(a, b)[None, :]
+            this = k < count[:, None]
+            after = (k + 1) < count[:, None]
+            w = {"k": this, "next": after, "stop": this & ~after}[weight]
+            column[a:b] = (x * w).mean(axis=0)
+        values[name] = column
+    values["reuse_tokens"] *= block_size
+    values["system_tokens"] *= block_size
+    return _Table(law=law, system_blocks=p.system_blocks, prompt=p.prompt.mean(axis=0), paths=p,
+                  served_turns=count, **values)  # fmt: skip
 
 
 def closed_form_sums(workload: Workload, block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[float, float] | None:
@@ -289,23 +340,27 @@ def _check(workload: Workload, capacity_blocks, block_size) -> None:
     check_positive("block-size", block_size, integer=True)
 
 
-def _metrics(table: _Table, reuse_prob: np.ndarray, scale: float = 1.0):
-    """Hit rates given P(previous context survives) per turn (index k-1; turn 1's entry is unused).
+def _metrics(table: _Table, keep_any: np.ndarray, keep_share=None, keep_full=None):
+    """Hit rates from what survives of each turn's previous context (arrays over turns, index k-1;
+    turn 1's entry is unused: it only ever has the system prompt to hit).
 
-    A surviving context gives h_k blocks, a lost one the system blocks; turn 1 always the latter.
-    ``scale`` multiplies every hit (FIFO's periodic loss of the system blocks).
+    ``keep_any`` = P(its leading block survives), ``keep_share`` = expected surviving share of it
+    (a partial survival hits a leading part), ``keep_full`` = P(all of it survives); the last two
+    default to the first (whole contexts evicted at once). A surviving context gives h_k blocks,
+    a lost one the system blocks.
     """
     law = table.law
-    keep = reuse_prob.copy()
-    keep[0] = 0.0
-    hit_tokens = keep * table.reuse_tokens + (1 - keep) * table.system_tokens
-    any_hit = keep * table.reuse_any + (1 - keep) * table.system_any
-    token = scale * float(law.reach @ hit_tokens) / float(law.reach @ table.prompt)
-    request = scale * float(law.reach @ any_hit) / law.mean
+    share = keep_any if keep_share is None else keep_share
+    full = keep_any if keep_full is None else keep_full
+    keep_any, share, full = (np.where(np.arange(law.turns) == 0, 0.0, x) for x in (keep_any, share, full))
+    hit_tokens = table.system_tokens + share * (table.reuse_tokens - table.system_tokens)
+    any_hit = table.system_any + keep_any * (table.reuse_any - table.system_any)
+    token = float(law.reach @ hit_tokens) / float(law.reach @ table.prompt)
+    request = float(law.reach @ any_hit) / law.mean
     shown = np.nonzero(law.reach >= REPORT_REACH)[0]
     first = 0 if table.system_blocks >= 1 else 1
-    per_turn = {int(k + 1): scale * float(any_hit[k]) for k in shown if k >= first}
-    context = {int(k + 1): float(keep[k] * table.served[k]) for k in shown if k >= 1}
+    per_turn = {int(k + 1): float(any_hit[k]) for k in shown if k >= first}
+    context = {int(k + 1): float(full[k] * table.served[k]) for k in shown if k >= 1}
     return token, request, per_turn, context
 
 
@@ -358,18 +413,42 @@ def lru_characteristic_time(rate: float, think: ThinkTime, k1: float, k2: float,
     return optimize.brentq(excess, lo, hi, xtol=1e-12 * hi, rtol=1e-12)
 
 
-def _gaussian_keep(rate, think: ThinkTime, sums, sums2, c_conv) -> float:
-    """Campbell refinement: P(hit) ~ E_G[Phi((C - mu(G)) / sigma(G))], where the content touched
-    within x is a compound-Poisson sum with mean mu(x) = rate (K1 m(x) + K2 x) and variance
-    sigma^2(x) = rate (K1sq m(x) + K2sq x) (each conversation contributes its current context
-    c'_k for min(G_k, x), resp. x after its last turn)."""
+def _gaussian_keep(rate, think: ThinkTime, table: _Table, c_conv: float):
+    """Campbell refinement of LRU survival, per turn: (P(any), expected share, P(all)) of the
+    previous context c (blocks) still cached when the next request comes, a gap G later.
+
+    The content the other conversations touched within x is compound Poisson (each contributes
+    its current context c'_k for min(G_k, x), resp. x after its last turn) with mean
+    mu(x) = rate (K1 m(x) + K2 x) and variance s^2(x) = rate (K1sq m(x) + K2sq x); it is taken as
+    normal. LRU evicts a context tail first, so its leading y blocks survive iff X <= C - y:
+      P(any)  = E_G[Phi(a)],  a = (C - mu(G)) / s(G)           (DESIGN.md §5)
+      share   = E_G[s (psi(a) - psi(a - c/s))] / c,  psi(z) = z Phi(z) + phi(z)  (= E[clip(C-X, 0, c)]/c)
+      P(all)  = E_G[Phi(a - c/s)].
+    With drawn token counts c is the turn's mean context.
+    """
+    k1, k2 = table.sums()
+    k1sq, k2sq = table.sums(square=True)
     x = think.quantile_points(GAUSS_NODES)
     m = think.limited_means(x)
-    mu = rate * (sums[0] * m + sums[1] * x)
-    var = rate * (sums2[0] * m + sums2[1] * x)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(var > 0, (c_conv - mu) / np.sqrt(var), np.where(mu <= c_conv, np.inf, -np.inf))
-    return float(stats.norm.cdf(z).mean())
+    mu = rate * (k1 * m + k2 * x)
+    sd = np.sqrt(rate * (k1sq * m + k2sq * x))[:, None]
+    # The context that turn k+1 hopes to find is c'_k (mean over the paths that serve turn k).
+    context = np.concatenate(([0.0], table.conv_served[:-1] / np.maximum(table.served[:-1], 1e-300)))
+    tiny = sd < 1e-12 * max(c_conv, 1.0)  # a gap of ~0: nothing else was touched
+    sd = np.where(tiny, 1.0, sd)
+    a = np.where(tiny, np.inf, (c_conv - mu)[:, None] / sd)
+    b = np.where(tiny, np.inf, a - context[None, :] / sd)
+
+    def psi(z):
+        z = np.where(np.isinf(z), np.sign(z) * 1e6, z)
+        return z * stats.norm.cdf(z) + stats.norm.pdf(z)
+
+    any_ = np.broadcast_to(stats.norm.cdf(a).mean(axis=0), context.shape).copy()
+    full = stats.norm.cdf(b).mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kept = np.where(tiny, context[None, :], sd * (psi(a) - psi(b))).mean(axis=0)
+        share = np.where(context > 0, kept / context, any_)
+    return any_, np.clip(share, 0.0, 1.0), full
 
 
 def lru_model(
@@ -384,8 +463,9 @@ def lru_model(
     C_conv = capacity - n_S and c'_k in blocks: a context is touched as a whole by every request
     (hit blocks touched, new ones inserted), so it occupies the cache from its request until the
     next one (G) or until T has passed, and the last one of a conversation for T. Then
-    P(turn k+1 reuses turn k's context) = F(T) ("che"), or the Gaussian refinement
-    ("che+gaussian", the default for deterministic think times, whose F(T) is a step).
+    P(turn k+1 reuses turn k's context) = F(T) ("che", whole contexts evicted at once), or the
+    Gaussian refinement with partial (tail-first) eviction ("che+gaussian", the default for
+    deterministic think times, whose F(T) is a step; see ``_gaussian_keep``).
     Oversized turns end a conversation as far as the cache is concerned (their predecessor's
     context then stays T). The cache is full at the root: mean occupancy = capacity.
     """
@@ -398,18 +478,22 @@ def lru_model(
     rate = workload.arrival_rate
     c_conv = capacity_blocks - table.system_blocks
     sums = table.sums()
+    if table.served_turns.min() == table.law.turns:  # no oversized turn: the closed form may apply
+        sums = closed_form_sums(workload, block_size) or sums
     T = lru_characteristic_time(rate, think, *sums, c_conv)
+    K = table.law.turns
+    share = full = None
     if math.isinf(T):
-        keep, occupancy = 1.0, float(table.system_blocks)
+        keep, occupancy = np.ones(K), float(table.system_blocks)
     else:
         occupancy = table.system_blocks + rate * (sums[0] * think.limited_mean(T) + sums[1] * T)
         if c_conv <= 0:
-            keep = 0.0
+            keep = np.zeros(K)
         elif variant == "che":
-            keep = float(think.cdf(T))
+            keep = np.full(K, float(think.cdf(T)))
         else:
-            keep = _gaussian_keep(rate, think, sums, table.sums(square=True), c_conv)
-    token, request, per_turn, context = _metrics(table, np.full(table.law.turns, keep))
+            keep, share, full = _gaussian_keep(rate, think, table, c_conv)
+    token, request, per_turn, context = _metrics(table, keep, share, full)
     return ModelResult("lru", variant, T, per_turn, request, token, occupancy, context, capacity_blocks, block_size)
 
 
@@ -523,8 +607,12 @@ def fifo_characteristic_time(rate, think, table, c_conv, weights=None) -> tuple[
         return _fifo_state(T, rate, think, table, weights)
 
     lo, hi = c_conv / (rate * most), c_conv / (rate * k2)
-    if state(hi).occupancy < c_conv:  # cannot happen by the bound above; numerical safety
+    for _ in range(60):  # the bound above makes one pass enough; this guards rounding only
+        if state(hi).occupancy >= c_conv:
+            break
         hi *= 2
+    else:
+        raise ValueError(f"FIFO model: no characteristic time fills {c_conv} conversation blocks")
     if state(lo).occupancy >= c_conv:
         T = lo
     else:
@@ -540,17 +628,15 @@ def fifo_model(workload: Workload, capacity_blocks: int, block_size: int = DEFAU
     hits iff A_j - A_m < T_F: probability F^{*(j-m)}(T_F) given the miss at m (Erlang for exp,
     gamma for gamma, a step for det, a lattice convolution otherwise). A miss rewrites the whole
     context (c'_j blocks), a hit inserts only its new blocks. Each written run occupies the cache
-    for T_F, or less when the next miss rewrites it while it is still there (that overlap is
-    subtracted exactly, on a 256-cell lattice for non-deterministic gaps); what remains after the
-    last turn stays T_F. The fixed point  C_conv = lambda (T_F E[W] - E[overlap])  is solved by
-    brentq (see ``fifo_characteristic_time``). Where the occupancy jumps at the root
+    for T_F, or less when the next miss rewrites it while it is still there (that overlap, a few
+    per cent of the occupancy, is subtracted: exactly for deterministic gaps, on a 256-cell
+    lattice of [0, T_F] otherwise); what remains after the last turn stays T_F. The fixed point
+    C_conv = lambda (T_F E[W] - E[overlap])  is solved by brentq (``fifo_characteristic_time``). Where the occupancy jumps at the root
     (deterministic/empirical gaps) the result mixes the two sides in the proportion that fills
     the cache exactly.
 
-    The shared system blocks are also inserted once and never refreshed: about once per T_F they
-    are evicted and the next request of any conversation hits nothing, so every hit is scaled by
-    1 - 1/(lambda E[L] T_F) when there is a system block (its effect on that conversation's
-    cycle is neglected).
+    FIFO never refreshes the shared system blocks either, but with zero service time every
+    allocation is made by a request that holds them, so they are never evictable.
     """
     _check(workload, capacity_blocks, block_size)
     think = workload.think_time
@@ -570,10 +656,7 @@ def fifo_model(workload: Workload, capacity_blocks: int, block_size: int = DEFAU
         share = float(np.clip((c_conv - low.occupancy) / jump, 0.0, 1.0)) if jump > 1e-9 * c_conv else 0.5
         keep = share * high.keep + (1 - share) * low.keep
         occupancy = table.system_blocks + share * high.occupancy + (1 - share) * low.occupancy
-    scale = 1.0
-    if table.system_blocks >= 1 and 0 < T < math.inf:
-        scale = max(0.0, 1.0 - 1.0 / (rate * table.law.mean * T))
-    token, request, per_turn, context = _metrics(table, keep, scale)
+    token, request, per_turn, context = _metrics(table, keep)
     return ModelResult("fifo", "che", T, per_turn, request, token, occupancy, context, capacity_blocks, block_size)
 
 

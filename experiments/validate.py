@@ -22,6 +22,7 @@ import csv
 import hashlib
 import itertools
 import json
+import math
 import os
 import sys
 import tempfile
@@ -101,15 +102,18 @@ def run_point(p: dict, replications: int, requests_per_replication: int, seed: i
     from kvsim.engine import simulate  # imported in the worker
 
     workload = make_workload(p)
-    span = workload.turns.mean * workload.think_time.mean  # a conversation's mean lifetime
-    warmup = 5 * span
+    models = {"lru": lru_model(workload, p["capacity_blocks"], BLOCK_SIZE),
+              "fifo": fifo_model(workload, p["capacity_blocks"], BLOCK_SIZE)}
+    # Warm-up: a few conversation lifetimes plus twice the time a block can stay unused (the
+    # cache needs about that long to fill from empty); an experiment design choice, not a fit.
+    span = workload.turns.mean * workload.think_time.mean
+    longest = max((m.characteristic_time for m in models.values() if math.isfinite(m.characteristic_time)), default=0)
+    warmup = 5 * span + 2 * longest
     window = requests_per_replication / workload.requests_per_second
     sims = {policy: simulate(workload, p["capacity_blocks"], policy, block_size=BLOCK_SIZE,
                              duration=warmup + window, warmup=warmup, replications=replications,
                              seed=seed, progress=False)
             for policy in ("lru", "fifo")}
-    models = {"lru": lru_model(workload, p["capacity_blocks"], BLOCK_SIZE),
-              "fifo": fifo_model(workload, p["capacity_blocks"], BLOCK_SIZE)}
     seed_out = seed_model(memory_per_token_bytes=1, model_size_gb=0, turns=workload.turns.mean,
                           arrival_rate=workload.arrival_rate, interval=workload.think_time.mean,
                           seq_len=workload.tokens_per_turn, cached_tokens=p["capacity_blocks"] * BLOCK_SIZE)

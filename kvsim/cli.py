@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
+import numpy as np
+
 from analytic import presets
-from analytic.calc import METHODS, calculate, inputs_summary
+from analytic.calc import METHODS, calculate, inputs_summary, seed_inputs
 from analytic.distributions import THINK_KINDS, ThinkTime, TokenCount, TurnCount
 from analytic.sizing import (
+    GIB,
     bytes_per_token,
     capacity_from_gib,
     capacity_from_memory,
@@ -316,6 +320,57 @@ def cmd_compare(a) -> int:
     return 0
 
 
+def cmd_plan(a) -> int:
+    from analytic.plan import capacity_for_target, hit_rate_curve
+    from analytic.seed import seed_recommendation
+    from analytic.sizing import memory_for_tokens
+
+    model = model_from_args(a)
+    workload = workload_from_args(a)
+    hardware = hardware_from_args(a)
+    capacity = capacity_from_args(a, model)
+    bs = a.block_size
+    blocks = capacity_for_target(workload, a.target_hit_rate, a.metric, bs, a.method)
+    tokens = blocks * bs
+    plan = {"target_hit_rate": a.target_hit_rate, "metric": a.metric, "method": a.method,
+            "capacity_blocks": blocks, "capacity_tokens": tokens,
+            "kv_cache_gib": tokens * capacity.bytes_per_token / GIB}
+    if hardware is not None:
+        total = memory_for_tokens(model, tokens, a.kv_dtype, a.weight_dtype, hardware.memory_utilization,
+                                  hardware.activation_reserve_gib, a.model_size_gb)
+        plan["gpu_memory_gib_total"] = total
+        plan["gpu_memory_gib_per_gpu"] = total / hardware.gpus
+        if hardware.gpu != "custom":
+            plan["gpus_needed"] = math.ceil(total / hardware.gpu_memory_gib)
+            plan["gpu"] = hardware.gpu
+        seed_inputs_ = seed_inputs(model, workload, a.kv_dtype, model_size_gb(a, model))
+        plan["seed_recommendation"] = seed_recommendation(
+            memory_gb=hardware.gpu_memory_gib * hardware.gpus, target_hit_rate=a.target_hit_rate, **seed_inputs_)
+    scale = np.geomspace(0.1, 3, 12)
+    curve = hit_rate_curve(workload, sorted({max(1, int(blocks * f)) for f in scale}), bs, methods=(a.method,))
+    if a.json:
+        inputs = inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype)
+        print(json.dumps({"inputs": inputs, "plan": plan, "curve": curve}, indent=2))
+        return 0
+    print("\n".join(describe(model, capacity.as_dict(), workload, a.kv_dtype)[:1]
+                    + describe(model, capacity.as_dict(), workload, a.kv_dtype)[-1:]))
+    print(f"\ntarget: {a.metric} hit rate >= {a.target_hit_rate:g} ({a.method.upper()} model)")
+    print(f"needs   {tokens:,} tokens = {blocks:,} blocks of KV cache = {plan['kv_cache_gib']:.1f} GiB")
+    if hardware is not None:
+        line = (f"        {plan['gpu_memory_gib_total']:.1f} GiB of GPU memory in all "
+                f"(weights, {hardware.activation_reserve_gib:g} GiB activations, utilisation {hardware.memory_utilization:g})")
+        if "gpus_needed" in plan:
+            line += f": {plan['gpus_needed']} x {hardware.gpu}"
+        print(line)
+        rec = plan["seed_recommendation"]
+        print(f"seed    the original calculator recommends {rec['recommended_memory_gb']:.1f} GB"
+              f" (its request hit rate now: {rec['current_hit_rate']:.3f})")
+    print(f"\n{'capacity_tokens':>16} {'token_hit_rate':>15} {'request_hit_rate':>17}")
+    for row in curve:
+        print(f"{row['capacity_tokens']:>16,} {row['token_hit_rate']:>15.4f} {row['request_hit_rate']:>17.4f}")
+    return 0
+
+
 def add_simulation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("simulation")
     g.add_argument("--duration", type=float, default=3600.0, help="seconds of arrivals (default 3600)")
@@ -354,6 +409,17 @@ def build_parser() -> Parser:
     cmp_.add_argument("--figure", metavar="PNG", help="also draw hit rate vs GPU memory to this file")
     cmp_.add_argument("--json", action="store_true", help="print one JSON object")
     cmp_.set_defaults(func=cmd_compare)
+
+    plan = sub.add_parser("plan", help="memory needed for a target hit rate (inverts the LRU model)")
+    add_model_args(plan)
+    add_memory_args(plan)
+    add_workload_args(plan)
+    plan.add_argument("--target-hit-rate", type=float, required=True, help="e.g. 0.8")
+    plan.add_argument("--metric", default="token", choices=["token", "request"],
+                      help="token_hit_rate (default) or request_hit_rate")
+    plan.add_argument("--method", default="lru", choices=["lru", "fifo"], help="model to invert (default lru)")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.set_defaults(func=cmd_plan)
 
     pre = sub.add_parser("presets", help="list model and GPU presets")
     pre.add_argument("--json", action="store_true")

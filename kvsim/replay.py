@@ -591,7 +591,9 @@ def export_libcachesim_csv(traces, output, *, block_size: int | None = None, tra
                 f.write("".join(prefix + str(k) + tail for k in keys))
                 rows += len(keys)
                 n += 1
-        os.chmod(tmp, 0o644)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, output)
     except OSError as e:
         _unlink(tmp)
@@ -649,6 +651,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -672,9 +684,9 @@ def _add_reading_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-unit", default="auto", choices=["auto", "ms", "s"],
                    help="timestamps of jsonl traces (default auto: s with chat_id (Bailian), else ms)")
     g.add_argument("--arrival-rate", type=_positive_float,
-                   help="start conversation files as a Poisson process of this many per second "
-                        "(default: all at time 0, as recorded)")
-    g.add_argument("--seed", type=int, default=0, help="seed of --arrival-rate (default 0)")
+                   help="start conversation files, in a random order, as a Poisson process of this "
+                        "many per second (default: all at time 0, as recorded)")
+    g.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of --arrival-rate (default 0)")
     g.add_argument("--vllm", action="store_true",
                    help="vLLM semantics: cache full blocks only, compute at least one prompt token "
                         "(default: every listed block counts, as in the Mooncake papers)")

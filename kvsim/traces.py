@@ -440,12 +440,12 @@ def _conversation_raw(path: Path, skip_bad: bool, stats: TraceStats, block_size:
                 end = _seconds(_field(r, "t"), "t")
                 duration = r.get("duration_ms")
                 start = end if duration is None else end - _count(duration, "duration_ms", 0) / 1000
+                agent = _key(r.get("agent_id"), "agent_id") or f"subagent-{i}"
             except _Bad as e:
                 if not skip_bad:
                     raise TraceError(f"{where}: {e}") from None
                 stats.skip(f"{where}: {e}", max(1, len(subs) if type(subs) is list else 1))
                 continue
-            agent = _key(r.get("agent_id"), "agent_id") or f"subagent-{i}"
             for j, s in enumerate(subs):
                 add(s, start, agent, f"{path}: request {i}.{j}")
         else:
@@ -495,8 +495,9 @@ def open_traces(paths, *, trace_block_size: int | None = None, time_unit: str = 
     File ``i`` (0-based, in the order of :func:`trace_files`) gets namespace ``i + 1``
     (``hash_id_scope: "global"`` conversation files share namespace 0). jsonl traces keep
     their own clock. Conversation files start at time 0 -- all at once, as recorded -- unless
-    ``arrival_rate`` (conversations/s) is given: then they start in file order as a Poisson
-    process (the first at 0, seeded by ``seed``), as the simulator's conversations arrive.
+    ``arrival_rate`` (conversations/s) is given: then they start in a random order as a
+    Poisson process (the first at 0; order and gaps seeded by ``seed``), as the simulator's
+    conversations arrive.
     ``stats.files`` gets one dict per file (path, format, block size, time unit, start).
     """
     files = trace_files(paths)
@@ -506,10 +507,15 @@ def open_traces(paths, *, trace_block_size: int | None = None, time_unit: str = 
         raise ValueError(f"arrival-rate must be a number > 0 (got {arrival_rate!r})")
     infos = [_file_info(p, trace_format(p), trace_block_size, time_unit) for p in files]
     conversations = [i for i, info in enumerate(infos) if info["format"] == "conversation"]
+    if type(seed) is not int or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 (got {seed!r})")
     offsets = np.zeros(len(conversations))
     if arrival_rate is not None and len(conversations) > 1:
-        gaps = np.random.default_rng(seed).exponential(1.0 / arrival_rate, len(conversations) - 1)
-        offsets[1:] = np.cumsum(gaps)
+        rng = np.random.default_rng(seed)
+        offsets[1:] = np.cumsum(rng.exponential(1.0 / arrival_rate, len(conversations) - 1))
+        # File names say nothing about when a session happened; a random order makes
+        # different seeds independent replications.
+        conversations = [conversations[j] for j in rng.permutation(len(conversations))]
     for i, offset in zip(conversations, offsets.tolist()):
         infos[i]["start"] = offset
     stats.files.extend(infos)

@@ -80,3 +80,29 @@ def test_bad_input_one_line_exit_2(capsys, argv, needle):
 def test_console_script_exit_status():
     proc = subprocess.run([sys.executable, "-m", "kvsim.cli", "calc", "--gpus", "0"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("kvsim: error: gpus") and "Traceback" not in proc.stderr
+
+
+def test_plan_inverts_the_model(capsys):
+    from analytic.specs import Workload
+    from analytic.ttl import lru_model
+
+    code, out, _ = run(capsys, "plan", "--target-hit-rate", "0.6", "--json")
+    assert code == 0
+    plan = json.loads(out)["plan"]
+    blocks = plan["capacity_blocks"]
+    assert lru_model(Workload(), blocks).token_hit_rate >= 0.6 > lru_model(Workload(), blocks - 1).token_hit_rate
+    assert plan["gpus_needed"] >= 1 and plan["gpu_memory_gib_total"] > plan["kv_cache_gib"]
+    assert "recommended_memory_gb" in plan["seed_recommendation"]
+
+
+def test_plan_out_of_reach(capsys):
+    code, out, err = run(capsys, "plan", "--target-hit-rate", "0.95")
+    assert code == 2 and "out of reach" in err and "ceiling" in err
+
+
+def test_calc_all_methods(capsys):
+    code, out, _ = run(capsys, "calc", "--capacity-tokens", "150000", "--json")
+    methods = json.loads(out)["methods"]
+    assert set(methods) == {"seed", "lru", "fifo"}
+    for name in ("lru", "fifo"):
+        assert 0 < methods[name]["token_hit_rate"] < 1 and methods[name]["characteristic_time"] > 0

@@ -1,0 +1,67 @@
+import math
+
+import numpy as np
+import pytest
+
+from analytic.empirical import TemplateProfile, TemplateRequest, ceiling_from_templates, lru_model_from_templates
+from analytic.specs import Workload
+from analytic.ttl import lru_model
+from kvsim.workload import synthetic_conversation
+
+
+def R(t, keys, max_hit, prompt):
+    return TemplateRequest(float(t), keys, max_hit, prompt)
+
+
+def test_hand_worked_profile():
+    # one template: blocks a,b at t=0; a,b,c at t=10 (lookup 2); a,c at t=40 (lookup 2: a then c)
+    conv = [R(0, ["a", "b"], 1, 40), R(10, ["a", "b", "c"], 2, 40), R(40, ["a", "c"], 2, 40)]
+    p = TemplateProfile([conv], block_size=16)
+    assert p.requests == 3 and p.prompt_tokens == 120
+    # ages along lookups: req2: a=10, b=10 -> running [10, 10]; req3: a=30, c=30 -> [30, 30]
+    assert p.hit_tokens(5) == 0
+    assert p.hit_tokens(10.5) == 32  # request 2 hits 2 blocks
+    assert p.hit_tokens(31) == 64
+    assert p.requests_hit(10.5) == 1 and p.requests_hit(31) == 2
+    assert p.per_turn_hit(31) == {1: 0.0, 2: 1.0, 3: 1.0}
+    # gaps to next access: a: 10, 30; b: 10; c: 30; last accesses: a, b, c
+    assert p.occupancy(20) == pytest.approx(10 + 20 + 10 + 20 + 3 * 20)
+    assert p.occupancy(100) == pytest.approx(10 + 30 + 10 + 30 + 300)
+
+
+def test_prompt_cap_limits_token_hits():
+    conv = [R(0, [1, 2], 0, 20), R(1, [1, 2], 2, 20)]  # prompt of 20 tokens: 2 blocks but 20 tokens
+    p = TemplateProfile([conv], block_size=16)
+    assert p.hit_tokens(math.inf) == 20
+
+
+def test_solve_and_ceiling():
+    conv = [R(0, [1, 2], 1, 30), R(5, [1, 2, 3], 2, 40)]
+    p = TemplateProfile([conv, conv], block_size=16)
+    ceiling = ceiling_from_templates(p)
+    assert ceiling.token_hit_rate == pytest.approx(64 / 140)
+    m = lru_model_from_templates(p, arrival_rate=1.0, capacity_blocks=4)
+    # occupancy per template: block 1 and 2: min(5, T) + T, block 3: T -> 2 min(5,T) + 3T = 4
+    assert m.characteristic_time == pytest.approx(0.8)
+    assert m.token_hit_rate == 0
+    big = lru_model_from_templates(p, arrival_rate=1.0, capacity_blocks=100)
+    assert big.token_hit_rate == pytest.approx(ceiling.token_hit_rate)
+    assert lru_model_from_templates(p, 1.0, 0).token_hit_rate == 0
+
+
+def test_agrees_with_the_closed_form_on_sampled_synthetic_conversations():
+    workload = Workload()
+    rng = np.random.default_rng(0)
+    conversations = []
+    for cid in range(1, 1501):
+        t, reqs = 0.0, []
+        for turn in synthetic_conversation(workload, 16, rng, cid):
+            t += turn.delay
+            reqs.append(TemplateRequest(t, list(turn.keys), turn.max_hit_blocks, turn.prompt_tokens))
+        conversations.append(reqs)
+    profile = TemplateProfile(conversations, 16)
+    for capacity in (2000, 9778, 20000):
+        templates = lru_model_from_templates(profile, workload.arrival_rate, capacity)
+        closed = lru_model(workload, capacity, 16)
+        assert templates.token_hit_rate == pytest.approx(closed.token_hit_rate, abs=0.02)
+        assert templates.characteristic_time == pytest.approx(closed.characteristic_time, rel=0.05)

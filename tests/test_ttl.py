@@ -1,0 +1,421 @@
+"""TTL (characteristic-time) models of LRU and FIFO: hand-computed cases, limits, closed forms,
+monotonicity, and agreement with independent calculations (Monte Carlo, exact compound Poisson,
+a block-level simulation)."""
+
+import json
+import math
+import statistics
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import integrate
+
+from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.specs import Workload
+from analytic.ttl import ModelResult, closed_form_sums, fifo_model, lru_model, no_eviction_ceiling
+from analytic.ttl import _table  # the numeric sums the closed forms are checked against
+
+
+def workload(L=5, u=200, r=300, S=0, think=None, rate=1.0, turns=None):
+    return Workload(
+        arrival_rate=rate,
+        turns=turns or TurnCount("fixed", L),
+        think_time=think or ThinkTime("exp", 30.0),
+        input_tokens=TokenCount("fixed", u, name="input-tokens"),
+        output_tokens=TokenCount("fixed", r, name="output-tokens"),
+        system_prompt_tokens=S,
+    )
+
+
+def bisect(f, lo, hi, steps=200):
+    """Root of an increasing f on [lo, hi], independent of scipy."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+# ----------------------------------------------------------------------------- hand-computed cases
+
+
+def test_lru_two_turns_by_hand():
+    # Exp think (mean 30 s), L = 2, u = 200, r = 300, block 16, rate 0.5/s, 1000 blocks.
+    # c_1 = 500 -> 31 full blocks, c_2 = 1000 -> 62. Equation: 1000 = 0.5 (31 m(T) + 62 T).
+    theta, rate, C = 30.0, 0.5, 1000
+
+    def m(T):
+        return theta * (1 - math.exp(-T / theta))
+
+    T = bisect(lambda T: rate * (31 * m(T) + 62 * T) - C, 0.0, 1e4)
+    F = 1 - math.exp(-T / theta)
+    res = lru_model(workload(L=2, rate=rate), C)
+    assert res.variant == "che"
+    assert res.characteristic_time == pytest.approx(T, rel=1e-9)
+    # Turn 2 hits the 31 blocks (496 tokens) of c_1; prompts are 200 and 500 + 200 tokens.
+    assert res.token_hit_rate == pytest.approx(F * 496 / 900, rel=1e-9)
+    assert res.request_hit_rate == pytest.approx(F / 2, rel=1e-9)
+    assert res.per_turn_hit == pytest.approx({2: F})
+    assert res.mean_occupancy_blocks == pytest.approx(C)
+
+
+def test_fifo_two_turns_by_hand():
+    # Turn 1 writes 31 blocks; turn 2 writes 62 - 31 = 31 new blocks on a hit (G < T_F) and all
+    # 62 on a miss; nothing is rewritten later, so every run stays T_F:
+    # C = rate T_F (31 + F 31 + (1 - F) 62).
+    theta, rate, C = 30.0, 0.5, 1000
+
+    def F(T):
+        return 1 - math.exp(-T / theta)
+
+    T = bisect(lambda T: rate * T * (31 + 31 * F(T) + 62 * (1 - F(T))) - C, 0.0, 1e4)
+    res = fifo_model(workload(L=2, rate=rate), C)
+    assert res.characteristic_time == pytest.approx(T, rel=1e-8)
+    assert res.token_hit_rate == pytest.approx(F(T) * 496 / 900, rel=1e-8)
+    assert res.per_turn_context_hit == pytest.approx({2: F(T)})
+
+
+def test_fifo_three_turns_renewal_and_overlap_by_hand():
+    theta, rate, C = 30.0, 1.0, 3000
+    res = fifo_model(workload(L=3, rate=rate), C)
+    T = res.characteristic_time
+    x = T / theta
+    F1 = 1 - math.exp(-x)
+    F2 = 1 - math.exp(-x) * (1 + x)  # Erlang-2
+    miss2 = 1 - F1
+    miss3 = (F1 - F2) + (1 - F1) * miss2  # renewal: a hit run of length 2, or two misses
+    assert res.per_turn_context_hit == pytest.approx({2: F1, 3: 1 - miss3}, rel=1e-9)
+    # Occupancy: writes 31 (turn 1) + [31 | 62] (turn 2) + [31 | 93] (turn 3), minus the overlap
+    # of turn 2's new run with a rewrite at turn 3: E[(T - G2)^+; G1 < T <= G1 + G2].
+    def integrand(g):
+        return (T - g) * math.exp(-g / theta) / theta * (math.exp(-(T - g) / theta) - math.exp(-T / theta))
+
+    overlap = integrate.quad(integrand, 0, T)[0]
+    written = 31 + (F1 * 31 + miss2 * 62) + ((1 - miss3) * 31 + miss3 * 93)
+    assert rate * (T * written - 31 * overlap) == pytest.approx(C, rel=1e-4)
+    assert overlap > 0.5  # the term matters (and the test would notice it missing)
+
+
+def test_fifo_deterministic_gaps_by_hand():
+    # det 30 s, L = 5 (c' = 31, 62, 93, 125, 156 blocks), T_F = 75: turns 2 and 3 hit (30, 60 < 75),
+    # turn 4 misses (90) and rewrites 125 blocks, turn 5 hits. Runs: 31 T, 31 x 60 (turn 2, cut at
+    # 90), 31 x 30 (turn 3), 125 T, 31 T -> occupancy 187 T + 2790 = 16815 blocks at T = 75.
+    res = fifo_model(workload(think=ThinkTime("det", 30.0)), 16815)
+    assert res.characteristic_time == pytest.approx(75.0, rel=1e-9)
+    assert res.per_turn_context_hit == pytest.approx({2: 1.0, 3: 1.0, 4: 0.0, 5: 1.0})
+
+
+def test_oversized_turns_end_the_conversation_for_the_cache():
+    # 100 blocks: turns 1-3 need 32, 63, 94 blocks; turns 4-5 need 125, 157 and are served
+    # uncached. Turn 3's context then stays T: 100 = 1 * ((31 + 62) m(T) + 93 T).
+    res = lru_model(workload(), 100)
+    theta = 30.0
+    T = bisect(lambda T: 93 * theta * (1 - math.exp(-T / theta)) + 93 * T - 100, 0, 1e4)
+    assert res.characteristic_time == pytest.approx(T, rel=1e-9)
+    assert res.per_turn_hit[4] == 0.0 and res.per_turn_hit[5] == 0.0
+    assert res.per_turn_hit[2] == pytest.approx(1 - math.exp(-T / theta))
+    assert fifo_model(workload(), 100).per_turn_hit[5] == 0.0
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+@pytest.mark.parametrize("model", [lru_model, fifo_model])
+def test_zero_capacity_caches_nothing(model):
+    res = model(workload(S=1000), 0)
+    assert res.token_hit_rate == res.request_hit_rate == 0.0
+    assert all(v == 0.0 for v in res.per_turn_hit.values())
+
+
+@pytest.mark.parametrize("model", [lru_model, fifo_model])
+def test_tiny_capacity_gives_almost_no_reuse(model):
+    # Every turn fits (turn 5 needs 157 blocks), but 10 conversations/s churn 160 blocks in
+    # well under a second.
+    res = model(workload(rate=10.0), 160)
+    assert res.characteristic_time < 0.1
+    assert 0 < res.token_hit_rate < 0.005
+    # Below 63 blocks turn 2 is oversized (served uncached), so nothing is ever reused.
+    assert model(workload(), 62).token_hit_rate == 0.0
+
+
+@pytest.mark.parametrize("model", [lru_model, fifo_model])
+@pytest.mark.parametrize(
+    "w",
+    [
+        workload(),
+        workload(S=1000, u=77, r=13),
+        workload(turns=TurnCount("geometric", 4)),
+        workload(think=ThinkTime("lognormal", 20.0, 1.5)),
+        workload(think=ThinkTime("det", 30.0)),
+    ],
+    ids=["sanity", "system", "geometric", "lognormal", "det"],
+)
+def test_huge_capacity_reaches_the_no_eviction_ceiling(model, w):
+    ceiling = no_eviction_ceiling(w)
+    res = model(w, 10**9)
+    assert res.token_hit_rate == pytest.approx(ceiling.token_hit_rate, abs=1e-6)
+    assert res.request_hit_rate == pytest.approx(ceiling.request_hit_rate, abs=1e-6)
+    assert res.token_hit_rate < ceiling.token_hit_rate + 1e-12
+
+
+def test_ceiling_by_hand():
+    c = no_eviction_ceiling(workload())
+    # Turn k >= 2 hits floor(500 (k-1) / 16) * 16 tokens of a 500 (k-1) + 200 token prompt.
+    hits = sum((500 * (k - 1) // 16) * 16 for k in range(2, 6))
+    prompts = sum(500 * (k - 1) + 200 for k in range(1, 6))
+    assert c.token_hit_rate == pytest.approx(hits / prompts)
+    assert c.request_hit_rate == pytest.approx(4 / 5)
+    assert json.loads(json.dumps(c.as_dict()))["characteristic_time"] is None
+
+
+@pytest.mark.parametrize("model", [lru_model, fifo_model])
+def test_one_turn_without_system_prompt_never_hits(model):
+    res = model(workload(L=1), 5000)
+    assert res.token_hit_rate == res.request_hit_rate == 0.0
+    assert res.per_turn_hit == {}
+
+
+@pytest.mark.parametrize("model", [lru_model, fifo_model])
+def test_one_turn_hits_only_the_system_prompt(model):
+    res = model(workload(L=1, S=1000, u=100), 5000)
+    # 62 system blocks (992 tokens) of an 1100-token prompt; turn 1 is reported.
+    assert res.token_hit_rate == pytest.approx(992 / 1100)
+    assert res.request_hit_rate == 1.0
+    assert res.per_turn_hit == {1: 1.0}
+
+
+def test_prompt_minus_one_cap_on_the_system_prompt():
+    # S = 160 = 10 full blocks, u = 0 is allowed with a system prompt: turn 1's prompt is 160
+    # tokens and vLLM computes at least one, so only 9 blocks hit.
+    res = no_eviction_ceiling(workload(L=1, S=160, u=0, r=5))
+    assert res.token_hit_rate == pytest.approx(144 / 160)
+
+
+# ----------------------------------------------------------------------------- closed forms
+
+
+@pytest.mark.parametrize("L", [1, 2, 5, 13, 40])
+@pytest.mark.parametrize("u,r,S,bs", [(200, 300, 0, 16), (256, 256, 0, 16), (7, 1000, 333, 16), (100, 37, 2000, 64)])
+def test_closed_forms_fixed_turns(L, u, r, S, bs):
+    w = workload(L=L, u=u, r=r, S=S)
+    assert closed_form_sums(w, bs) == pytest.approx(_table(w, bs, None).sums(), rel=1e-12)
+
+
+@pytest.mark.parametrize("mean", [1.0, 1.7, 5.0, 20.0])
+@pytest.mark.parametrize("u,r,S,bs", [(200, 300, 0, 16), (256, 256, 0, 16), (7, 1000, 333, 16), (100, 37, 2000, 64)])
+def test_closed_forms_geometric_turns(mean, u, r, S, bs):
+    w = workload(u=u, r=r, S=S, turns=TurnCount("geometric", mean))
+    assert closed_form_sums(w, bs) == pytest.approx(_table(w, bs, None).sums(), rel=1e-8)
+
+
+def test_closed_forms_reduce_to_design_formulas_without_rounding():
+    s = 512 // 16  # blocks per turn
+    assert closed_form_sums(workload(L=7, u=200, r=312)) == pytest.approx((s * 7 * 6 / 2, s * 7))
+    q = 1 - 1 / 4.0
+    assert closed_form_sums(workload(u=200, r=312, turns=TurnCount("geometric", 4.0))) == pytest.approx(
+        (s * q / (1 - q) ** 2, s / (1 - q))
+    )
+
+
+def test_empirical_turns_mix_the_fixed_sums():
+    pmf = ((1, 0.2), (3, 0.5), (6, 0.3))
+    mixed = _table(workload(turns=TurnCount("empirical", pmf_pairs=pmf)), 16, None).sums()
+    parts = [np.array(closed_form_sums(workload(L=L))) * p for L, p in pmf]
+    assert mixed == pytest.approx(sum(parts))
+
+
+# ----------------------------------------------------------------------------- monotonicity
+
+THINK = st.one_of(
+    st.builds(ThinkTime, st.just("exp"), st.floats(1.0, 120.0)),
+    st.builds(ThinkTime, st.just("det"), st.floats(1.0, 120.0)),
+    st.builds(ThinkTime, st.just("gamma"), st.floats(1.0, 120.0), st.floats(0.3, 2.5)),
+    st.builds(ThinkTime, st.just("lognormal"), st.floats(1.0, 120.0), st.floats(0.3, 2.5)),
+    st.builds(
+        lambda xs: ThinkTime("empirical", samples=tuple(xs)),
+        st.lists(st.floats(0.5, 200.0), min_size=1, max_size=6),
+    ),
+)
+TURNS = st.one_of(
+    st.builds(TurnCount, st.just("fixed"), st.integers(1, 8)),
+    st.builds(TurnCount, st.just("geometric"), st.floats(1.0, 6.0)),
+)
+WORKLOADS = st.builds(
+    workload,
+    u=st.integers(1, 700),
+    r=st.integers(0, 700),
+    S=st.sampled_from([0, 15, 16, 700, 3000]),
+    think=THINK,
+    rate=st.floats(0.05, 5.0),
+    turns=TURNS,
+)
+
+
+# Monotone once every turn a conversation reaches with probability >= 1e-4 fits in the cache.
+# Below that the hit rate can dip where one more turn starts to fit (it then evicts other
+# conversations' contexts, also in the real cache); T itself can drop at such steps.
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(w=WORKLOADS, fractions=st.lists(st.floats(0.0, 3.0), min_size=4, max_size=6))
+def test_hit_rates_grow_with_capacity(w, fractions):
+    table = _table(w, 16, None)
+    deepest = int(np.nonzero(table.law.reach >= 1e-4)[0].max())
+    fits = int(table.paths.need[0, deepest])
+    scale = w.arrival_rate * (sum(table.sums()) * w.think_time.mean + 1) + table.system_blocks
+    capacities = sorted({fits + int(f * scale) for f in fractions})
+    for name, model in [("lru", lru_model), ("gauss", lambda w, c: lru_model(w, c, variant="che+gaussian")),
+                        ("fifo", fifo_model)]:  # fmt: skip
+        results = [model(w, c) for c in capacities]
+        for a, b in zip(results, results[1:]):
+            assert b.token_hit_rate >= a.token_hit_rate - 1e-6, name
+            assert b.request_hit_rate >= a.request_hit_rate - 1e-6, name
+        ceiling = no_eviction_ceiling(w)
+        assert all(r.token_hit_rate <= ceiling.token_hit_rate + 1e-9 for r in results), name
+
+
+def test_hit_rate_is_zero_at_capacity_zero_and_grows_from_there():
+    w = workload()
+    rates = [lru_model(w, c).token_hit_rate for c in (0, 200, 400, 800, 1600)]
+    assert rates[0] == 0.0 and all(b > a for a, b in zip(rates, rates[1:]))
+
+
+# ----------------------------------------------------------------------------- independent checks
+
+
+def test_fifo_matches_a_monte_carlo_of_its_own_assumptions():
+    """At the model's T_F, simulate conversations under "evicted exactly T_F after insertion":
+    the block-seconds they occupy must fill the cache, and the hit frequencies must match."""
+    w = workload()
+    C = 12500  # T_F ~ 48 s: rewrites cut ~3.5 % off the naive rate * T_F * E[W]
+    res = fifo_model(w, C)
+    T = res.characteristic_time
+    conv = np.array([500 * k // 16 for k in range(1, 6)], dtype=float)
+    rng = np.random.default_rng(3)
+    n, L = 40_000, 5
+    A = np.concatenate([np.zeros((n, 1)), np.cumsum(rng.exponential(30.0, (n, L - 1)), axis=1)], axis=1)
+    start = np.full((n, L), np.nan)  # insertion time of each turn's run
+    size = np.zeros((n, L))
+    start[:, 0], size[:, 0] = 0.0, conv[0]
+    last_miss = np.zeros(n)
+    occupied = np.zeros(n)
+    hits = []
+    for j in range(1, L):
+        hit = A[:, j] - last_miss < T
+        hits.append(hit.mean())
+        alive = ~np.isnan(start)
+        cut = np.where(alive, size * np.minimum(T, A[:, [j]] - np.nan_to_num(start)), 0.0).sum(axis=1)
+        occupied += np.where(hit, 0.0, cut)
+        start[~hit], size[~hit] = np.nan, 0.0
+        start[:, j] = A[:, j]
+        size[:, j] = np.where(hit, conv[j] - conv[j - 1], conv[j])
+        last_miss = np.where(hit, last_miss, A[:, j])
+    occupied += np.where(~np.isnan(start), size * T, 0.0).sum(axis=1)
+    assert w.arrival_rate * occupied.mean() == pytest.approx(C, rel=0.01)
+    assert [res.per_turn_context_hit[k] for k in range(2, 6)] == pytest.approx(hits, abs=0.01)
+
+
+@pytest.mark.parametrize("capacity", [12000, 13000, 14000, 14375, 15000, 16000])
+def test_gaussian_variant_matches_exact_compound_poisson_for_det_think(capacity):
+    """det think g: the content others touched within g is exactly sum_k c'_k N_k, N_k ~ Poisson(rate g)
+    (every conversation contributes its current context). With tail-first eviction turn k+1 hits
+    y <= c'_k leading blocks iff X <= C - y. Exact law by FFT; the model uses a normal law."""
+    w = workload(think=ThinkTime("det", 30.0))
+    conv = np.array([500 * k // 16 for k in range(1, 6)])
+    size = 1 << 16
+    omega = 2 * np.pi * np.fft.rfftfreq(size)
+    law = np.fft.irfft(np.exp(30.0 * sum(np.exp(-1j * omega * c) - 1 for c in conv)), size)
+    cdf = np.cumsum(np.clip(law, 0.0, None))
+    hit_blocks = sum(cdf[capacity - np.arange(1, c + 1)].sum() for c in conv[:-1])
+    exact_token = 16 * hit_blocks / sum(500 * k + 200 for k in range(5))
+    res = lru_model(w, capacity)
+    assert res.variant == "che+gaussian"
+    assert res.token_hit_rate == pytest.approx(exact_token, abs=0.01)
+    assert res.per_turn_hit[3] == pytest.approx(cdf[capacity - 1], abs=0.01)
+
+
+@pytest.mark.parametrize("capacity", [13000, 14000, 15000])
+def test_gaussian_variant_counts_partial_survival(capacity):
+    # LRU evicts a context tail first: turn k+1 hits a leading part of c'_k when not all of it
+    # survived, so its expected hit lies strictly between P(all) h_k and P(any) h_k.
+    res = lru_model(workload(think=ThinkTime("det", 30.0)), capacity)
+    h = {k: (500 * (k - 1) // 16) * 16 for k in range(2, 6)}
+    prompts = sum(500 * k + 200 for k in range(5))
+    low = sum(res.per_turn_context_hit[k] * h[k] for k in h) / prompts
+    high = sum(res.per_turn_hit[k] * h[k] for k in h) / prompts
+    assert low + 1e-3 < res.token_hit_rate < high - 1e-3
+
+
+def test_che_variant_is_a_step_for_det_think():
+    w = workload(think=ThinkTime("det", 30.0))
+    # Everything touched within 30 s: 30 * (31 + 62 + 93 + 125 + 156) = 14010 blocks.
+    assert lru_model(w, 14000, variant="che").request_hit_rate == 0.0
+    assert lru_model(w, 14020, variant="che").request_hit_rate == pytest.approx(0.8)
+
+
+# Block-level simulation of the sanity workload (exp think 30 s, rate 1/s, u = 200, r = 300,
+# L = 5, block 16; 40,000 s after a 2,000 s warm-up; an independent scratch simulator).
+SIMULATED = {
+    "lru": {20_000: 0.0733, 50_000: 0.1778, 100_000: 0.3392, 200_000: 0.5904},
+    "fifo": {20_000: 0.0720, 50_000: 0.1722, 100_000: 0.3187, 200_000: 0.5225},
+}
+
+
+@pytest.mark.parametrize("method", ["lru", "fifo"])
+def test_sanity_workload_matches_block_level_simulation(method):
+    model = lru_model if method == "lru" else fifo_model
+    for tokens, simulated in SIMULATED[method].items():
+        assert model(workload(), tokens // 16).token_hit_rate == pytest.approx(simulated, abs=0.01)
+
+
+def test_drawn_token_counts_approach_fixed_ones():
+    w = workload()
+    drawn = Workload(
+        input_tokens=TokenCount("lognormal", 200, 0.002, name="input-tokens"),
+        output_tokens=TokenCount("lognormal", 300, 0.002, name="output-tokens"),
+    )
+    for model in (lru_model, fifo_model):
+        assert model(drawn, 6250).token_hit_rate == pytest.approx(model(w, 6250).token_hit_rate, abs=0.003)
+
+
+# ----------------------------------------------------------------------------- interface
+
+
+def test_result_shape_and_json():
+    res = lru_model(workload(S=100), 6250)
+    assert isinstance(res, ModelResult) and res.method == "lru"
+    assert sorted(res.per_turn_hit) == [1, 2, 3, 4, 5]
+    assert sorted(res.per_turn_context_hit) == [2, 3, 4, 5]
+    d = json.loads(json.dumps(res.as_dict()))
+    for key in ("method", "variant", "characteristic_time", "per_turn_hit", "request_hit_rate", "token_hit_rate",
+                "mean_occupancy_blocks"):  # fmt: skip
+        assert key in d
+    assert fifo_model(workload(), 6250).variant == "che"
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: lru_model(workload(), 100, variant="exact"), "variant must be one of che, che\\+gaussian"),
+        (lambda: lru_model(workload(), -1), "capacity-blocks"),
+        (lambda: fifo_model(workload(), 2.5), "capacity-blocks"),
+        (lambda: lru_model(workload(), 100, block_size=0), "block-size"),
+        (lambda: fifo_model("chat", 100), "workload must be"),
+        (lambda: no_eviction_ceiling(workload(), block_size=-16), "block-size"),
+    ],
+)
+def test_bad_inputs_name_the_parameter(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_one_evaluation_is_fast():
+    w = workload(turns=TurnCount("geometric", 5))
+    for model in (lru_model, fifo_model):
+        model(w, 5000)
+        times = []
+        for capacity in (3000, 6000, 9000, 12000, 15000):
+            start = time.perf_counter()
+            model(w, capacity)
+            times.append(time.perf_counter() - start)
+        assert statistics.median(times) < 0.05

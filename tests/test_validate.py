@@ -1,0 +1,51 @@
+"""One grid point of experiments/validate.py, end to end, small."""
+
+import importlib.util
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grid_point_models_match_simulation():
+    validate = load("validate")
+    point = dict(arrival_rate=1.0, turns_dist="fixed", turns=5, think_time=30.0, think_dist="exp", think_cv=1.0,
+                 system_prompt_tokens=0, capacity_blocks=9778, target_fraction=0.5)
+    rows = {r["method"]: r for r in validate.run_point(point, replications=3, requests_per_replication=8000, seed=0)}
+    assert set(rows) == {"lru", "fifo", "seed"}
+    for method in ("lru", "fifo"):
+        r = rows[method]
+        assert r["metric"] == "token_hit_rate" and r["ci_lo"] < r["simulated"] < r["ci_hi"]
+        assert r["abs_err"] < 0.03, r  # the models are accurate here (README: validation results)
+    assert rows["seed"]["metric"] == "request_hit_rate"
+    assert rows["seed"]["abs_err"] > 0.05  # the seed model is not
+
+
+def test_summary_lines_and_resume(tmp_path, monkeypatch):
+    validate = load("validate")
+    points = [dict(arrival_rate=1.0, turns_dist="fixed", turns=3, think_time=10.0, think_dist="exp", think_cv=1.0,
+                   system_prompt_tokens=0, capacity_blocks=c, target_fraction=0.5) for c in (300, 900)]
+    monkeypatch.setattr(validate, "grid", lambda quick: points)
+    calls = []
+    real = validate.run_point
+    monkeypatch.setattr(validate, "run_point", lambda *a: calls.append(a) or real(*a))
+    argv = ["--quick", "--out", str(tmp_path), "--workers", "1", "--requests", "1500", "--no-progress"]
+    # a finished point from an earlier, interrupted run is not redone
+    first = real(points[0], 2, 1500, 0)
+    (tmp_path / "points").mkdir()
+    (tmp_path / "points" / f"{validate.point_id(points[0])}.json").write_text(json.dumps(first))
+    monkeypatch.setattr(validate, "executor_for", lambda args: ThreadPoolExecutor(1))  # run_point patched here
+    assert validate.main(argv) == 0
+    assert len(calls) == 1 and calls[0][0] == points[1]
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    for method, line in zip(("lru", "fifo", "seed"), lines):
+        assert line.startswith(f"{method}: mean_abs_err=") and line.endswith(" n=2")
+    assert (tmp_path / "validation.csv").read_text().count("\n") == 7
