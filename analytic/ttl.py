@@ -631,9 +631,9 @@ def fifo_model(workload: Workload, capacity_blocks: int, block_size: int = DEFAU
     for T_F, or less when the next miss rewrites it while it is still there (that overlap, a few
     per cent of the occupancy, is subtracted: exactly for deterministic gaps, on a 256-cell
     lattice of [0, T_F] otherwise); what remains after the last turn stays T_F. The fixed point
-    C_conv = lambda (T_F E[W] - E[overlap])  is solved by brentq (``fifo_characteristic_time``). Where the occupancy jumps at the root
-    (deterministic/empirical gaps) the result mixes the two sides in the proportion that fills
-    the cache exactly.
+    C_conv = lambda (T_F E[W] - E[overlap])  is solved by brentq (``fifo_characteristic_time``).
+    Where the occupancy jumps at the root (deterministic/empirical gaps) the result mixes the two
+    sides in the proportion that fills the cache exactly.
 
     FIFO never refreshes the shared system blocks either, but with zero service time every
     allocation is made by a request that holds them, so they are never evictable.
