@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import optimize
@@ -45,6 +45,7 @@ class TemplateProfile:
     def __init__(self, conversations: Iterable[Sequence[TemplateRequest]], block_size: int = DEFAULT_BLOCK_SIZE):
         check_positive("block-size", block_size, integer=True)
         self.block_size = block_size
+        lookups: list[np.ndarray] = []  # raw age of each looked-up block (for the depth variant)
         prefix_ages: list[np.ndarray] = []  # running max age along each request's lookup prefix
         prefix_caps: list[np.ndarray] = []  # tokens the j-th hit block adds (capped at prompt - 1)
         first_ages, turn_of_first, gaps = [], [], []
@@ -67,6 +68,7 @@ class TemplateProfile:
                 lookup = ages[start:start + req.max_hit_blocks]
                 start += len(req.keys)
                 if len(lookup):
+                    lookups.append(lookup)
                     running = np.maximum.accumulate(lookup)
                     prefix_ages.append(running)
                     hit_tokens = np.minimum(np.arange(1, len(lookup) + 1) * block_size, req.prompt_tokens)
@@ -77,6 +79,14 @@ class TemplateProfile:
             raise ValueError("conversations must contain at least one template")
         ages = np.concatenate(prefix_ages) if prefix_ages else np.zeros(0)
         weights = np.concatenate(prefix_caps).astype(float) if prefix_caps else np.zeros(0)
+        # Flat per-block arrays in request order, for the depth variant.
+        lengths = np.array([len(x) for x in lookups], dtype=np.int64)
+        self._raw_ages = np.concatenate(lookups) if lookups else np.zeros(0)
+        self._segment = np.repeat(np.arange(len(lookups)), lengths)
+        self._segment_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self._depth = np.arange(len(self._raw_ages)) - np.repeat(self._segment_start, lengths)
+        self._weights = weights
+        self._segment_turn = np.array(turn_of_first, dtype=int)
         order = np.argsort(ages, kind="stable")
         self._hit_ages = ages[order]
         self._hit_cum = np.concatenate([[0.0], np.cumsum(weights[order])])
@@ -95,6 +105,26 @@ class TemplateProfile:
         """Mean blocks a template conversation keeps over its life: Σ min(gap, T), in block-seconds."""
         i = np.searchsorted(self._gaps, T, side="left")
         return (self._gap_cum[i] + T * (len(self._gaps) - i) + T * self._final_accesses) / self.templates
+
+    def occupancy_at(self, ages: np.ndarray) -> np.ndarray:
+        """``occupancy`` for many T at once (inf stays inf)."""
+        finite = np.where(np.isfinite(ages), ages, 0.0)
+        i = np.searchsorted(self._gaps, finite, side="left")
+        occ = (self._gap_cum[i] + finite * (len(self._gaps) - i) + finite * self._final_accesses) / self.templates
+        return np.where(np.isfinite(ages), occ, np.inf)
+
+    def depth_hits(self, arrival_rate: float, capacity_blocks: float) -> tuple[float, np.ndarray]:
+        """(hit tokens, per-request "hits" flags) when a block's LRU stack distance is estimated as
+        λ·occupancy(age) (the distinct blocks touched since its last access, Che) plus its depth j
+        (the j blocks ahead of it in its own request rank as more recent: LRU frees a request's
+        tail first). A request hits the leading run of blocks whose distances are < capacity."""
+        cap = float(capacity_blocks)
+        distance = np.minimum(arrival_rate * self.occupancy_at(self._raw_ages) + self._depth, cap + 1)
+        # One cumulative max over all requests: an offset per request keeps them apart.
+        offset = self._segment * (cap + 2)
+        found = (np.maximum.accumulate(distance + offset) - offset) < cap
+        first = found[self._segment_start] if len(found) else np.zeros(0, dtype=bool)
+        return float(self._weights[found].sum()), first
 
     def hit_tokens(self, T: float) -> float:
         """Hit tokens of all templates when blocks survive T after their last access."""
@@ -130,11 +160,21 @@ def _access_ages(keys_per_request: list[Sequence[Hashable]], times: list[float])
     return ages, next_gaps, distinct
 
 
-def lru_model_from_templates(profile: TemplateProfile, arrival_rate: float, capacity_blocks: int) -> ModelResult:
+LRU_VARIANTS = ("che+depth", "che")
+
+
+def lru_model_from_templates(profile: TemplateProfile, arrival_rate: float, capacity_blocks: int,
+                             variant: str = "che+depth") -> ModelResult:
     """Solve  capacity = λ · occupancy(T)  for T (``brentq``; occupancy rises from 0 without bound
-    in T, so the bracket [0, T_hi] with occupancy(T_hi) > capacity / λ contains the root)."""
+    in T, so the bracket [0, T_hi] with occupancy(T_hi) > capacity / λ contains the root).
+
+    ``che``: a request hits the blocks younger than T. ``che+depth`` (default): each block's
+    own stack distance, λ·occupancy(age) + depth, against the capacity; it keeps the partial
+    hits that LRU's tail-first eviction leaves (large contexts, few conversations)."""
     check_positive("arrival-rate", arrival_rate)
     check_positive("capacity-blocks", capacity_blocks, allow_zero=True)
+    if variant not in LRU_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(LRU_VARIANTS)} (got {variant!r})")
     target = capacity_blocks / arrival_rate
     if target <= 0:
         T = 0.0
@@ -143,7 +183,14 @@ def lru_model_from_templates(profile: TemplateProfile, arrival_rate: float, capa
         while profile.occupancy(hi) < target:
             hi *= 2
         T = optimize.brentq(lambda t: profile.occupancy(t) - target, 0.0, hi, xtol=1e-9, rtol=1e-12)
-    return _result(profile, T, capacity_blocks, arrival_rate)
+    result = _result(profile, T, capacity_blocks, arrival_rate)
+    if variant == "che":
+        return result
+    hit_tokens, first = profile.depth_hits(arrival_rate, capacity_blocks)
+    hits = np.bincount(profile._segment_turn[first], minlength=max(profile.turn_requests) + 1)
+    per_turn = {k: float(hits[k]) / n for k, n in sorted(profile.turn_requests.items())}
+    return replace(result, variant=variant, token_hit_rate=hit_tokens / profile.prompt_tokens,
+                   request_hit_rate=float(first.sum()) / profile.requests, per_turn_hit=per_turn)
 
 
 def ceiling_from_templates(profile: TemplateProfile) -> ModelResult:

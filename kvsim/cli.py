@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from analytic import presets
+from kvsim.replay import configure_export_parser, configure_replay_parser
 from analytic.calc import METHODS, calculate, inputs_summary, seed_inputs
 from analytic.distributions import THINK_KINDS, ThinkTime, TokenCount, TurnCount
 from analytic.sizing import (
@@ -23,6 +24,7 @@ from analytic.sizing import (
     capacity_from_tokens,
 )
 from analytic.specs import (
+    check_positive,
     DEFAULT_ACTIVATION_RESERVE_GIB,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_MEMORY_UTILIZATION,
@@ -76,8 +78,9 @@ def add_memory_args(p: argparse.ArgumentParser) -> None:
                    help=f"memory kept for activations (default {DEFAULT_ACTIVATION_RESERVE_GIB} GiB)")
     g.add_argument("--capacity-tokens", type=int, help="KV cache capacity in tokens")
     g.add_argument("--capacity-gib", type=float, help="KV cache capacity in GiB")
-    g.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE,
-                   help=f"tokens per KV block (default {DEFAULT_BLOCK_SIZE}, as vLLM)")
+    g.add_argument("--block-size", type=int,
+                   help=f"tokens per KV block (default {DEFAULT_BLOCK_SIZE}, as vLLM; with --conversations, "
+                        "the templates' own)")
 
 
 def add_workload_args(p: argparse.ArgumentParser) -> None:
@@ -95,6 +98,10 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokens-per-turn", type=int,
                    help="the original tool's sequence length: same as --input-tokens N --output-tokens 0")
     g.add_argument("--system-prompt-tokens", type=int, default=0, help="system prompt shared by all (default 0)")
+    g.add_argument("--conversations", metavar="PATH", nargs="+",
+                   help="template conversations (agentic-coding files, or Bailian jsonl chat chains; files or "
+                        "folders): each conversation replays one, drawn uniformly, instead of the synthetic "
+                        "turns, sizes and think times; --arrival-rate still sets how often they start")
 
 
 def model_from_args(a) -> ModelSpec:
@@ -139,6 +146,25 @@ def hardware_from_args(a) -> Hardware | None:
         return Hardware(a.gpu_memory_gb, a.gpus, a.memory_utilization, a.activation_reserve_gib)
     gpu = a.gpu or DEFAULT_GPU
     return Hardware(presets.gpu_memory_gib(gpu), a.gpus, a.memory_utilization, a.activation_reserve_gib, gpu=gpu)
+
+
+def templates_from_args(a):
+    """Template conversations (and the block size they impose), or None."""
+    if not a.conversations:
+        if a.block_size is None:
+            a.block_size = DEFAULT_BLOCK_SIZE
+        return None
+    from kvsim.replay import load_templates
+
+    templates = load_templates(a.conversations, a.block_size)
+    a.block_size = templates.block_size
+    return templates
+
+
+def synthetic_only(a, command: str) -> None:
+    if templates_from_args(a) is not None:
+        raise UsageError(f"--conversations: kvsim {command} works on synthetic workloads only; use kvsim calc "
+                         "or kvsim simulate with templates")
 
 
 def capacity_from_args(a, model: ModelSpec):
@@ -202,6 +228,9 @@ def describe(model: ModelSpec, memory: dict, workload: Workload, kv_dtype: str) 
 
 def cmd_calc(a) -> int:
     model = model_from_args(a)
+    templates = templates_from_args(a)
+    if templates is not None:
+        return calc_templates(a, model, templates)
     workload = workload_from_args(a)
     capacity = capacity_from_args(a, model)
     methods = METHODS if a.method == "all" else (a.method,)
@@ -222,6 +251,36 @@ def cmd_calc(a) -> int:
         for key, value in result["methods"]["seed"].items():
             if key not in ("token_hit_rate", "request_hit_rate"):
                 print(f"  {key:26} {_fmt(value)}")
+    return 0
+
+
+def calc_templates(a, model: ModelSpec, templates) -> int:
+    """calc --conversations: the LRU model fed from the templates, and the no-eviction ceiling."""
+    from analytic.empirical import ceiling_from_templates, lru_model_from_templates
+    from kvsim.replay import template_profile
+
+    if a.method not in ("lru", "all"):
+        raise UsageError("with --conversations only --method lru (or all) is available: the seed and FIFO "
+                         "models need parametric workloads")
+    check_positive("arrival-rate", a.arrival_rate)
+    capacity = capacity_from_args(a, model)
+    profile = template_profile(templates)
+    methods = {"lru": lru_model_from_templates(profile, a.arrival_rate, capacity.capacity_blocks).as_dict(),
+               "ceiling": ceiling_from_templates(profile).as_dict()}
+    record = {"inputs": {"model": model.__dict__, "conversations": a.conversations, "templates": profile.templates,
+                         "arrival_rate": a.arrival_rate, "kv_dtype": a.kv_dtype},
+              "memory": capacity.as_dict(), "methods": methods}
+    if a.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    print(f"templates {profile.templates:,} conversations, {profile.requests:,} requests, block size "
+          f"{templates.block_size}; starting at {a.arrival_rate:g}/s (Poisson)")
+    print(f"capacity  {capacity.capacity_tokens:,} tokens = {capacity.capacity_blocks:,} blocks")
+    print(f"\n{'method':8} {'token_hit_rate':>15} {'request_hit_rate':>17} {'T (s)':>10}")
+    for name, m in methods.items():
+        T = m["characteristic_time"]
+        print(f"{name:8} {m['token_hit_rate']:>15.4f} {m['request_hit_rate']:>17.4f} "
+              f"{'inf' if T is None else f'{T:,.1f}':>10}")
     return 0
 
 
@@ -256,23 +315,33 @@ def cmd_simulate(a) -> int:
     from kvsim.engine import simulate
 
     model = model_from_args(a)
+    templates = templates_from_args(a)
     workload = workload_from_args(a)
     capacity = capacity_from_args(a, model)
+    source = None
+    if templates is not None:
+        from kvsim.replay import template_source
+
+        source, _ = template_source(templates)
     policies = POLICY_NAMES if a.policy == "all" else (a.policy,)
     results = [
         simulate(workload, capacity.capacity_blocks, policy, block_size=a.block_size, duration=a.duration,
-                 warmup=a.warmup, replications=a.replications, seed=a.seed).as_dict()
+                 warmup=a.warmup, replications=a.replications, seed=a.seed, source=source).as_dict()
         for policy in policies
     ]
     inputs = inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype,
                             duration=a.duration, warmup=a.warmup, seed=a.seed,
-                            capacity_tokens=capacity.capacity_tokens)
+                            capacity_tokens=capacity.capacity_tokens, conversations=a.conversations)
     if a.json:
         record = {"inputs": inputs, **results[0]} if len(results) == 1 else {"inputs": inputs, "results": results}
         print(json.dumps(record, indent=2))
         return 0
     memory = capacity.as_dict()
-    print("\n".join(describe(model, memory, workload, a.kv_dtype)))
+    lines = describe(model, memory, workload, a.kv_dtype)
+    if templates is not None:
+        lines[-1] = (f"workload  {a.arrival_rate:g} conversations/s, each replaying one of {len(templates.templates):,} "
+                     f"template conversations ({', '.join(a.conversations)})")
+    print("\n".join(lines))
     print(f"simulated {a.duration:g} s of arrivals, warm-up {a.warmup:g} s, {a.replications} replications, "
           f"seed {a.seed}; mean [95% CI]\n")
     print(f"{'policy':6} {'token_hit_rate':>26} {'request_hit_rate':>26} {'evictions':>10} {'oversized':>9} "
@@ -291,6 +360,7 @@ def cmd_compare(a) -> int:
     from kvsim.compare import SIM_POLICIES, compare, memory_figure
 
     model = model_from_args(a)
+    synthetic_only(a, "compare")
     workload = workload_from_args(a)
     capacity = capacity_from_args(a, model)
     size_gb = model_size_gb(a, model)
@@ -326,6 +396,7 @@ def cmd_plan(a) -> int:
     from analytic.sizing import memory_for_tokens
 
     model = model_from_args(a)
+    synthetic_only(a, "plan")
     workload = workload_from_args(a)
     hardware = hardware_from_args(a)
     capacity = capacity_from_args(a, model)
@@ -421,6 +492,9 @@ def build_parser() -> Parser:
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)
 
+    configure_replay_parser(sub.add_parser("replay", help="replay real traces through the prefix cache"))
+    configure_export_parser(sub.add_parser("export-trace", help="write a trace's block accesses for libCacheSim"))
+
     pre = sub.add_parser("presets", help="list model and GPU presets")
     pre.add_argument("--json", action="store_true")
     pre.set_defaults(func=cmd_presets)
@@ -435,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kvsim: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"kvsim: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"kvsim: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
 
 

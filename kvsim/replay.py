@@ -58,7 +58,6 @@ from kvsim.policies import POLICIES
 from kvsim.traces import (
     NAMESPACE_STRIDE,
     TraceError,
-    TraceRequest,
     TraceStats,
     _conversation_raw,
     _expand,
@@ -791,3 +790,19 @@ def cmd_export_trace(a) -> int:
     if summary["skipped"] or summary["skipped_files"]:
         print(f"skipped {summary['skipped']:,} malformed records and {summary['skipped_files']:,} unreadable files")
     return 0
+
+
+# ---------------------------------------------------------------- the model fed from templates
+
+def template_profile(templates: Templates):
+    """The templates' block accesses, prepared for the LRU characteristic-time model
+    (``analytic.empirical``): their own sizes, hash chains and gaps, no parametric fit."""
+    from analytic.empirical import TemplateProfile, TemplateRequest
+
+    def requests(t: Template):
+        at = t.times[0] if t.times else 0.0
+        for turn in _turns(t, 0, templates.block_size, templates.vllm):
+            at += turn.delay
+            yield TemplateRequest(at, list(turn.keys), turn.max_hit_blocks, turn.prompt_tokens)
+
+    return TemplateProfile((list(requests(t)) for t in templates.templates), templates.block_size)

@@ -68,7 +68,8 @@ import numpy as np
 
 __all__ = [
     "NAMESPACE_STRIDE", "TraceError", "TraceRequest", "TraceStats", "conversation_settings",
-    "jsonl_settings", "open_traces", "read_conversation", "read_jsonl", "trace_files", "trace_format",
+    "iter_requests", "jsonl_settings", "open_traces", "read_conversation", "read_jsonl", "trace_files",
+    "trace_format",
 ]
 
 NAMESPACE_STRIDE = 1 << 40

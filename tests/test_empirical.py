@@ -65,3 +65,19 @@ def test_agrees_with_the_closed_form_on_sampled_synthetic_conversations():
         closed = lru_model(workload, capacity, 16)
         assert templates.token_hit_rate == pytest.approx(closed.token_hit_rate, abs=0.02)
         assert templates.characteristic_time == pytest.approx(closed.characteristic_time, rel=0.05)
+
+
+def test_depth_variant_by_hand():
+    # request 2 looks up blocks 1, 2, 3, all last touched 10 s before
+    conv = [R(0, [1, 2, 3], 0, 48), R(10, [1, 2, 3, 4], 3, 60)]
+    p = TemplateProfile([conv], block_size=16)
+    # occupancy(10 s) = gaps min(10, 10) for blocks 1-3 + 10 s for each of the 4 last accesses = 70
+    assert p.occupancy(10) == pytest.approx(70)
+    # stack distances at rate 0.01: 0.7 + depth -> 0.7, 1.7, 2.7: a 2-block cache keeps the head two
+    m = lru_model_from_templates(p, arrival_rate=0.01, capacity_blocks=2)
+    assert m.variant == "che+depth"
+    assert m.token_hit_rate == pytest.approx(32 / 108)
+    assert m.per_turn_hit == {1: 0.0, 2: 1.0}
+    assert lru_model_from_templates(p, 0.01, 3).token_hit_rate == pytest.approx(48 / 108)
+    with pytest.raises(ValueError, match="variant"):
+        lru_model_from_templates(p, 0.01, 3, variant="x")
