@@ -183,13 +183,21 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def breakdown(rows: list[dict]) -> list[str]:
-    """Mean / max error per method and think-time distribution (the targets are stated that way)."""
-    lines = ["method  think_dist  mean_abs_err  max_abs_err  n"]
+    """Errors per method and think-time distribution (the targets are stated that way), with the
+    simulation's own uncertainty: the mean 95% CI half-width, the share of configurations whose
+    prediction falls inside the CI, and the mean error beyond the CI."""
+    lines = ["method  think_dist  mean_abs_err  max_abs_err  ci_halfwidth  inside_ci  err_beyond_ci    n"]
     for method in METHODS:
         for dist in THINK:
-            errs = [r["abs_err"] for r in rows if r["method"] == method and r["think_dist"] == dist]
-            if errs:
-                lines.append(f"{method:7} {dist:10} {np.mean(errs):12.4f} {np.max(errs):12.4f} {len(errs):3}")
+            sel = [r for r in rows if r["method"] == method and r["think_dist"] == dist]
+            if not sel:
+                continue
+            errs = np.array([r["abs_err"] for r in sel])
+            half = np.array([(r["ci_hi"] - r["ci_lo"]) / 2 for r in sel])
+            inside = np.mean([r["ci_lo"] <= r["predicted"] <= r["ci_hi"] for r in sel])
+            beyond = np.maximum(errs - half, 0).mean()
+            lines.append(f"{method:7} {dist:10} {errs.mean():12.4f} {errs.max():12.4f} {np.nanmean(half):13.4f} "
+                         f"{inside:9.0%} {beyond:14.4f} {len(sel):4}")
     return lines
 
 

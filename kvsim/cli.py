@@ -230,6 +230,8 @@ def cmd_calc(a) -> int:
     model = model_from_args(a)
     templates = templates_from_args(a)
     if templates is not None:
+        if a.advise:
+            raise UsageError("--advise works on synthetic workloads only, not with --conversations")
         return calc_templates(a, model, templates)
     workload = workload_from_args(a)
     capacity = capacity_from_args(a, model)
@@ -238,6 +240,10 @@ def cmd_calc(a) -> int:
                        model_size_gb=model_size_gb(a, model), methods=methods)
     record = {"inputs": inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype),
               **result}
+    if a.advise:
+        from kvsim.report import advice_from_args
+
+        record["advice"] = advice_from_args(a)
     if a.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -251,6 +257,11 @@ def cmd_calc(a) -> int:
         for key, value in result["methods"]["seed"].items():
             if key not in ("token_hit_rate", "request_hit_rate"):
                 print(f"  {key:26} {_fmt(value)}")
+    if a.advise:
+        from kvsim.report import advice_lines
+
+        print()
+        print("\n".join(advice_lines(a, record["advice"])))
     return 0
 
 
@@ -451,6 +462,9 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> Parser:
+    from kvsim.report import add_advise_args, add_sensitivity_args, cmd_sensitivity  # report imports cli
+    from kvsim.serve import add_serve_args, cmd_serve
+
     p = Parser(prog="kvsim", description="Prefix-cache hit rates of LLM serving: models and simulation.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -461,6 +475,7 @@ def build_parser() -> Parser:
     calc.add_argument("--method", default="all", choices=[*METHODS, "all"],
                       help="seed (the original calculator), lru, fifo (characteristic-time models) or all")
     calc.add_argument("--json", action="store_true", help="print one JSON object")
+    add_advise_args(calc)
     calc.set_defaults(func=cmd_calc)
 
     sim = sub.add_parser("simulate", help="discrete-event simulation through a block-level prefix cache")
@@ -494,6 +509,13 @@ def build_parser() -> Parser:
 
     configure_replay_parser(sub.add_parser("replay", help="replay real traces through the prefix cache"))
     configure_export_parser(sub.add_parser("export-trace", help="write a trace's block accesses for libCacheSim"))
+
+    sens = sub.add_parser("sensitivity", help="each input moved +/-50%%: effect on the token hit rate (tornado)")
+    add_sensitivity_args(sens)
+    sens.set_defaults(func=cmd_sensitivity)
+    srv = sub.add_parser("serve", help="the interactive calculator page, on a local web server")
+    add_serve_args(srv)
+    srv.set_defaults(func=cmd_serve)
 
     pre = sub.add_parser("presets", help="list model and GPU presets")
     pre.add_argument("--json", action="store_true")

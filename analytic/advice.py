@@ -1,0 +1,227 @@
+"""Quantified recommendations: the levers a serving engineer controls, each priced by the models.
+
+``advise(scenario)`` evaluates every lever that applies to the scenario and returns one dict per
+lever: ``id``, ``lever``, ``text`` (one human sentence with the numbers), ``recommended`` (it
+gains at least ``MIN_GAIN_POINTS``), ``token_hit_rate`` ``{"now", "then"}`` and ``gain_points``
+(percentage points), plus the lever's own numbers. The list is sorted: recommended levers first,
+largest gain first. The hit rates come from the model of the scenario's eviction policy (LRU by
+default), except for the policy lever, which compares the two.
+
+Levers (only those that apply to the scenario):
+
+* ``kv-dtype-fp8`` / ``kv-dtype-int4``: a smaller KV dtype holds more tokens in the same memory
+  (the weights do not change); int4 KV is offered by fewer engines, and both cost some accuracy.
+* ``weight-dtype-fp8``: fp8 weights free memory for the KV cache (GPU memory given, weights
+  from --params-b).
+* ``memory-utilization``: vLLM's --gpu-memory-utilization raised to 0.95.
+* ``gpus``: twice the GPUs (tensor parallel: the weights are split, the rest is KV cache).
+* ``target``: the memory (and number of GPUs of the scenario's type) for a target token hit rate
+  (``analytic.plan.capacity_for_target``), or the ceiling when no cache reaches it, or the memory
+  that would do when the scenario is already above it.
+* ``block-size``: the best of 8, 16 and 32 tokens per block (only full blocks are cached).
+* ``policy``: LRU against FIFO eviction.
+
+Routing across instances (session affinity) needs the fleet models (``analytic/fleet.py``) and is
+not covered here. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from analytic.plan import capacity_for_target
+from analytic.sensitivity import Evaluate, Scenario, default_evaluate
+from analytic.sizing import GIB, memory_for_tokens
+from analytic.specs import DTYPE_BYTES
+from analytic.ttl import no_eviction_ceiling
+
+MIN_GAIN_POINTS = 0.5  # a lever is recommended when it gains at least this many points
+DEFAULT_TARGET = 0.8
+HIGH_UTILIZATION = 0.95
+BLOCK_SIZES = (8, 16, 32)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _points(gain: float) -> str:
+    return f"{gain:+.1f} points"
+
+
+def _hit(s: Scenario, evaluate: Evaluate, method: str | None = None) -> float:
+    return s.evaluate(method, evaluate).token_hit_rate
+
+
+def _lever(id_: str, lever: str, text: str, now: float, then: float, **numbers) -> dict:
+    gain = 100 * (then - now)
+    return {"id": id_, "lever": lever, "text": text, "recommended": gain >= MIN_GAIN_POINTS,
+            "token_hit_rate": {"now": now, "then": then}, "gain_points": gain, **numbers}
+
+
+def _change(label: str, now: float, then: float) -> str:
+    return f"{label}: token hit rate {_pct(now)} -> {_pct(then)} ({_points(100 * (then - now))})"
+
+
+def _same_memory(s: Scenario, **changes) -> Scenario:
+    """The scenario with ``changes`` and the same memory: GPUs, or the cache's GiB when the
+    capacity was given directly (a KV dtype change then changes the tokens, not the bytes)."""
+    if s.hardware is None:
+        return replace(s, capacity_tokens=None, capacity_gib=s.capacity().kv_cache_gib, **changes)
+    return replace(s, **changes)
+
+
+def _kv_dtype(s: Scenario, evaluate: Evaluate, now: float) -> list[dict]:
+    out = []
+    for dtype, note in (("fp8", "check accuracy on your evals"),
+                        ("int4", "fewer engines offer it; check accuracy on your evals")):
+        if DTYPE_BYTES[dtype] >= DTYPE_BYTES[s.kv_dtype]:
+            continue
+        moved = _same_memory(s, kv_dtype=dtype)
+        cap = moved.capacity()
+        then = _hit(moved, evaluate)
+        text = (f"{_change(f'{dtype} KV cache', now, then)}; "
+                f"{cap.capacity_tokens:,} tokens instead of {s.capacity().capacity_tokens:,} ({note})")
+        out.append(_lever(f"kv-dtype-{dtype}", "KV cache dtype", text, now, then, kv_dtype=dtype,
+                          capacity_tokens=cap.capacity_tokens))
+    return out
+
+
+def _weight_dtype(s: Scenario, evaluate: Evaluate, now: float) -> list[dict]:
+    if s.hardware is None or s.model_size_gib is not None or s.model.params_b is None:
+        return []
+    if DTYPE_BYTES["fp8"] >= DTYPE_BYTES[s.weight_dtype]:
+        return []
+    moved = replace(s, weight_dtype="fp8")
+    cap, cap0 = moved.capacity(), s.capacity()
+    then = _hit(moved, evaluate)
+    freed = cap0.weights_gib - cap.weights_gib
+    text = f"{_change('fp8 weights', now, then)}; frees {freed:.1f} GiB for the KV cache (check accuracy)"
+    return [_lever("weight-dtype-fp8", "weight dtype", text, now, then, weight_dtype="fp8", freed_gib=freed,
+                   capacity_tokens=cap.capacity_tokens)]
+
+
+def _utilization(s: Scenario, evaluate: Evaluate, now: float) -> list[dict]:
+    if s.hardware is None or s.hardware.memory_utilization >= HIGH_UTILIZATION:
+        return []
+    moved = replace(s, hardware=replace(s.hardware, memory_utilization=HIGH_UTILIZATION))
+    try:
+        then = _hit(moved, evaluate)
+    except ValueError:
+        return []
+    label = f"gpu-memory-utilization {HIGH_UTILIZATION:g} instead of {s.hardware.memory_utilization:g}"
+    text = f"{_change(label, now, then)} (leaves less headroom: watch for out-of-memory errors)"
+    return [_lever("memory-utilization", "memory utilisation", text, now, then,
+                   memory_utilization=HIGH_UTILIZATION, capacity_tokens=moved.capacity().capacity_tokens)]
+
+
+def _gpu_name(s: Scenario) -> str:
+    return s.hardware.gpu if s.hardware.gpu != "custom" else f"{s.hardware.gpu_memory_gib:g} GiB GPU"
+
+
+def _gpus(s: Scenario, evaluate: Evaluate, now: float) -> list[dict]:
+    if s.hardware is None:
+        return []
+    gpus = 2 * s.hardware.gpus
+    moved = replace(s, hardware=replace(s.hardware, gpus=gpus))
+    then = _hit(moved, evaluate)
+    label = f"{gpus} x {_gpu_name(s)} (tensor parallel) instead of {s.hardware.gpus}"
+    return [_lever("gpus", "GPUs per instance", _change(label, now, then), now, then, gpus=gpus,
+                   capacity_tokens=moved.capacity().capacity_tokens)]
+
+
+def _target(s: Scenario, target: float, now: float) -> list[dict]:
+    method = s.policy
+    try:
+        blocks = capacity_for_target(s.workload, target, "token", s.block_size, method)
+    except ValueError:
+        ceiling = no_eviction_ceiling(s.workload, s.block_size).token_hit_rate
+        text = (f"a token hit rate of {_pct(target)} is out of reach for this workload: even an unlimited "
+                f"cache gets {_pct(ceiling)} (the rest is each conversation's first prompt and new tokens)")
+        out = _lever("target", "memory for a target", text, now, ceiling, target=target, reachable=False,
+                     ceiling=ceiling)
+        out["recommended"] = False
+        return [out]
+    cap0 = s.capacity()
+    tokens = blocks * s.block_size
+    kv_gib = tokens * cap0.bytes_per_token / GIB
+    numbers = {"target": target, "reachable": True, "capacity_tokens": tokens, "kv_cache_gib": kv_gib}
+    if s.hardware is None:
+        where = f"{kv_gib:,.1f} GiB of KV cache ({tokens:,} tokens; now {cap0.kv_cache_gib:,.1f} GiB)"
+    else:
+        hw = s.hardware
+        total = memory_for_tokens(s.model, tokens, s.kv_dtype, s.weight_dtype, hw.memory_utilization,
+                                  hw.activation_reserve_gib, s.model_size_gib)
+        gpus = max(1, math.ceil(total / hw.gpu_memory_gib - 1e-9))
+        numbers.update(gpu_memory_gib_total=total, gpus_needed=gpus, gpu=hw.gpu)
+        where = (f"{total:,.0f} GiB of GPU memory in all = {gpus} x {_gpu_name(s)} (now "
+                 f"{hw.gpus} x {hw.gpu_memory_gib:g} GiB)")
+    if now >= target:
+        text = f"already at {_pct(now)} >= {_pct(target)}: {_pct(target)} would need only {where}"
+        out = _lever("target", "memory for a target", text, now, now, **numbers)
+        out["recommended"] = False
+        return [out]
+    text = f"memory for {_pct(target)} token hit rate ({method.upper()} model): {where}"
+    return [_lever("target", "memory for a target", text, now, target, **numbers)]
+
+
+def _block_size(s: Scenario, evaluate: Evaluate, now: float) -> list[dict]:
+    best = None
+    for bs in BLOCK_SIZES:
+        if bs == s.block_size:
+            continue
+        moved = _same_memory(s, block_size=bs)
+        then = _hit(moved, evaluate)
+        if best is None or then > best[1]:
+            best = (bs, then)
+    if best is None:
+        return []
+    bs, then = best
+    label = f"block size {bs} instead of {s.block_size}"
+    text = _change(label, now, then)
+    if abs(then - now) < MIN_GAIN_POINTS / 100:
+        text += " - the block size hardly matters here"
+    return [_lever("block-size", "block size", text, now, then, block_size=bs)]
+
+
+def _policy(s: Scenario, evaluate: Evaluate, now: float) -> list[dict]:
+    other = "lru" if s.policy == "fifo" else "fifo"
+    then = _hit(s, evaluate, other)
+    gain = 100 * (then - now)
+    if abs(gain) < MIN_GAIN_POINTS:
+        text = (f"LRU and FIFO eviction are on a par here: {s.policy.upper()} {_pct(now)}, "
+                f"{other.upper()} {_pct(then)} ({_points(gain)})")
+    elif gain > 0:
+        text = _change(f"{other.upper()} eviction instead of {s.policy.upper()}", now, then)
+    else:
+        text = (f"{s.policy.upper()} eviction is the better policy here: {other.upper()} would give "
+                f"{_pct(then)} ({_points(gain)})")
+    return [_lever("policy", "eviction policy", text, now, then, policy=other)]
+
+
+def advise(scenario: Scenario, *, target: float = DEFAULT_TARGET, evaluate: Evaluate | None = None,
+           compare_policies: bool = True) -> list[dict]:
+    """The levers that apply to ``scenario``, each quantified; recommended ones first, by gain.
+
+    ``compare_policies=False`` leaves out the policy lever (it evaluates the other policy's model,
+    which a caller may find too slow: the FIFO model's cost grows with the square of the turns).
+    """
+    if not (isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target < 1):
+        raise ValueError(f"target-hit-rate must be in (0, 1) (got {target!r})")
+    evaluate = evaluate or default_evaluate
+    now = _hit(scenario, evaluate)
+    out = [
+        *_kv_dtype(scenario, evaluate, now),
+        *_weight_dtype(scenario, evaluate, now),
+        *_utilization(scenario, evaluate, now),
+        *_gpus(scenario, evaluate, now),
+        *_target(scenario, target, now),
+        *_block_size(scenario, evaluate, now),
+        *(_policy(scenario, evaluate, now) if compare_policies else []),
+    ]
+    out.sort(key=lambda a: (not a["recommended"], -a["gain_points"]))
+    return out
+
+
+__all__ = ["advise", "DEFAULT_TARGET", "MIN_GAIN_POINTS"]
