@@ -44,7 +44,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    fields = list(dict.fromkeys(k for r in rows for k in r))  # model rows carry no CI
+    writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, buf.getvalue().encode())

@@ -102,35 +102,49 @@ def run_point(p: dict, replications: int, requests_per_replication: int, seed: i
     from kvsim.engine import simulate  # imported in the worker
 
     workload = make_workload(p)
-    models = {"lru": lru_model(workload, p["capacity_blocks"], BLOCK_SIZE),
-              "fifo": fifo_model(workload, p["capacity_blocks"], BLOCK_SIZE)}
+    models = predictions(p)
     # Warm-up: a few conversation lifetimes plus twice the time a block can stay unused (the
     # cache needs about that long to fill from empty); an experiment design choice, not a fit.
     span = workload.turns.mean * workload.think_time.mean
-    longest = max((m.characteristic_time for m in models.values() if math.isfinite(m.characteristic_time)), default=0)
+    times = [models[m].characteristic_time for m in ("lru", "fifo")]
+    longest = max((t for t in times if math.isfinite(t)), default=0)
     warmup = 5 * span + 2 * longest
     window = requests_per_replication / workload.requests_per_second
     sims = {policy: simulate(workload, p["capacity_blocks"], policy, block_size=BLOCK_SIZE,
                              duration=warmup + window, warmup=warmup, replications=replications,
                              seed=seed, progress=False)
             for policy in ("lru", "fifo")}
-    seed_out = seed_model(memory_per_token_bytes=1, model_size_gb=0, turns=workload.turns.mean,
-                          arrival_rate=workload.arrival_rate, interval=workload.think_time.mean,
-                          seq_len=workload.tokens_per_turn, cached_tokens=p["capacity_blocks"] * BLOCK_SIZE)
     rows = []
     for method in METHODS:
         if method == "seed":
-            metric, predicted, sim = "request_hit_rate", seed_out["hit_rate"], sims["lru"].request_hit_rate
-            variant = "seed"
+            metric, sim = "request_hit_rate", sims["lru"].request_hit_rate
         else:
-            metric, predicted, sim = "token_hit_rate", models[method].token_hit_rate, sims[method].token_hit_rate
-            variant = models[method].variant
+            metric, sim = "token_hit_rate", sims[method].token_hit_rate
         lo, hi = sim.ci95 or (np.nan, np.nan)
-        rows.append({**p, "method": method, "variant": variant, "metric": metric, "predicted": predicted,
-                     "simulated": sim.mean, "ci_lo": lo, "ci_hi": hi, "abs_err": abs(predicted - sim.mean),
-                     "requests": sims["lru" if method == "seed" else method].total("requests"),
-                     "replications": replications})
+        rows.append(score({**p, "method": method, "metric": metric, "simulated": sim.mean, "ci_lo": lo, "ci_hi": hi,
+                           "requests": sims["lru" if method == "seed" else method].total("requests"),
+                           "replications": replications}, models))
     return rows
+
+
+def predictions(p: dict) -> dict:
+    """Every model's prediction for one configuration (the seed model at the same capacity)."""
+    workload = make_workload(p)
+    seed_out = seed_model(memory_per_token_bytes=1, model_size_gb=0, turns=workload.turns.mean,
+                          arrival_rate=workload.arrival_rate, interval=workload.think_time.mean,
+                          seq_len=workload.tokens_per_turn, cached_tokens=p["capacity_blocks"] * BLOCK_SIZE)
+    return {"lru": lru_model(workload, p["capacity_blocks"], BLOCK_SIZE),
+            "fifo": fifo_model(workload, p["capacity_blocks"], BLOCK_SIZE), "seed": seed_out}
+
+
+def score(row: dict, models: dict) -> dict:
+    """Fill a row's prediction and error from ``predictions``."""
+    method = row["method"]
+    if method == "seed":
+        predicted, variant = models["seed"]["hit_rate"], "seed"
+    else:
+        predicted, variant = models[method].token_hit_rate, models[method].variant
+    return {**row, "variant": variant, "predicted": predicted, "abs_err": abs(predicted - row["simulated"])}
 
 
 def executor_for(args) -> Executor:
@@ -161,7 +175,11 @@ def run(args) -> list[dict]:
                 bar.update()
     rows = []
     for p in points:
-        rows.extend(json.loads((points_dir / f"{point_id(p)}.json").read_text()))
+        point_rows = json.loads((points_dir / f"{point_id(p)}.json").read_text())
+        if args.rescore:  # the models changed, the simulations did not: predict again
+            models = predictions(p)
+            point_rows = [score(r, models) for r in point_rows]
+        rows.extend(point_rows)
     return rows
 
 
@@ -310,6 +328,9 @@ def main(argv=None) -> int:
                     help="measured requests per replication (default 20000, quick 6000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--rescore", action="store_true",
+                    help="recompute the models' predictions for finished points (after a model change)")
+    ap.add_argument("--no-curve", action="store_true", help="skip the hit-rate-vs-capacity figure")
     args = ap.parse_args(argv)
     args.replications = args.replications or (2 if args.quick else 3)
     args.requests = args.requests or (6000 if args.quick else 20000)
@@ -322,7 +343,7 @@ def main(argv=None) -> int:
     lines = summary(rows)
     write_atomic(out / "summary.txt", "\n".join(lines + [""] + breakdown(rows)) + "\n")
     figures(rows, out)
-    if not args.quick:
+    if not args.quick and not args.no_curve:
         curve_figure(out, args.replications, args.requests, args.seed)
     print("\n".join(breakdown(rows)), file=sys.stderr)
     print("\n".join(lines))

@@ -15,7 +15,11 @@ evicted until ``alloc_blocks`` fit. Then the hits are touched, the other keys
 are (re)inserted and the partial block is freed. A request with more blocks
 than the whole cache is *oversized*: it leaves the cache untouched.
 
-:class:`PrefixCache` is the fast implementation behind an
+Keys that are runs of consecutive ints are what makes the cache fast:
+``cache.serve_runs(runs, ...)`` takes them as ``(first_key, count)`` pairs
+(:func:`runs_of` makes them from a list) and costs O(log n) per run.
+
+:class:`PrefixCache` is the implementation behind an
 :class:`~kvsim.policies.EvictionPolicy`; :class:`ReferenceCache` is a
 deliberately naive oracle of the same semantics for tests.
 """
@@ -23,12 +27,16 @@ deliberately naive oracle of the same semantics for tests.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Hashable, Sequence
+import operator
+from collections.abc import Hashable, Iterable, Sequence
 from typing import NamedTuple
 
-from kvsim.policies import POLICIES, EvictionPolicy, make_policy
+from kvsim.policies import POLICIES, EvictionPolicy, Runs, make_policy
 
-__all__ = ["PrefixCache", "ReferenceCache", "ServeResult"]
+__all__ = ["PrefixCache", "ReferenceCache", "ServeResult", "runs_of"]
+
+# Int keys at or above this are interned ids of other keys (below: the key itself).
+_INTERNED = 1 << 64
 
 
 class ServeResult(NamedTuple):
@@ -43,6 +51,27 @@ class ServeResult(NamedTuple):
 
 
 _OVERSIZED = ServeResult(0, 0, True)
+
+
+def runs_of(keys: Iterable[int]) -> list[tuple[int, int]]:
+    """Split int ``keys`` into runs of consecutive ints: ``[(first_key, count), ...]``.
+
+    One pass, no hashing. Raises ``TypeError`` if a key is not an int.
+    """
+    runs = []
+    first = count = 0
+    for key in keys:
+        if count and key == first + count:
+            count += 1
+            continue
+        if count:
+            runs.append((first, count))
+        if type(key) is not int:
+            raise TypeError(f"keys must be ints (got {key!r})")
+        first, count = key, 1
+    if count:
+        runs.append((first, count))
+    return runs
 
 
 def _check_capacity(capacity_blocks: object) -> int:
@@ -71,6 +100,10 @@ class PrefixCache:
     ``"fifo"``, ``"lfu"``) or a new, empty :class:`EvictionPolicy` that no
     other cache uses. Counters: :attr:`requests` (every call of :meth:`serve`),
     :attr:`oversized` and :attr:`evictions`.
+
+    Int keys below ``2**64`` go to the policy as they are; other keys
+    (strings, tuples, larger ints) are interned to ids from ``2**64`` on, for
+    the life of the cache: they work, but are not fast.
     """
 
     def __init__(self, capacity_blocks: int, policy: str | EvictionPolicy) -> None:
@@ -90,12 +123,29 @@ class PrefixCache:
         # Kept here rather than asked of the policy: a policy's own size is
         # only meaningful between requests.
         self._size = 0
+        self._ids: dict[Hashable, int] = {}
+        self._interned: list[Hashable] = []
 
     def serve(
         self, keys: Sequence[Hashable], max_hit_blocks: int, alloc_blocks: int
     ) -> ServeResult:
         """Serve one request and return its :class:`ServeResult`."""
-        n_keys = len(keys)
+        try:
+            runs = runs_of(keys)
+            if runs and max(first + count for first, count in runs) > _INTERNED:
+                raise TypeError
+        except TypeError:
+            runs = runs_of([self._id(key, True) for key in keys])
+        return self.serve_runs(runs, max_hit_blocks, alloc_blocks)
+
+    def serve_runs(self, runs: Runs, max_hit_blocks: int, alloc_blocks: int) -> ServeResult:
+        """Serve the request whose keys are ``runs``, ``(first_key, count)`` pairs of int keys
+        below ``2**64``, head first; as :meth:`serve` otherwise."""
+        n_keys = 0
+        for _, count in runs:
+            if count < 1:
+                raise ValueError(f"runs must have counts >= 1 (got {count!r})")
+            n_keys += count
         if not 0 <= max_hit_blocks <= n_keys <= alloc_blocks:
             _check_request(n_keys, max_hit_blocks, alloc_blocks)
         self.requests += 1
@@ -103,7 +153,7 @@ class PrefixCache:
             self.oversized += 1
             return _OVERSIZED
         policy = self.policy
-        hit, own = policy.acquire(keys, max_hit_blocks)
+        hit, own = policy.acquire(runs, max_hit_blocks)
         # The request's own cached blocks are already counted in _size.
         evicted = alloc_blocks - own - (self.capacity_blocks - self._size)
         if evicted > 0:
@@ -111,19 +161,37 @@ class PrefixCache:
             self.evictions += evicted
         else:
             evicted = 0
-        policy.release(keys, hit)
+        policy.release(runs, hit)
         self._size += n_keys - own - evicted
         return ServeResult(hit, evicted, False)
+
+    def _id(self, key: Hashable, create: bool) -> int | None:
+        """The int the policy knows ``key`` by (None if never interned and not ``create``)."""
+        if type(key) is not int:
+            try:
+                key = operator.index(key)  # numpy ints and bools equal ints as dict keys
+            except TypeError:
+                pass
+        if type(key) is int and key < _INTERNED:
+            return key
+        i = self._ids.get(key)
+        if i is None and create:
+            # Consecutive ids for keys first seen together keep their runs.
+            i = self._ids[key] = _INTERNED + len(self._interned)
+            self._interned.append(key)
+        return i
 
     def __len__(self) -> int:
         return self._size
 
     def __contains__(self, key: object) -> bool:
-        return key in self.policy
+        i = self._id(key, False)
+        return i is not None and i in self.policy
 
     def keys(self) -> set[Hashable]:
         """Return the set of cached keys."""
-        return set(self.policy)
+        interned = self._interned
+        return {k if k < _INTERNED else interned[k - _INTERNED] for k in self.policy}
 
     def __repr__(self) -> str:
         return (

@@ -13,7 +13,6 @@ import sys
 import numpy as np
 
 from analytic import presets
-from kvsim.replay import configure_export_parser, configure_replay_parser
 from analytic.calc import METHODS, calculate, inputs_summary, seed_inputs
 from analytic.distributions import THINK_KINDS, ThinkTime, TokenCount, TurnCount
 from analytic.sizing import (
@@ -24,7 +23,6 @@ from analytic.sizing import (
     capacity_from_tokens,
 )
 from analytic.specs import (
-    check_positive,
     DEFAULT_ACTIVATION_RESERVE_GIB,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_MEMORY_UTILIZATION,
@@ -32,7 +30,9 @@ from analytic.specs import (
     Hardware,
     ModelSpec,
     Workload,
+    check_positive,
 )
+from kvsim.replay import configure_export_parser, configure_replay_parser
 
 POLICY_NAMES = ("lru", "fifo", "lfu")
 DEFAULT_PRESET = "llama-3.1-8b"

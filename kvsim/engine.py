@@ -1,7 +1,7 @@
 """The SimPy engine: Poisson conversation arrivals through one block-level prefix cache.
 
-An arrival process starts one process per conversation; each conversation waits its think times
-and serves its turns against the cache. Requests that arrive in ``[warmup, duration)`` are
+Each arrival starts a conversation; each conversation waits its think times (SimPy timeouts) and
+serves its turns against the cache (:func:`drive`). Requests that arrive in ``[warmup, duration)`` are
 measured; the run stops at ``duration`` (conversations still open are cut, so the load on the
 cache stays stationary up to the end of the window). Replication r uses the seed sequence
 ``(seed, r)``: replications are independent, and the same seed gives bit-identical results.
@@ -61,6 +61,55 @@ class Counters:
         return self.occupancy_area / self.window if self.window else math.nan
 
 
+def drive(
+    source: ConversationSource,
+    arrival_rate: float,
+    duration: float,
+    rng: np.random.Generator,
+    on_turn: Callable[[Turn, float], None],
+    progress: Callable[[float], None] | None = None,
+) -> None:
+    """Run Poisson conversation arrivals for ``duration`` seconds; call ``on_turn(turn, now)``
+    for every turn, in time order. Service takes no time, so the turns and their order do not
+    depend on the cache: every capacity and policy sees the same requests."""
+    env = simpy.Environment()
+    timeout = env.timeout
+
+    # Conversations and arrivals are event callbacks rather than SimPy processes: the same
+    # events in the same order (the random draws too), without a generator resumed per turn.
+    def advance(turns: Iterator[Turn]) -> None:
+        """Serve the turns due now; schedule the next one that has a delay."""
+        for turn in turns:
+            if turn.delay:
+                timeout(turn.delay, (turns, turn)).callbacks.append(turn_due)
+                return
+            on_turn(turn, env.now)
+
+    def turn_due(event) -> None:
+        turns, turn = event.value
+        on_turn(turn, env.now)
+        advance(turns)
+
+    conversation_id = 0
+
+    def arrival(_) -> None:
+        nonlocal conversation_id
+        conversation_id += 1
+        turns = source(rng, conversation_id)
+        timeout(rng.exponential(1.0 / arrival_rate)).callbacks.append(arrival)
+        advance(iter(turns))
+
+    def ticker(step: float):
+        while True:
+            yield env.timeout(step)
+            progress(step)
+
+    timeout(rng.exponential(1.0 / arrival_rate)).callbacks.append(arrival)
+    if progress is not None:
+        env.process(ticker(duration / 100))
+    env.run(until=duration)
+
+
 def run_replication(
     source: ConversationSource,
     arrival_rate: float,
@@ -72,55 +121,42 @@ def run_replication(
     progress: Callable[[float], None] | None = None,
 ) -> Counters:
     """One independent run; ``progress(seconds)`` is called as simulated time advances."""
-    env = simpy.Environment()
+    serve_runs = cache.serve_runs
     c = Counters(window=duration - warmup)
-    last = [warmup, 0]  # time and cached blocks at the last change inside the window
+    turn_requests = c.turn_requests
+    turn_hits = c.turn_hits
+    last_time, last_size = warmup, 0  # time and cached blocks at the last change inside the window
 
-    def serve(turn: Turn) -> None:
-        result = cache.serve(turn.keys, turn.max_hit_blocks, turn.alloc_blocks)
-        now = env.now
+    def serve(turn: Turn, now: float) -> None:
+        nonlocal last_time, last_size
+        index, _, keys, max_hit, alloc, prompt_tokens, prompt_blocks, runs = turn
+        if runs is None:
+            result = cache.serve(keys, max_hit, alloc)
+        else:
+            result = serve_runs(runs, max_hit, alloc)
         if now < warmup:
-            last[1] = len(cache)
+            last_size = len(cache)
             return
-        c.occupancy_area += last[1] * (now - last[0])
-        last[0], last[1] = now, len(cache)
-        c.occupancy_peak = max(c.occupancy_peak, last[1])
+        c.occupancy_area += last_size * (now - last_time)
+        last_time, last_size = now, len(cache)
+        if last_size > c.occupancy_peak:
+            c.occupancy_peak = last_size
         c.requests += 1
-        c.prompt_tokens += turn.prompt_tokens
-        c.prompt_blocks += turn.prompt_blocks
-        c.evictions += result.evicted
-        c.turn_requests[turn.index] = c.turn_requests.get(turn.index, 0) + 1
-        if result.oversized:
+        c.prompt_tokens += prompt_tokens
+        c.prompt_blocks += prompt_blocks
+        turn_requests[index] = turn_requests.get(index, 0) + 1
+        hit_blocks, evicted, oversized = result
+        c.evictions += evicted
+        if oversized:
             c.oversized += 1
-        elif result.hit_blocks:
+        elif hit_blocks:
             c.requests_hit += 1
-            c.hit_blocks += result.hit_blocks
-            c.hit_tokens += min(result.hit_blocks * block_size, turn.prompt_tokens)
-            c.turn_hits[turn.index] = c.turn_hits.get(turn.index, 0) + 1
+            c.hit_blocks += hit_blocks
+            c.hit_tokens += min(hit_blocks * block_size, prompt_tokens)
+            turn_hits[index] = turn_hits.get(index, 0) + 1
 
-    def conversation(turns: Iterator[Turn]):
-        for turn in turns:
-            if turn.delay:
-                yield env.timeout(turn.delay)
-            serve(turn)
-
-    def arrivals():
-        conversation_id = 0
-        while True:
-            yield env.timeout(rng.exponential(1.0 / arrival_rate))
-            conversation_id += 1
-            env.process(conversation(source(rng, conversation_id)))
-
-    def ticker(step: float):
-        while True:
-            yield env.timeout(step)
-            progress(step)
-
-    env.process(arrivals())
-    if progress is not None:
-        env.process(ticker(duration / 100))
-    env.run(until=duration)
-    c.occupancy_area += last[1] * (duration - last[0])
+    drive(source, arrival_rate, duration, rng, serve, progress)
+    c.occupancy_area += last_size * (duration - last_time)
     return c
 
 
@@ -210,6 +246,22 @@ class SimulationResult:
         }
 
 
+def checked_source(workload: Workload, source: ConversationSource | None, block_size: int, duration: float,
+                   warmup: float, replications: int, seed: int) -> ConversationSource:
+    """Check the run arguments of :func:`simulate`; return ``source`` or the synthetic one."""
+    check_positive("block-size", block_size, integer=True)
+    check_positive("duration", duration)
+    check_positive("warmup", warmup, allow_zero=True)
+    check_positive("replications", replications, integer=True)
+    check_positive("seed", seed, integer=True, allow_zero=True)
+    if warmup >= duration:
+        raise ValueError(f"warmup must be shorter than duration ({duration:g} s) (got {warmup:g})")
+    if source is None:
+        def source(rng, cid):
+            return synthetic_conversation(workload, block_size, rng, cid)
+    return source
+
+
 def simulate(
     workload: Workload,
     capacity_blocks: int,
@@ -230,16 +282,7 @@ def simulate(
     stderr is a terminal).
     """
     check_positive("capacity-blocks", capacity_blocks, integer=True, allow_zero=True)
-    check_positive("block-size", block_size, integer=True)
-    check_positive("duration", duration)
-    check_positive("warmup", warmup, allow_zero=True)
-    check_positive("replications", replications, integer=True)
-    check_positive("seed", seed, integer=True, allow_zero=True)
-    if warmup >= duration:
-        raise ValueError(f"warmup must be shorter than duration ({duration:g} s) (got {warmup:g})")
-    if source is None:
-        def source(rng, cid):
-            return synthetic_conversation(workload, block_size, rng, cid)
+    source = checked_source(workload, source, block_size, duration, warmup, replications, seed)
     if progress is None:
         progress = sys.stderr.isatty()
     bar = None

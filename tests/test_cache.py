@@ -5,7 +5,9 @@ shared system-prompt block. ``blocks("A", 4)`` = ["A0", "A1", "A2", "A3"].
 A request is written ``keys / max_hit_blocks / alloc_blocks``; eviction orders
 are written front (next victim) first.
 
-Every scenario runs on both PrefixCache and ReferenceCache.
+Every scenario runs on PrefixCache (run-based policies, the default), on
+PrefixCache with the per-block policies, and on ReferenceCache. String keys
+are interned by PrefixCache; the run-specific tests at the end use int keys.
 """
 
 from __future__ import annotations
@@ -13,10 +15,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvsim.cache import PrefixCache, ReferenceCache, ServeResult
-from kvsim.policies import POLICIES, EvictionPolicy, FIFOPolicy, LFUPolicy, LRUPolicy, make_policy
+from kvsim.cache import PrefixCache, ReferenceCache, ServeResult, runs_of
+from kvsim.policies import (
+    BLOCK_POLICIES,
+    POLICIES,
+    BlockFIFO,
+    BlockLFU,
+    BlockLRU,
+    EvictionPolicy,
+    FIFOPolicy,
+    LFUPolicy,
+    LRUPolicy,
+    make_policy,
+)
 
-IMPLEMENTATIONS = [PrefixCache, ReferenceCache]
+
+def PerBlockCache(capacity, policy):
+    """PrefixCache with the per-block implementation of ``policy``."""
+    return PrefixCache(capacity, make_policy(policy, per_block=True))
+
+
+IMPLEMENTATIONS = [PrefixCache, PerBlockCache, ReferenceCache]
 POLICY_NAMES = ["lru", "fifo", "lfu"]
 
 
@@ -297,20 +316,22 @@ def test_policy_name_case_and_numpy_capacity(impl):
 
 
 def test_policies_follow_the_protocol():
-    assert set(POLICIES) == {"lru", "fifo", "lfu"}
-    for name, cls in POLICIES.items():
-        policy = make_policy(name)
-        assert isinstance(policy, cls) and isinstance(policy, EvictionPolicy)
-        assert policy.name == name and len(policy) == 0
+    assert set(POLICIES) == set(BLOCK_POLICIES) == {"lru", "fifo", "lfu"}
+    for per_block, table in ((False, POLICIES), (True, BLOCK_POLICIES)):
+        for name, cls in table.items():
+            policy = make_policy(name, per_block)
+            assert isinstance(policy, cls) and isinstance(policy, EvictionPolicy)
+            assert policy.name == name and len(policy) == 0
 
 
-@pytest.mark.parametrize("cls", [LRUPolicy, FIFOPolicy, LFUPolicy])
+@pytest.mark.parametrize("cls", [LRUPolicy, FIFOPolicy, LFUPolicy, BlockLRU, BlockFIFO, BlockLFU])
 def test_prefix_cache_takes_a_policy_instance(cls):
     policy = cls()
     cache = PrefixCache(3, policy)
     assert cache.policy is policy
-    cache.serve(["A0", "A1"], 1, 3)
-    assert len(policy) == len(cache) == 2 and set(policy) == cache.keys()
+    cache.serve([10, 11], 1, 3)
+    assert len(policy) == len(cache) == 2 and set(policy) == cache.keys() == {10, 11}
+    assert 10 in policy and 12 not in policy and "A0" not in policy
     with pytest.raises(ValueError, match="policy must be empty"):
         PrefixCache(3, policy)
 
@@ -319,3 +340,79 @@ def test_repr():
     cache = PrefixCache(4, "fifo")
     cache.serve(["A0"], 0, 1)
     assert repr(cache) == "PrefixCache(capacity_blocks=4, policy='fifo', cached=1)"
+
+
+# ---------------------------------------------------------------- runs and keys
+
+
+def test_runs_of():
+    assert runs_of([]) == []
+    assert runs_of([5]) == [(5, 1)]
+    assert runs_of([0, 1, 2, 7, 8, 3, -1, 0]) == [(0, 3), (7, 2), (3, 1), (-1, 2)]
+    assert runs_of(range(10, 20)) == [(10, 10)]
+    with pytest.raises(TypeError, match="keys must be ints"):
+        runs_of([1, "A"])
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+def test_serve_runs_equals_serve(policy):
+    by_keys, by_runs = PrefixCache(8, policy), PrefixCache(8, policy)
+    requests = [([0, 1, 2, 100, 101], 4, 6), ([0, 1, 2, 100, 101, 102, 103], 6, 8),
+                ([200, 201, 202], 2, 4), ([0, 1, 2, 100, 105], 4, 5)]
+    for keys, max_hit, alloc in requests:
+        assert by_keys.serve(keys, max_hit, alloc) == by_runs.serve_runs(runs_of(keys), max_hit, alloc)
+        assert by_keys.keys() == by_runs.keys()
+    assert by_keys.evictions == by_runs.evictions > 0
+
+
+@pytest.mark.parametrize("runs", [[(0, 0)], [(0, 2), (5, -1)]])
+def test_bad_runs(runs):
+    cache = PrefixCache(8, "lru")
+    with pytest.raises(ValueError, match="counts >= 1"):
+        cache.serve_runs(runs, 0, 4)
+    assert cache.requests == 0
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+def test_mixed_and_huge_keys_are_interned(policy):
+    cache = PrefixCache(6, policy)
+    huge = [2**64 - 1, 2**64, 2**64 + 1]  # the first is a plain int key, the others interned
+    assert cache.serve([*huge, "x", np.int64(7), True], 5, 6) == served(0, 0)
+    assert cache.keys() == {*huge, "x", 7, 1}
+    # numpy ints and bools are the ints they equal, as dict keys are
+    assert 7 in cache and np.int64(7) in cache and 1 in cache and "y" not in cache and 2**65 not in cache
+    assert cache.serve([*huge, "x", 7, 1], 5, 6) == served(5, 0)
+    assert cache.serve(["y"], 0, 1) == served(0, 1)
+
+
+# Pieces split in the middle: keys 0..9 inserted by one request are replaced,
+# evicted and hit in parts (capacity 12).
+#   r1 0..9 / 9 / 10     one piece; every policy's order: 9 8 .. 0
+#   r2 3 4 5 / 0 / 3     stale copies of its own, re-inserted (0..2, 6..9 keep r1's rank)
+#                        order: 9 8 7 6 2 1 0 5 4 3
+#   r3 20 21 / 1 / 4     2 free, needs 4: evicts 9 8
+#   r4 0..7 / 7 / 8      hits 0..6 (the cap), 7 is re-inserted; no eviction
+#       LRU  order 21 20 7 6 5 4 3 2 1 0      (r4 touched 0..7, tail first)
+#       FIFO queue 6 2 1 0 5 4 3 21 20 7      (hits keep their place)
+#       LFU  count 1: 21 20 7; count 2: 6 5 4 3 2 1 0
+#   r5 30..33 / 3 / 5    2 free, needs 5: evicts 3
+RUN_SPLIT_REQUESTS = [
+    (list(range(10)), 9, 10),
+    ([3, 4, 5], 0, 3),
+    ([20, 21], 1, 4),
+    (list(range(8)), 7, 8),
+    ([30, 31, 32, 33], 3, 5),
+]
+RUN_SPLIT_EXPECTED = {
+    "lru": {*range(7), 30, 31, 32, 33},
+    "fifo": {0, 3, 4, 5, 7, 20, 21, 30, 31, 32, 33},
+    "lfu": {*range(7), 30, 31, 32, 33},
+}
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+def test_pieces_split_and_evicted_in_parts(impl, policy):
+    cache = impl(12, policy)
+    results = run(cache, RUN_SPLIT_REQUESTS)
+    assert results == [served(0, 0), served(0, 0), served(0, 2), served(7, 0), served(0, 3)]
+    assert cache.keys() == RUN_SPLIT_EXPECTED[policy]

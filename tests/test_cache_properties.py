@@ -1,7 +1,9 @@
-"""Property tests: PrefixCache equals the naive ReferenceCache request by request.
+"""Property tests: the run-based PrefixCache, the per-block one and the naive
+ReferenceCache agree request by request (same ServeResult, same cached keys).
 
-Workloads mix growing conversations (keys ``(conv, j)`` after shared
-system-prompt keys ``("sys", j)``), restarted conversations, arbitrary key
+Workloads mix growing conversations (int keys ``c * 100 + j`` after shared
+system-prompt keys ``0 .. n_sys - 1``), restarted conversations, slices and
+shuffled runs of conversation keys (they split pieces anywhere), arbitrary key
 lists, random lookup caps, partial blocks and oversized requests, at
 capacities that force partial evictions.
 """
@@ -11,9 +13,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvsim.cache import PrefixCache, ReferenceCache
+from kvsim.cache import PrefixCache, ReferenceCache, runs_of
+from kvsim.policies import make_policy
 
 POLICY_NAMES = ["lru", "fifo", "lfu"]
+STRIDE = 100  # conversation c owns the keys c * STRIDE + j
 
 Request = tuple[list, int, int]
 
@@ -24,22 +28,33 @@ def requests(draw, max_requests: int = 40) -> list[Request]:
     n_sys = draw(st.integers(0, 3))
     n_convs = draw(st.integers(1, 5))
     uses_sys = draw(st.lists(st.booleans(), min_size=n_convs, max_size=n_convs))
-    conv_ids = list(range(n_convs))
+    conv_ids = list(range(1, n_convs + 1))
     context = [0] * n_convs  # blocks of each conversation after its system prompt
-    next_id = n_convs
+    next_id = n_convs + 1
     result = []
     for _ in range(draw(st.integers(1, max_requests))):
-        kind = draw(st.sampled_from(["turn"] * 6 + ["restart", "arbitrary"]))
+        kind = draw(st.sampled_from(["turn"] * 6 + ["restart", "slice", "shuffled", "arbitrary"]))
+        c = draw(st.integers(0, n_convs - 1))
+        base = conv_ids[c] * STRIDE
         if kind == "arbitrary":
             # Distinct keys in any order: stresses stale copies and ties.
-            keys = draw(st.lists(st.integers(0, 15), max_size=8, unique=True))
+            keys = draw(st.lists(st.integers(0, 3 * STRIDE), max_size=8, unique=True))
+        elif kind == "slice":
+            # A run starting inside a piece and ending inside another.
+            lo = draw(st.integers(0, context[c] + 2))
+            keys = list(range(base + lo, base + lo + draw(st.integers(1, 8))))
+        elif kind == "shuffled":
+            # Runs of one conversation in any order: depth order is not key order.
+            cuts = sorted(draw(st.lists(st.integers(0, context[c] + 4), min_size=2, max_size=5, unique=True)))
+            runs = [list(range(base + a, base + b)) for a, b in zip(cuts, cuts[1:])]
+            keys = [k for run in draw(st.permutations(runs)) for k in run]
         else:
-            c = draw(st.integers(0, n_convs - 1))
             if kind == "restart":
                 conv_ids[c], next_id, context[c] = next_id, next_id + 1, 0
+                base = conv_ids[c] * STRIDE
             context[c] += draw(st.integers(0, 6))
-            prefix = [("sys", j) for j in range(n_sys)] if uses_sys[c] else []
-            keys = prefix + [(conv_ids[c], j) for j in range(len(prefix), len(prefix) + context[c])]
+            prefix = list(range(n_sys)) if uses_sys[c] else []
+            keys = prefix + list(range(base + len(prefix), base + len(prefix) + context[c]))
         if draw(st.booleans()):
             max_hit = max(0, len(keys) - draw(st.integers(0, 2)))
         else:
@@ -63,17 +78,21 @@ def infinite_cache_hits(workload: list[Request]) -> list[int]:
     return hits
 
 
-@settings(max_examples=200, deadline=None)
-@given(workload=requests(), capacity=st.integers(0, 40), policy=st.sampled_from(POLICY_NAMES))
-def test_prefix_cache_equals_reference(workload, capacity, policy):
+@settings(max_examples=400, deadline=None)
+@given(workload=requests(), capacity=st.integers(0, 40), policy=st.sampled_from(POLICY_NAMES),
+       as_runs=st.booleans())
+def test_run_cache_equals_per_block_and_reference(workload, capacity, policy, as_runs):
     fast = PrefixCache(capacity, policy)
+    per_block = PrefixCache(capacity, make_policy(policy, per_block=True))
     reference = ReferenceCache(capacity, policy)
     for keys, max_hit, alloc in workload:
         before = reference.keys()
-        result = fast.serve(keys, max_hit, alloc)
-        assert result == reference.serve(keys, max_hit, alloc)
-        assert fast.keys() == reference.keys()
-        assert len(fast) == len(reference) == len(fast.policy) <= capacity
+        expected = reference.serve(keys, max_hit, alloc)
+        result = fast.serve_runs(runs_of(keys), max_hit, alloc) if as_runs else fast.serve(keys, max_hit, alloc)
+        assert result == expected
+        assert per_block.serve(keys, max_hit, alloc) == expected
+        assert fast.keys() == per_block.keys() == reference.keys()
+        assert len(fast) == len(fast.policy) == len(reference) <= capacity
         assert result.hit_blocks <= max_hit
         if result.oversized:
             assert alloc > capacity and fast.keys() == before
@@ -83,14 +102,12 @@ def test_prefix_cache_equals_reference(workload, capacity, policy):
         assert len(fast) == len(before) - result.evicted + len(keys) - own
         if result.evicted:
             assert capacity - (len(before) - result.evicted) == alloc - own
-    assert (fast.requests, fast.oversized, fast.evictions) == (
-        reference.requests,
-        reference.oversized,
-        reference.evictions,
-    )
+    for cache in (fast, per_block):
+        assert (cache.requests, cache.oversized, cache.evictions) == (
+            reference.requests, reference.oversized, reference.evictions)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(workload=requests())
 def test_ample_capacity_matches_infinite_cache(workload):
     distinct = {key for keys, _, _ in workload for key in keys}

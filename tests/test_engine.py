@@ -113,3 +113,23 @@ def test_properties(capacity, policy, system, turns, seed):
     if turns == 1 and system < 16:
         assert c.hit_tokens == 0
     assert math.isnan(c.token_hit_rate) or 0 <= c.token_hit_rate < 1
+
+
+def test_run_keys_view():
+    from kvsim.workload import RunKeys
+    keys = RunKeys(((0, 2), (100, 3)))
+    assert list(keys) == [0, 1, 100, 101, 102] and len(keys) == 5
+    assert (keys[0], keys[2], keys[4], keys[-1], keys[-5]) == (0, 100, 102, 102, 0)
+    assert keys[1:4] == [1, 100, 101] and 101 in keys and 2 not in keys
+    for bad in (5, -6):
+        with pytest.raises(IndexError):
+            keys[bad]
+    assert list(RunKeys(())) == [] and len(RunKeys(())) == 0
+
+
+@pytest.mark.parametrize("system", [0, 20, 100])
+def test_synthetic_runs_are_the_keys(system):
+    w = small(system_prompt_tokens=system, turns=TurnCount("fixed", 5))
+    for turn in synthetic_conversation(w, 16, np.random.default_rng(2), 3):
+        assert [k for first, count in turn.runs for k in range(first, first + count)] == list(turn.keys)
+        assert all(count > 0 for _, count in turn.runs)
