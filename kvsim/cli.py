@@ -32,9 +32,9 @@ from analytic.specs import (
     Workload,
     check_positive,
 )
+from kvsim.policies import POLICIES
 from kvsim.replay import configure_export_parser, configure_replay_parser
 
-POLICY_NAMES = ("lru", "fifo", "lfu")
 DEFAULT_PRESET = "llama-3.1-8b"
 DEFAULT_GPU = "a100-40gb"
 
@@ -334,7 +334,7 @@ def cmd_simulate(a) -> int:
         from kvsim.replay import template_source
 
         source, _ = template_source(templates)
-    policies = POLICY_NAMES if a.policy == "all" else (a.policy,)
+    policies = tuple(POLICIES) if a.policy == "all" else (a.policy,)
     results = [
         simulate(workload, capacity.capacity_blocks, policy, block_size=a.block_size, duration=a.duration,
                  warmup=a.warmup, replications=a.replications, seed=a.seed, source=source).as_dict()
@@ -429,7 +429,16 @@ def cmd_plan(a) -> int:
         plan["seed_recommendation"] = seed_recommendation(
             memory_gb=hardware.gpu_memory_gib * hardware.gpus, target_hit_rate=a.target_hit_rate, **seed_inputs_)
     scale = np.geomspace(0.1, 3, 12)
-    curve = hit_rate_curve(workload, sorted({max(1, int(blocks * f)) for f in scale}), bs, methods=(a.method,))
+    capacities = sorted({max(1, int(blocks * f)) for f in scale} | {blocks})
+    curve = hit_rate_curve(workload, capacities, bs, methods=(a.method,))
+    if a.check:  # simulated LRU at every capacity of the curve, from one pass per replication
+        from kvsim.curve import simulate_curve
+
+        simulated = simulate_curve(workload, capacities, block_size=bs, duration=a.duration, warmup=a.warmup,
+                                   replications=a.replications, seed=a.seed)
+        for row, sim in zip(curve, simulated):
+            row["simulated_lru"] = {"token_hit_rate": sim["token_hit_rate"],
+                                    "request_hit_rate": sim["request_hit_rate"]}
     if a.json:
         inputs = inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype)
         print(json.dumps({"inputs": inputs, "plan": plan, "curve": curve}, indent=2))
@@ -447,9 +456,13 @@ def cmd_plan(a) -> int:
         rec = plan["seed_recommendation"]
         print(f"seed    the original calculator recommends {rec['recommended_memory_gb']:.1f} GB"
               f" (its request hit rate now: {rec['current_hit_rate']:.3f})")
-    print(f"\n{'capacity_tokens':>16} {'token_hit_rate':>15} {'request_hit_rate':>17}")
+    print(f"\n{'capacity_tokens':>16} {'token_hit_rate':>15} {'request_hit_rate':>17}"
+          + (f" {'simulated LRU token_hit_rate':>32}" if a.check else ""))
     for row in curve:
-        print(f"{row['capacity_tokens']:>16,} {row['token_hit_rate']:>15.4f} {row['request_hit_rate']:>17.4f}")
+        mark = " <- plan" if row["capacity_blocks"] == blocks else ""
+        sim = f" {_ci(row['simulated_lru']['token_hit_rate']):>32}" if a.check else ""
+        print(f"{row['capacity_tokens']:>16,} {row['token_hit_rate']:>15.4f} {row['request_hit_rate']:>17.4f}"
+              f"{sim}{mark}")
     return 0
 
 
@@ -482,7 +495,7 @@ def build_parser() -> Parser:
     add_model_args(sim)
     add_memory_args(sim)
     add_workload_args(sim)
-    sim.add_argument("--policy", default="lru", choices=[*POLICY_NAMES, "all"], help="eviction policy (default lru)")
+    sim.add_argument("--policy", default="lru", choices=[*POLICIES, "all"], help="eviction policy (default lru)")
     add_simulation_args(sim)
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)
@@ -504,6 +517,9 @@ def build_parser() -> Parser:
     plan.add_argument("--metric", default="token", choices=["token", "request"],
                       help="token_hit_rate (default) or request_hit_rate")
     plan.add_argument("--method", default="lru", choices=["lru", "fifo"], help="model to invert (default lru)")
+    plan.add_argument("--check", action="store_true",
+                      help="also simulate LRU at every capacity of the curve (one pass per replication)")
+    add_simulation_args(plan)
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)
 

@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from kvsim.cache import PrefixCache
+from kvsim.curve import LRUCurve
 from kvsim.policies import POLICIES
 from kvsim.traces import (
     NAMESPACE_STRIDE,
@@ -161,6 +162,8 @@ def _rate(num: float, den: float):
 
 # ---------------------------------------------------------------- replay
 
+DENSE_CURVE_MAX_DOUBLINGS = 30  # the dense curve's grid reaches 2**30 blocks
+
 @dataclass
 class _Tally:
     policy: str
@@ -173,8 +176,12 @@ class _Tally:
 def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens=None,
            block_size: int | None = None, trace_block_size: int | None = None, time_unit: str = "auto",
            arrival_rate: float | None = None, seed: int = 0, vllm: bool = False, skip_bad: bool = False,
-           max_requests: int | None = None, progress: bool | None = None) -> dict:
+           max_requests: int | None = None, progress: bool | None = None, curve: bool = False) -> dict:
     """Replay ``traces`` through prefix caches; return the ``kvsim replay --json`` record.
+
+    ``curve``: LRU at every capacity from one pass (:class:`kvsim.curve.LRUCurve`, exact), with
+    the same records as separate caches; with no capacity given, a dense grid (8 points per
+    doubling, up to the first capacity that never evicts).
 
     ``traces``: a path, a directory or a list of them (read by
     :func:`kvsim.traces.open_traces`, which ``trace_block_size``, ``time_unit``,
@@ -197,9 +204,13 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
     if bs is None:
         bs = first.block_size if first is not None else 1
     capacities += [t // bs for t in tokens]
-    tallies = [_Tally(p, PrefixCache(c, p)) for p in names for c in capacities]
+    dense = curve and not capacities
+    if dense:
+        capacities = sorted({int(round(2 ** (k / 8))) for k in range(8 * DENSE_CURVE_MAX_DOUBLINGS + 1)})
+    lru_curve = LRUCurve(capacities, bs) if curve and "lru" in names else None
+    tallies = [_Tally(p, PrefixCache(c, p)) for p in names for c in capacities if not (p == "lru" and lru_curve)]
 
-    n = input_tokens = output_tokens = listed_total = 0
+    n = input_tokens = output_tokens = listed_total = max_alloc = 0
     ideal_blocks = ideal_tokens = ideal_requests = 0
     seen: set = set()
     t_first = t_last = None
@@ -215,6 +226,7 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
             keys, max_hit, alloc, listed = request_blocks(
                 req.block_ids, req.input_tokens, req.output_tokens, req.block_size, bs, vllm)
             inp = req.input_tokens
+            max_alloc = max(max_alloc, alloc)
             n += 1
             input_tokens += inp
             output_tokens += req.output_tokens
@@ -233,6 +245,8 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
                 ideal_blocks += hit
                 ideal_tokens += min(hit * bs, inp)
                 ideal_requests += 1
+            if lru_curve is not None:
+                lru_curve.add(keys, max_hit, alloc, inp)
             for tally in tallies:
                 result = tally.cache.serve(keys, max_hit, alloc)
                 if result.hit_blocks:
@@ -260,6 +274,26 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
         "evictions": t.cache.evictions,
         "oversized": t.cache.oversized,
     } for t in tallies]
+    if lru_curve is not None:
+        points = lru_curve.points()
+        if dense:  # beyond the first capacity that never evicts, the curve is flat
+            everything = len(seen) + max_alloc
+            points = [p for p in points if p.capacity_blocks < everything] + \
+                     [p for p in points if p.capacity_blocks >= everything][:1]
+        results[:0] = [{
+            "policy": "lru",
+            "capacity_blocks": p.capacity_blocks,
+            "capacity_tokens": p.capacity_blocks * bs,
+            "block_hit_rate": _rate(p.hit_blocks, listed_total),
+            "token_hit_rate": _rate(p.hit_tokens, input_tokens),
+            "request_hit_rate": _rate(p.requests_hit, n),
+            "requests": n,
+            "hit_blocks": p.hit_blocks,
+            "hit_tokens": p.hit_tokens,
+            "evictions": p.evictions,
+            "oversized": p.oversized,
+        } for p in points]
+        capacities = [p.capacity_blocks for p in points] if dense else capacities
     return {
         "inputs": {
             "traces": stats.files or None,
@@ -273,6 +307,7 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
             "seed": seed,
             "skip_bad": skip_bad,
             "max_requests": max_requests,
+            "curve": curve,
         },
         "trace": {
             "requests": n,
@@ -703,6 +738,8 @@ def configure_replay_parser(p: argparse.ArgumentParser) -> None:
     cap.add_argument("--capacity-blocks", type=_int_list, metavar="N[,N...]", help="cache capacities in blocks")
     cap.add_argument("--capacity-tokens", type=_int_list, metavar="N[,N...]",
                      help="cache capacities in tokens (floor(N / block size) blocks)")
+    g.add_argument("--curve", action="store_true",
+                   help="LRU at every capacity from one pass (exact); with no capacity, a dense curve")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_replay)
 
@@ -718,8 +755,10 @@ def _pct(x) -> str:
 
 
 def cmd_replay(a) -> int:
+    if a.curve and "lru" not in a.policy:
+        raise ValueError("--curve computes LRU: use it with --policy lru (or a list with lru)")
     record = replay(a.traces, a.policy, a.capacity_blocks or [], capacities_tokens=a.capacity_tokens,
-                    **_reading_kwargs(a))
+                    curve=a.curve, **_reading_kwargs(a))
     if a.json:
         print(json.dumps(record, indent=2))
         return 0

@@ -371,3 +371,21 @@ def test_real_traces_replay_sanely():
     out = replay(files, "lru", [10 ** 7])
     assert out["results"][0]["block_hit_rate"] == pytest.approx(out["ideal_block_hit_rate"])
     assert out["ideal_block_hit_rate"] > 0.8
+
+
+def test_curve_equals_separate_caches(tmp_path):
+    rng = __import__("random").Random(5)
+    rows, t = [], 0
+    for _ in range(300):  # conversations extending random shared prefixes, 4-token blocks
+        base = rng.choice([0, 100, 200, 300])
+        n = rng.randint(1, 12)
+        t += rng.randint(0, 3)
+        rows.append((t, 4 * n - rng.randint(0, 3), rng.randint(0, 9), list(range(base, base + n))))
+    trace = write_jsonl(tmp_path / "t_blksz_4.jsonl", rows)
+    caps = [1, 3, 5, 8, 13, 30, 80]
+    separate = replay(str(trace), "lru", caps)
+    curve = replay(str(trace), "lru", caps, curve=True)
+    assert curve["results"] == separate["results"]
+    dense = replay(str(trace), "lru", curve=True)["results"]
+    assert dense[-1]["block_hit_rate"] == separate["ideal_block_hit_rate"]
+    assert all(a["hit_blocks"] <= b["hit_blocks"] for a, b in zip(dense, dense[1:]))
