@@ -323,7 +323,7 @@ def _ci(estimate: dict) -> str:
 
 
 def cmd_simulate(a) -> int:
-    from kvsim.engine import simulate
+    from kvsim.engine import run_window, simulate
 
     model = model_from_args(a)
     templates = templates_from_args(a)
@@ -334,6 +334,7 @@ def cmd_simulate(a) -> int:
         from kvsim.replay import template_source
 
         source, _ = template_source(templates)
+    a.duration, a.warmup = run_window(workload, a.duration, a.warmup, source)
     policies = tuple(POLICIES) if a.policy == "all" else (a.policy,)
     results = [
         simulate(workload, capacity.capacity_blocks, policy, block_size=a.block_size, duration=a.duration,
@@ -369,12 +370,14 @@ def cmd_simulate(a) -> int:
 
 def cmd_compare(a) -> int:
     from kvsim.compare import SIM_POLICIES, compare, memory_figure
+    from kvsim.engine import run_window
 
     model = model_from_args(a)
     synthetic_only(a, "compare")
     workload = workload_from_args(a)
     capacity = capacity_from_args(a, model)
     size_gb = model_size_gb(a, model)
+    a.duration, a.warmup = run_window(workload, a.duration, a.warmup, None)
     sim = dict(duration=a.duration, warmup=a.warmup, replications=a.replications, seed=a.seed)
     result = compare(model, capacity, workload, kv_dtype=a.kv_dtype, model_size_gb=size_gb, **sim)
     if a.figure:
@@ -468,8 +471,11 @@ def cmd_plan(a) -> int:
 
 def add_simulation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("simulation")
-    g.add_argument("--duration", type=float, default=3600.0, help="seconds of arrivals (default 3600)")
-    g.add_argument("--warmup", type=float, default=600.0, help="seconds not measured at the start (default 600)")
+    g.add_argument("--duration", type=float,
+                   help="seconds of arrivals (default: the warm-up + 3000 s measured)")
+    g.add_argument("--warmup", type=float,
+                   help="seconds not measured at the start (default: 5 mean conversation lifetimes, at least "
+                        "600 s; 600 s with --conversations)")
     g.add_argument("--replications", type=int, default=5, help="independent runs (default 5)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 

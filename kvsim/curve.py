@@ -40,7 +40,7 @@ import numpy as np
 
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload
 from kvsim.cache import PrefixCache, _check_request, runs_of
-from kvsim.engine import ConversationSource, Estimate, checked_source, drive
+from kvsim.engine import ConversationSource, Estimate, checked_source, drive, run_window
 from kvsim.policies import LRUPolicy, Runs
 
 __all__ = ["CurvePoint", "LRUCurve", "lru_curve", "simulate_curve"]
@@ -438,7 +438,7 @@ def lru_curve(requests: Iterable[tuple[Sequence, int, int, int]], capacities_blo
 
 
 def simulate_curve(workload: Workload, capacities_blocks: Iterable[int], *,
-                   block_size: int = DEFAULT_BLOCK_SIZE, duration: float = 3600.0, warmup: float = 600.0,
+                   block_size: int = DEFAULT_BLOCK_SIZE, duration: float | None = None, warmup: float | None = None,
                    replications: int = 5, seed: int = 0, source: ConversationSource | None = None) -> list[dict]:
     """LRU results of ``workload`` at every capacity from one simulation per replication.
 
@@ -448,6 +448,7 @@ def simulate_curve(workload: Workload, capacities_blocks: Iterable[int], *,
     95% CI over replications), ``evictions``, ``oversized``, ``requests_measured``.
     """
     capacities = list(capacities_blocks)
+    duration, warmup = run_window(workload, duration, warmup, source)
     source = checked_source(workload, source, block_size, duration, warmup, replications, seed)
     runs = []  # per replication: its points, and the measured prompt tokens and blocks
     for r in range(replications):

@@ -195,6 +195,8 @@ class SimulationResult:
     capacity_blocks: int
     block_size: int
     replications: list[Counters]
+    duration: float  # s of arrivals per replication
+    warmup: float  # s not measured at the start
 
     def estimate(self, metric: str) -> Estimate:
         return Estimate.of([getattr(c, metric) for c in self.replications])
@@ -243,7 +245,32 @@ class SimulationResult:
             "evictions": self.total("evictions"),
             "oversized": self.total("oversized"),
             "requests_measured": self.total("requests"),
+            "duration": self.duration,
+            "warmup": self.warmup,
         }
+
+
+MIN_WARMUP = 600.0  # seconds
+WARMUP_LIFETIMES = 5  # automatic warm-up: this many mean conversation lifetimes, at least MIN_WARMUP
+MEASURED_WINDOW = 3000.0  # automatic duration: the warm-up plus this many seconds measured
+
+
+def run_window(workload: Workload, duration: float | None, warmup: float | None,
+               source: ConversationSource | None) -> tuple[float, float]:
+    """(duration, warmup), filling the automatic ones.
+
+    A synthetic workload's cache is in steady state after a few conversation lifetimes
+    (E[turns] x E[think time]), so the automatic warm-up is ``WARMUP_LIFETIMES`` of them (at least
+    ``MIN_WARMUP``); a fixed 600 s is far too short for long conversations. With another source
+    the engine cannot tell, and the automatic warm-up is ``MIN_WARMUP``.
+    """
+    if warmup is None:
+        warmup = MIN_WARMUP
+        if source is None:
+            warmup = max(MIN_WARMUP, WARMUP_LIFETIMES * workload.turns.mean * workload.think_time.mean)
+    if duration is None:
+        duration = warmup + MEASURED_WINDOW
+    return duration, warmup
 
 
 def checked_source(workload: Workload, source: ConversationSource | None, block_size: int, duration: float,
@@ -268,8 +295,8 @@ def simulate(
     policy: str = "lru",
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
-    duration: float = 3600.0,
-    warmup: float = 600.0,
+    duration: float | None = None,
+    warmup: float | None = None,
     replications: int = 5,
     seed: int = 0,
     source: ConversationSource | None = None,
@@ -277,11 +304,16 @@ def simulate(
 ) -> SimulationResult:
     """Simulate ``workload`` through a prefix cache of ``capacity_blocks`` blocks.
 
+    ``duration`` (s of arrivals) and ``warmup`` (s not measured) default to an automatic
+    window (:func:`run_window`): 5 mean conversation lifetimes of warm-up (at least 600 s), then
+    3000 s measured.
+
     ``source`` replaces the synthetic conversations (e.g. trace templates); arrivals stay
     Poisson at ``workload.arrival_rate``. ``progress`` shows a tqdm bar on stderr (default: when
     stderr is a terminal).
     """
     check_positive("capacity-blocks", capacity_blocks, integer=True, allow_zero=True)
+    duration, warmup = run_window(workload, duration, warmup, source)
     source = checked_source(workload, source, block_size, duration, warmup, replications, seed)
     if progress is None:
         progress = sys.stderr.isatty()
@@ -301,4 +333,4 @@ def simulate(
     finally:
         if bar:
             bar.close()
-    return SimulationResult(policy, capacity_blocks, block_size, runs)
+    return SimulationResult(policy, capacity_blocks, block_size, runs, duration, warmup)
