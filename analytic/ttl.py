@@ -21,6 +21,10 @@ independent of think times and of L, so this average is the exact expectation up
 noise (the Gaussian refinement's partial-survival term uses the mean context instead). Fixed
 token counts use one exact path.
 
+FIFO with deterministic think times has several fixed points (the cache is bistable between
+patterns of hits); its default variant averages over the stationary law of the fluctuating FIFO
+horizon instead (``fifo_model``, ``_horizon_law``).
+
 Turn counts enter through P(L >= k) over ``TurnCount.support``; for fixed sizes and fixed or
 geometric L without oversized turns, the LRU equation's two sums have closed forms
 (``closed_form_sums``; the tests check them against the sums over the support).
@@ -39,6 +43,7 @@ from analytic.distributions import ThinkTime
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 
 LRU_VARIANTS = ("che", "che+gaussian")
+FIFO_VARIANTS = ("che", "che+gaussian")
 SIZE_PATHS = 2000  # sampled size paths when token counts are drawn ...
 SIZE_CELLS = 400_000  # ... fewer when the turn support is long: at most this many (path, turn) cells
 MIN_SIZE_PATHS = 400
@@ -47,6 +52,10 @@ REPORT_REACH = 1e-6  # per-turn dicts list the turns a conversation reaches with
 LATTICE_CELLS = 256  # cells on [0, T_F] for the FIFO overlap term (a small correction: see fifo_model)
 CONVOLUTION_TAIL = 1e-13  # F^{*n}(T) below this counts as 0 (longer hit runs are impossible)
 GAUSS_NODES = 256  # quantile nodes for E_G[...] in the Gaussian refinement
+# FIFO with deterministic gaps: quadrature of the horizon density (see _horizon_law)
+HORIZON_NODES = np.polynomial.legendre.leggauss(8)  # Gauss-Legendre nodes per segment
+HORIZON_STEPS = np.array([0.0, 0.5, 1, 1.5, 2, 3, 4, 6, 9, 14, 22, 35])  # segment ends, in local scales
+HORIZON_TAIL = 60.0  # the density is followed until it has dropped by e^-60
 
 
 @dataclass(frozen=True)
@@ -621,7 +630,201 @@ def fifo_characteristic_time(rate, think, table, c_conv, weights=None) -> tuple[
     return T, state(max(T - step, 0.0)), state(T + step)
 
 
-def fifo_model(workload: Workload, capacity_blocks: int, block_size: int = DEFAULT_BLOCK_SIZE) -> ModelResult:
+# ----------------------------------------------------------------------------- FIFO, deterministic gaps
+
+
+def _fifo_variant(think: ThinkTime, variant) -> str:
+    if variant is None:
+        # With deterministic gaps the occupancy jumps at every multiple of the gap; the Gaussian
+        # horizon model replaces the single characteristic time by a distribution.
+        return "che+gaussian" if think.kind == "det" else "che"
+    if variant not in FIFO_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(FIFO_VARIANTS)} or None (got {variant!r})")
+    if variant == "che+gaussian" and think.kind != "det":
+        raise ValueError(f"FIFO variant che+gaussian needs deterministic think times (got {think.kind!r})")
+    return variant
+
+
+@dataclass(frozen=True)
+class _DetPieces:
+    """The FIFO cache with deterministic gaps G, held at a fixed horizon h, piece by piece.
+
+    On piece n, h in (nG, (n+1)G] (the last piece, n = K-1, runs to infinity), a turn hits iff its
+    context was written less than h ago: after a miss exactly n turns hit, then one misses (turn k
+    is a = (k-1) mod (n+1) turns past its last miss, and misses iff a = 0). X(h), the conversation
+    content written less than h ago and not rewritten since, then has
+      mean      occ0[n] + occ_slope[n] (h - nG)   (= the occupancy of the che model at T = h)
+      variance  var0[n] + var_slope[n] (h - nG)
+    (Campbell: conversations start as a Poisson process, so both are rate * integral over a
+    conversation's life of E[Y], resp. E[Y^2], Y = its content written within the last h).
+    keep[n, k-1] = 1 if turn k hits on piece n. Only the first pieces may be listed; ``open_end``
+    says whether the last one listed is the one that runs to infinity.
+    """
+
+    gap: float
+    open_end: bool
+    occ0: np.ndarray
+    occ_slope: np.ndarray
+    var0: np.ndarray
+    var_slope: np.ndarray
+    keep: np.ndarray
+
+    @property
+    def start(self) -> np.ndarray:
+        return np.arange(len(self.occ0)) * self.gap
+
+
+def _det_pieces(rate: float, gap: float, table: _Table, count: int | None = None) -> _DetPieces:
+    """Y at time t between turn k and the next: the window (t - h, t] holds turns k-J+1..k
+    (J = n or n+1 for a turn followed by another: for (n+1)G - h resp. h - nG of its G
+    seconds; J = n+1, n, ..., 1 in turn after the last served turn). Y = c'_k if one of them
+    missed (the miss rewrote the whole context), else c'_k - c'_{k-J}. With c = E[c'_k | served],
+    E[c'_i c'_k] ~ E[c'_i^2] + c_i (c_k - c_i) (independent increments; exact for fixed sizes).
+    ``count`` pieces (n = 0..count-1), all K by default.
+    """
+    K = table.law.turns
+    count = K if count is None else min(count, K)
+    served = table.served
+    c = np.concatenate(([0.0], table.conv_served / np.maximum(served, 1e-300)))
+    c2 = np.concatenate(([0.0], table.conv2_served / np.maximum(served, 1e-300)))
+    follow = np.append(table.law.more[:-1] * served[1:], 0.0)  # turn k served and followed by a served one
+    stop = table.law.reach * served - follow  # turn k is the last served one
+    n = np.arange(count)[:, None]
+    k = np.arange(1, K + 1)[None, :]
+    since = (k - 1) % (n + 1)  # turns since the last miss
+    ck, c2k = c[1:][None, :], c2[1:][None, :]
+    back = np.where(since == n, c[np.clip(k - n, 0, K)], 0.0)  # c_{k-n} where the window of n turns has no miss
+    back2 = np.where(since == n, c2[np.clip(k - n, 0, K)], 0.0)
+    y_n = ck - back  # Y with J = n (J = n+1 always contains the miss: Y = c_k)
+    y2_n = c2k - (back2 + 2 * back * ck - 2 * back**2)
+    # After the last turn: sum over J = 1..n of Y = n c_k - sum_{i=k-a}^{k-1} c_i (a = since).
+    first = k - 1 - since
+    sums = np.concatenate(([0.0], np.cumsum(c[1:])))
+    sums_q = np.concatenate(([0.0], np.cumsum(c2[1:] - 2 * c[1:] ** 2)))
+    tail = sums[k - 1] - sums[first]
+    tail_q = sums_q[k - 1] - sums_q[first]
+    after = n * ck - tail
+    after2 = n * c2k - tail_q - 2 * ck * tail
+    return _DetPieces(
+        gap=gap,
+        open_end=count == K,
+        occ0=rate * gap * (y_n @ follow + after @ stop),
+        occ_slope=rate * ((ck - y_n) @ follow + ck @ stop),
+        var0=rate * gap * (y2_n @ follow + after2 @ stop),
+        var_slope=rate * ((c2k - y2_n) @ follow + c2k @ stop),
+        keep=np.where(k >= 2, (since != 0).astype(float), 0.0),
+    )
+
+
+def _horizon_pieces(rate: float, gap: float, table: _Table, c_conv: float) -> int:
+    """How many pieces (multiples of G) the horizon law needs: it weighs < e^-(HORIZON_TAIL + 10)
+    beyond. Above hi = C/(rate K2), mean X(h) - C >= rate K2 (h - hi) and X' >= rate K2 (what
+    is left after the last turn stays), while var X(h) <= rate Q (h + G), Q = E[sum_k c'_k^2]
+    (Y <= c'_k, for G at most per turn, h after the last), so
+      Phi(h) - Phi(hi) >= (rate K2^2 / Q) ((h - hi) - (hi + G) log((h + G)/(hi + G))).
+    """
+    k2 = table.sums()[1]
+    q = float(table.law.reach @ table.conv2_served)
+    hi = c_conv / (rate * k2)
+    rise = HORIZON_TAIL + 10.0
+
+    def bound(h):
+        return rate * k2 * k2 / q * ((h - hi) - (hi + gap) * math.log((h + gap) / (hi + gap)))
+
+    top = hi + gap
+    while bound(top) < rise:
+        top = hi + 2 * (top - hi)
+    return int(top // gap) + 1
+
+
+def _potential_step(h, ref, occ_ref, var_ref, slope, var_slope, c_conv):
+    """integral_ref^h (X(x) - C) X'/V(x) dx for X = occ_ref + slope (x - ref), V = var_ref + var_slope (x - ref),
+    in a form that stays exact as var_slope -> 0: (x - log1p x)/x^2 and log1p(x)/x by series near 0."""
+    d = h - ref
+    eps = var_slope * d / var_ref
+    small = np.abs(eps) < 1e-4
+    e = np.where(small, 0.5, eps)
+    with np.errstate(divide="ignore"):
+        log1p = np.log1p(e)
+    l1 = np.where(small, 1 - eps / 2 + eps**2 / 3, log1p / e)
+    l2 = np.where(small, 0.5 - eps / 3 + eps**2 / 4, (e - log1p) / e**2)
+    return slope * (occ_ref - c_conv) * d / var_ref * l1 + slope * slope * d * d / var_ref * l2
+
+
+def _horizon_law(pieces: _DetPieces, c_conv: float):
+    """Distribution of the FIFO horizon H (the age of the oldest cached block) for det gaps.
+
+    The cache holds the youngest C blocks, so H is where X(H) = C, X(h) the content written in
+    the last h (``_DetPieces``). X is compound Poisson; taken as normal, around a stable root T
+    of mean(X) = C this makes H normal with sd sigma/X' (X' = the mean's slope): the horizon
+    fluctuates with the blocks written recently. Where mean(X) jumps across C at multiples of G
+    (fewer hits, more rewrites), several roots coexist and the cache switches between them. H is
+    taken as the stationary law of the diffusion with drift proportional to C - mean(X(H)) and
+    noise that gives each root exactly that normal spread:
+        density(H) ~ exp(-Phi(H)),  Phi'(h) = (mean X(h) - C) X'(h) / var X(h),
+    exactly integrable piece by piece. Increasing C tilts the law towards larger H:
+    exp(C * integral X'/var) is increasing in h, so H grows stochastically with capacity.
+    Returns (probability of each piece, E[H]).
+    """
+    gap = pieces.gap
+    K = len(pieces.occ0)
+    start = pieces.start
+    occ0, slope, var0, var_slope = pieces.occ0, pieces.occ_slope, pieces.var0, pieces.var_slope
+    last = (np.arange(K) == K - 1) & pieces.open_end
+    # Reference point of each piece: its right end; the last piece's left end (var > 0 at both).
+    ref = np.where(last, start, start + gap)
+    occ_ref = occ0 + slope * (ref - start)
+    var_ref = var0 + var_slope * (ref - start)
+
+    def potential(i, h):  # Phi on piece(s) i, up to the piece's constant
+        return _potential_step(h, ref[i], occ_ref[i], var_ref[i], slope[i], var_slope[i], c_conv)
+
+    # Phi is continuous: chain the constants (Phi = 0 at the end of piece 0).
+    pieces_ = np.arange(K)
+    inner = pieces_[1:][~last[1:]]  # the pieces with two finite ends, but the first (Phi = 0 at its end)
+    offset = np.cumsum(np.concatenate(([0.0], -potential(inner, start[inner]), [0.0]))[:K])
+    # Where the density is largest on each piece: at mean X = C, else at the nearer end; and
+    # its local scale there (the normal sd at a root, else also 1/|Phi'| at the end).
+    peak = start + (c_conv - occ0) / slope
+    inside = (peak > start) & (last | (peak < start + gap))
+    centre = np.where(inside, peak, np.where(peak <= start, start, start + gap))
+    var_c = var0 + var_slope * (centre - start)
+    drift = np.abs(occ0 + slope * (centre - start) - c_conv) * slope / var_c
+    with np.errstate(divide="ignore"):
+        scale = np.where(inside, np.sqrt(var_c) / slope, np.minimum(1 / drift, np.sqrt(var_c) / slope))
+    lowest = offset + potential(pieces_, centre)
+    x_nodes, w_nodes = HORIZON_NODES
+    steps = np.concatenate((-HORIZON_STEPS[:0:-1], HORIZON_STEPS))
+    hs, ws, phis, owner = [], [], [], []
+    for i in np.nonzero(lowest <= lowest.min() + HORIZON_TAIL)[0]:  # the others weigh < e^-60
+        lo, hi = start[i], start[i] + gap
+        if last[i]:
+            reach = 40 * scale[i]
+            for _ in range(64):
+                if potential(i, centre[i] + reach) - potential(i, centre[i]) >= HORIZON_TAIL:
+                    break
+                reach *= 2
+            hi = centre[i] + reach
+        ends = np.concatenate((centre[i] + scale[i] * steps, np.linspace(lo, hi, 17)))
+        ends = np.unique(np.clip(ends, lo, hi))
+        mid, half = (ends[1:] + ends[:-1]) / 2, (ends[1:] - ends[:-1]) / 2
+        h = (mid[:, None] + half[:, None] * x_nodes).ravel()
+        hs.append(h)
+        ws.append((half[:, None] * w_nodes).ravel())
+        phis.append(offset[i] + potential(i, h))
+        owner.append(np.full(h.size, i))
+    h, w, phi, owner = (np.concatenate(x) for x in (hs, ws, phis, owner))
+    density = w * np.exp(-(phi - phi.min()))
+    density /= density.sum()
+    return np.bincount(owner, weights=density, minlength=K), float(density @ h)
+
+
+def fifo_model(
+    workload: Workload,
+    capacity_blocks: int,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    variant: str | None = None,
+) -> ModelResult:
     """FIFO by its characteristic time T_F (timer set at insertion, never reset; DESIGN.md §5).
 
     A conversation's head blocks are written at its last miss m and are its oldest, so turn j
@@ -632,17 +835,27 @@ def fifo_model(workload: Workload, capacity_blocks: int, block_size: int = DEFAU
     per cent of the occupancy, is subtracted: exactly for deterministic gaps, on a 256-cell
     lattice of [0, T_F] otherwise); what remains after the last turn stays T_F. The fixed point
     C_conv = lambda (T_F E[W] - E[overlap])  is solved by brentq (``fifo_characteristic_time``).
-    Where the occupancy jumps at the root (deterministic/empirical gaps) the result mixes the two
-    sides in the proportion that fills the cache exactly.
+    Where the occupancy jumps at the root (empirical gaps, or det with variant "che") the result
+    mixes the two sides in the proportion that fills the cache exactly.
+
+    Deterministic gaps G (default "che+gaussian"): the occupancy at a fixed T_F drops where T_F
+    passes a multiple of G (one more turn hits, so less is rewritten), so T_F -> occupancy is not
+    monotone and the fixed point is not unique: the cache is bistable between patterns of hits.
+    The horizon of the real cache fluctuates with the blocks written recently and moves between
+    these states; ``_horizon_law`` gives its stationary law, and the hit rates are averaged over
+    it. ``characteristic_time`` is then E[horizon] and the cache is full (occupancy = capacity).
+    This is the long-run state: a cache filled from empty can stay for a long time in the
+    state with the larger horizon (more hits) when the barrier between the two is high.
 
     FIFO never refreshes the shared system blocks either, but with zero service time every
     allocation is made by a request that holds them, so they are never evictable.
     """
     _check(workload, capacity_blocks, block_size)
     think = workload.think_time
+    variant = _fifo_variant(think, variant)
     table = _table(workload, block_size, capacity_blocks)
     if table.served[0] == 0:
-        return _nothing_served("fifo", "che", capacity_blocks, block_size, table)
+        return _nothing_served("fifo", variant, capacity_blocks, block_size, table)
     rate = workload.arrival_rate
     c_conv = capacity_blocks - table.system_blocks
     k2 = table.sums()[1]
@@ -650,14 +863,18 @@ def fifo_model(workload: Workload, capacity_blocks: int, block_size: int = DEFAU
         T, keep, occupancy = 0.0, np.zeros(table.law.turns), float(table.system_blocks)
     elif k2 <= 0:
         T, keep, occupancy = math.inf, np.ones(table.law.turns), float(table.system_blocks)
-    else:
+    elif variant == "che+gaussian" and table.law.turns > 1:
+        pieces = _det_pieces(rate, think.mean, table, _horizon_pieces(rate, think.mean, table, c_conv))
+        mass, T = _horizon_law(pieces, c_conv)
+        keep, occupancy = mass @ pieces.keep, float(capacity_blocks)
+    else:  # "che" (and det with one turn: nothing is reused, T_F only sets the occupancy)
         T, low, high = fifo_characteristic_time(rate, think, table, c_conv)
         jump = high.occupancy - low.occupancy
         share = float(np.clip((c_conv - low.occupancy) / jump, 0.0, 1.0)) if jump > 1e-9 * c_conv else 0.5
         keep = share * high.keep + (1 - share) * low.keep
         occupancy = table.system_blocks + share * high.occupancy + (1 - share) * low.occupancy
     token, request, per_turn, context = _metrics(table, keep)
-    return ModelResult("fifo", "che", T, per_turn, request, token, occupancy, context, capacity_blocks, block_size)
+    return ModelResult("fifo", variant, T, per_turn, request, token, occupancy, context, capacity_blocks, block_size)
 
 
 # ----------------------------------------------------------------------------- ceiling
