@@ -45,6 +45,7 @@ class TemplateProfile:
     def __init__(self, conversations: Iterable[Sequence[TemplateRequest]], block_size: int = DEFAULT_BLOCK_SIZE):
         check_positive("block-size", block_size, integer=True)
         self.block_size = block_size
+        self._fifo_templates: list = []  # per template: times, dense block ids per request, caps, prompts, blocks
         lookups: list[np.ndarray] = []  # raw age of each looked-up block (for the depth variant)
         prefix_ages: list[np.ndarray] = []  # running max age along each request's lookup prefix
         prefix_caps: list[np.ndarray] = []  # tokens the j-th hit block adds (capped at prompt - 1)
@@ -58,7 +59,9 @@ class TemplateProfile:
             requests = sorted(conversation, key=lambda r: r.time)
             if not requests:
                 continue
-            ages, next_gaps, last = _access_ages([r.keys for r in requests], [r.time for r in requests])
+            ages, next_gaps, last, dense = _access_ages([r.keys for r in requests], [r.time for r in requests])
+            self._fifo_templates.append(([r.time for r in requests], dense, [r.max_hit_blocks for r in requests],
+                                         [r.prompt_tokens for r in requests], last))
             gaps.append(next_gaps)
             final_accesses += last
             start = 0
@@ -113,6 +116,34 @@ class TemplateProfile:
         occ = (self._gap_cum[i] + finite * (len(self._gaps) - i) + finite * self._final_accesses) / self.templates
         return np.where(np.isfinite(ages), occ, np.inf)
 
+    def fifo_pass(self, T: float) -> tuple[float, int, dict[int, int], float]:
+        """Replay every template through a FIFO cache whose blocks live T after their insertion:
+        (hit tokens, requests hit, hits by turn, mean block-seconds a template keeps).
+
+        A block inserted at a and found at t hits iff t - a < T (a hit does not refresh it); the
+        blocks after a request's first miss are (re)inserted at t, and the copy they replace kept
+        its place min(T, t - a); each block's last insertion keeps it T.
+        """
+        bs = self.block_size
+        hit_tokens, requests_hit, kept = 0.0, 0, 0.0
+        turn_hits: dict[int, int] = {}
+        for times, keys_per_request, caps, prompts, blocks in self._fifo_templates:
+            inserted = np.full(blocks, -np.inf)
+            for turn, (t, keys, cap, prompt) in enumerate(zip(times, keys_per_request, caps, prompts), start=1):
+                found = (t - inserted[keys[:cap]]) < T
+                hit = cap if found.all() else int(np.argmin(found))
+                if hit:
+                    hit_tokens += min(hit * bs, prompt)
+                    requests_hit += 1
+                    turn_hits[turn] = turn_hits.get(turn, 0) + 1
+                rewritten = keys[hit:]
+                before = inserted[rewritten]
+                before = before[np.isfinite(before)]
+                kept += np.minimum(T, t - before).sum()
+                inserted[rewritten] = t
+            kept += T * np.isfinite(inserted).sum()
+        return hit_tokens, requests_hit, turn_hits, kept / self.templates
+
     def depth_hits(self, arrival_rate: float, capacity_blocks: float) -> tuple[float, np.ndarray]:
         """(hit tokens, per-request "hits" flags) when a block's LRU stack distance is estimated as
         λ·occupancy(age) (the distinct blocks touched since its last access, Che) plus its depth j
@@ -157,7 +188,9 @@ def _access_ages(keys_per_request: list[Sequence[Hashable]], times: list[float])
     ages[order[1:][same]] = at[order[1:][same]] - at[order[:-1][same]]
     next_gaps = at[order[1:][same]] - at[order[:-1][same]]
     distinct = len(ids) - int(same.sum())
-    return ages, next_gaps, distinct
+    dense = np.empty(len(ids), dtype=np.int64)  # blocks numbered 0 .. distinct-1, for FIFO
+    dense[order] = np.cumsum(np.concatenate([[0], ~same])) if len(ids) else []
+    return ages, next_gaps, distinct, np.split(dense, np.cumsum(lengths)[:-1])
 
 
 LRU_VARIANTS = ("che+depth", "che")
@@ -191,6 +224,31 @@ def lru_model_from_templates(profile: TemplateProfile, arrival_rate: float, capa
     per_turn = {k: float(hits[k]) / n for k, n in sorted(profile.turn_requests.items())}
     return replace(result, variant=variant, token_hit_rate=hit_tokens / profile.prompt_tokens,
                    request_hit_rate=float(first.sum()) / profile.requests, per_turn_hit=per_turn)
+
+
+def fifo_model_from_templates(profile: TemplateProfile, arrival_rate: float, capacity_blocks: int) -> ModelResult:
+    """FIFO by its characteristic time over the templates' own accesses: solve
+    capacity = λ · (block-seconds a template keeps when blocks live T_F after insertion) with
+    ``brentq``; each evaluation replays the templates (:meth:`TemplateProfile.fifo_pass`)."""
+    check_positive("arrival-rate", arrival_rate)
+    check_positive("capacity-blocks", capacity_blocks, allow_zero=True)
+    target = capacity_blocks / arrival_rate
+    if target <= 0:
+        T = 0.0
+    else:
+        hi = 1.0
+        while profile.fifo_pass(hi)[3] < target:
+            hi *= 2
+        # The kept content need not grow smoothly in T_F (more hits, fewer rewrites): brentq
+        # still lands on a point where it crosses the capacity.
+        T = optimize.brentq(lambda t: profile.fifo_pass(t)[3] - target, 0.0, hi, rtol=1e-4)
+    hit_tokens, requests_hit, turn_hits, kept = profile.fifo_pass(T)
+    per_turn = {k: turn_hits.get(k, 0) / n for k, n in sorted(profile.turn_requests.items())}
+    return ModelResult(
+        method="fifo", variant="che-templates", characteristic_time=T, per_turn_hit=per_turn,
+        request_hit_rate=requests_hit / profile.requests, token_hit_rate=hit_tokens / profile.prompt_tokens,
+        mean_occupancy_blocks=arrival_rate * kept, capacity_blocks=capacity_blocks, block_size=profile.block_size,
+    )
 
 
 def ceiling_from_templates(profile: TemplateProfile) -> ModelResult:

@@ -1,19 +1,19 @@
-"""Real traces: hit rate vs capacity, replayed or simulated, next to the LRU model and the ideal.
+"""Real traces: hit rate vs capacity, replayed or simulated, next to the models and the ideal.
 
     python experiments/traces.py [--traces ../shared/traces] [--out out/traces] [--quick]
 
 * Mooncake traces (one request stream each): every request is replayed in time order through
-  LRU and FIFO caches at a range of capacities; the model is the template-fed LRU model
-  (``analytic.empirical``) applied to the whole trace as one "conversation" that happens once
-  over the trace's duration, i.e. a characteristic-time cache over the real block accesses.
+  LRU and FIFO caches at a range of capacities; the models are the template-fed LRU and FIFO
+  models (``analytic.empirical``) applied to the whole trace as one "conversation" that happens
+  once over the trace's duration, i.e. characteristic-time caches over the real block accesses.
 * Agentic-coding sessions (conversation files): sessions start as a Poisson process, each
-  replaying one session drawn uniformly (``kvsim simulate --conversations``); the model is
-  the same template-fed LRU model with that arrival rate. Sessions longer than
+  replaying one session drawn uniformly (``kvsim simulate --conversations``); the models are
+  the same template-fed ones with that arrival rate. Sessions longer than
   ``--max-session-hours`` are left out: a steady state with multi-day sessions would need a
   warm-up of days.
 
 Writes ``<trace>.csv`` (capacity, method, block/token hit rates) and ``<trace>.png`` per trace,
-atomically, and prints one line per trace with the model's error against LRU.
+atomically, and prints one line per trace and policy with the model's error.
 """
 
 from __future__ import annotations
@@ -28,7 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from analytic.empirical import TemplateProfile, TemplateRequest, ceiling_from_templates, lru_model_from_templates
+from analytic.empirical import (
+    TemplateProfile,
+    TemplateRequest,
+    ceiling_from_templates,
+    fifo_model_from_templates,
+    lru_model_from_templates,
+)
 from analytic.specs import Workload
 from kvsim.engine import simulate
 from kvsim.replay import load_templates, replay, request_blocks, template_profile, template_source
@@ -70,9 +76,9 @@ def mooncake(path: Path, capacities: list[int]) -> list[dict]:
              "block_hit_rate": r["block_hit_rate"], "token_hit_rate": r["token_hit_rate"]}
             for r in record["results"]]
     for c in capacities:
-        m = lru_model_from_templates(profile, 1.0 / duration, c)
-        rows.append({"capacity_blocks": c, "method": "model-lru", "block_hit_rate": None,
-                     "token_hit_rate": m.token_hit_rate})
+        for name, model in (("model-lru", lru_model_from_templates), ("model-fifo", fifo_model_from_templates)):
+            rows.append({"capacity_blocks": c, "method": name, "block_hit_rate": None,
+                         "token_hit_rate": model(profile, 1.0 / duration, c).token_hit_rate})
     ideal = ceiling_from_templates(profile)
     rows.append({"capacity_blocks": None, "method": "ideal", "block_hit_rate": record["ideal_block_hit_rate"],
                  "token_hit_rate": record["ideal_token_hit_rate"]})
@@ -95,9 +101,9 @@ def agentic(folder: Path, capacities_tokens: list[int], max_hours: float, sessio
     rows = []
     for tokens in capacities_tokens:
         c = tokens // bs
-        model = lru_model_from_templates(profile, rate, c)
-        rows.append({"capacity_blocks": c, "method": "model-lru", "block_hit_rate": None,
-                     "token_hit_rate": model.token_hit_rate})
+        for name, model in (("model-lru", lru_model_from_templates), ("model-fifo", fifo_model_from_templates)):
+            rows.append({"capacity_blocks": c, "method": name, "block_hit_rate": None,
+                         "token_hit_rate": model(profile, rate, c).token_hit_rate})
         for policy in ("lru", "fifo"):
             r = simulate(Workload(arrival_rate=rate), c, policy, block_size=bs, duration=warmup + window,
                          warmup=warmup, replications=replications, seed=seed, source=source, progress=False)
@@ -132,9 +138,11 @@ def figure(path: Path, rows: list[dict], title: str, block_size: int) -> None:
             ax.errorbar(x, y, yerr=err, fmt=marker, color=color, label=label, ms=5, capsize=2)
         else:
             ax.plot(x, y, marker, color=color, label=label, ms=5)
-    model = [r for r in rows if r["method"] == "model-lru"]
-    ax.plot([r["capacity_blocks"] * block_size / 1e6 for r in model], [r["token_hit_rate"] for r in model],
-            "C0-", label="LRU model (from the trace)")
+    for method, style, label in (("model-lru", "C0-", "LRU model (from the trace)"),
+                                 ("model-fifo", "C1--", "FIFO model (from the trace)")):
+        model = [r for r in rows if r["method"] == method]
+        ax.plot([r["capacity_blocks"] * block_size / 1e6 for r in model], [r["token_hit_rate"] for r in model],
+                style, label=label)
     ideal = [r for r in rows if r["method"] == "ideal"][0]["token_hit_rate"]
     ax.axhline(ideal, color="grey", ls="--", lw=1, label=f"ideal (infinite cache) {ideal:.1%}")
     ax.set_xscale("log")
@@ -152,7 +160,8 @@ def figure(path: Path, rows: list[dict], title: str, block_size: int) -> None:
 
 
 def summary_line(name: str, rows: list[dict], reference: str) -> str:
-    model = {r["capacity_blocks"]: r["token_hit_rate"] for r in rows if r["method"] == "model-lru"}
+    policy = reference.split("-")[1]
+    model = {r["capacity_blocks"]: r["token_hit_rate"] for r in rows if r["method"] == f"model-{policy}"}
     ref = {r["capacity_blocks"]: r["token_hit_rate"] for r in rows if r["method"] == reference}
     errs = [abs(model[c] - ref[c]) for c in ref]
     signed = [model[c] - ref[c] for c in ref]
@@ -186,8 +195,9 @@ def main(argv=None) -> int:
         rows = mooncake(path, caps)
         write_csv(args.out / f"mooncake-{name}.csv", rows)
         figure(args.out / f"mooncake-{name}.png", rows, f"Mooncake {name.replace('_', ' ')} (512-token blocks)", 512)
-        lines.append(summary_line(f"mooncake {name}", rows, "replay-lru"))
-        print(lines[-1], flush=True)
+        for reference in ("replay-lru", "replay-fifo"):
+            lines.append(summary_line(f"mooncake {name}", rows, reference))
+            print(lines[-1], flush=True)
     folder = args.traces / "agentic-coding"
     if folder.is_dir():
         sessions = 12 if args.quick else args.sessions
@@ -198,8 +208,9 @@ def main(argv=None) -> int:
         figure(args.out / "agentic-coding.png", rows,
                f"agentic coding: {info['templates']} sessions (<= {args.max_session_hours:g} h) started at "
                f"{info['arrival_rate']:g}/s (64-token blocks)", info["block_size"])
-        lines.append(summary_line("agentic-coding", rows, "simulated-lru") + f" ({info})")
-        print(lines[-1], flush=True)
+        for reference in ("simulated-lru", "simulated-fifo"):
+            lines.append(summary_line("agentic-coding", rows, reference) + f" ({info})")
+            print(lines[-1], flush=True)
     write_atomic(args.out / "summary.txt", ("\n".join(lines) + "\n").encode())
     return 0
 

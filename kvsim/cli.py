@@ -267,17 +267,19 @@ def cmd_calc(a) -> int:
 
 def calc_templates(a, model: ModelSpec, templates) -> int:
     """calc --conversations: the LRU model fed from the templates, and the no-eviction ceiling."""
-    from analytic.empirical import ceiling_from_templates, lru_model_from_templates
+    from analytic.empirical import ceiling_from_templates, fifo_model_from_templates, lru_model_from_templates
     from kvsim.replay import template_profile
 
-    if a.method not in ("lru", "all"):
-        raise UsageError("with --conversations only --method lru (or all) is available: the seed and FIFO "
-                         "models need parametric workloads")
+    if a.method not in ("lru", "fifo", "all"):
+        raise UsageError("with --conversations only --method lru, fifo or all is available: the seed model "
+                         "needs a parametric workload")
     check_positive("arrival-rate", a.arrival_rate)
     capacity = capacity_from_args(a, model)
     profile = template_profile(templates)
-    methods = {"lru": lru_model_from_templates(profile, a.arrival_rate, capacity.capacity_blocks).as_dict(),
-               "ceiling": ceiling_from_templates(profile).as_dict()}
+    models = {"lru": lru_model_from_templates, "fifo": fifo_model_from_templates}
+    methods = {name: model(profile, a.arrival_rate, capacity.capacity_blocks).as_dict()
+               for name, model in models.items() if a.method in (name, "all")}
+    methods["ceiling"] = ceiling_from_templates(profile).as_dict()
     record = {"inputs": {"model": model.__dict__, "conversations": a.conversations, "templates": profile.templates,
                          "arrival_rate": a.arrival_rate, "kv_dtype": a.kv_dtype},
               "memory": capacity.as_dict(), "methods": methods}

@@ -59,6 +59,6 @@ def test_templates_errors(capsys, folder, tmp_path):
     code, _, err = run(capsys, "calc", "--conversations", str(tmp_path / "none"))
     assert code == 2 and "none" in err
     code, _, err = run(capsys, "calc", "--conversations", str(folder), "--method", "seed")
-    assert code == 2 and "--method lru" in err
+    assert code == 2 and "--method lru, fifo or all" in err
     code, _, err = run(capsys, "plan", "--conversations", str(folder), "--target-hit-rate", "0.5")
     assert code == 2 and "synthetic" in err

@@ -81,3 +81,23 @@ def test_depth_variant_by_hand():
     assert lru_model_from_templates(p, 0.01, 3).token_hit_rate == pytest.approx(48 / 108)
     with pytest.raises(ValueError, match="variant"):
         lru_model_from_templates(p, 0.01, 3, variant="x")
+
+
+def test_fifo_by_hand():
+    from analytic.empirical import fifo_model_from_templates
+
+    # blocks 1, 2 inserted at t=0; request 2 at t=10 finds them (not refreshed: FIFO) and adds 3;
+    # request 3 at t=25 looks up 1, 2, 3: 1 and 2 are 25 s old, 3 is 15 s old
+    conv = [R(0, [1, 2], 0, 32), R(10, [1, 2, 3], 2, 48), R(25, [1, 2, 3, 4], 3, 64)]
+    p = TemplateProfile([conv], block_size=16)
+    hit_tokens, requests_hit, turn_hits, kept = p.fifo_pass(20)
+    # T=20: request 2 hits 2 blocks; request 3 misses block 1 (25 >= 20): rewrites 1-4 at t=25
+    assert (hit_tokens, requests_hit, turn_hits) == (32, 1, {2: 1})
+    # kept: blocks 1, 2 inserted at 0 replaced at 25 -> min(20, 25) each; block 3 inserted at 10
+    # replaced at 25 -> 15; then 4 blocks keep 20 each
+    assert kept == pytest.approx(20 + 20 + 15 + 4 * 20)
+    hit_tokens, _, _, _ = p.fifo_pass(30)  # request 3 hits all three
+    assert hit_tokens == 32 + 48
+    m = fifo_model_from_templates(p, arrival_rate=1.0, capacity_blocks=10**6)
+    assert m.token_hit_rate == pytest.approx(ceiling_from_templates(p).token_hit_rate)
+    assert fifo_model_from_templates(p, 1.0, 0).token_hit_rate == 0
