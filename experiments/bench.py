@@ -47,7 +47,7 @@ from kvsim.cache import PrefixCache, ReferenceCache, runs_of
 from kvsim.curve import lru_curve
 from kvsim.engine import run_replication
 from kvsim.policies import make_policy
-from kvsim.workload import synthetic_conversation
+from kvsim.workload import interleaved_turns, synthetic_conversation
 
 POLICIES = ("lru", "fifo", "lfu")
 DEFAULT = Workload()
@@ -101,17 +101,7 @@ def simulation(workload: Workload, capacity: int, policy: str, per_block: bool, 
 
 def request_stream(workload: Workload, conversations: int, seed: int = 0) -> list[tuple]:
     """(runs, max_hit_blocks, alloc_blocks) of ``conversations`` conversations in arrival order."""
-    rng = np.random.default_rng(seed)
-    events = []
-    t = 0.0
-    for cid in range(1, conversations + 1):
-        t += rng.exponential(1 / workload.arrival_rate)
-        at = t
-        for turn in synthetic_conversation(workload, 16, rng, cid):
-            at += turn.delay
-            events.append((at, cid, turn.index, turn.runs, turn.max_hit_blocks, turn.alloc_blocks))
-    events.sort(key=lambda e: e[:3])
-    return [e[3:] for e in events]
+    return [(t.runs, t.max_hit_blocks, t.alloc_blocks) for t in interleaved_turns(workload, conversations, 16, seed)]
 
 
 def replay_seconds(make_cache, stream, as_runs: bool = True, repeat: int = 3) -> float:

@@ -84,6 +84,18 @@ def _check_capacity(capacity_blocks: object) -> int:
     return int(capacity_blocks)
 
 
+def check_runs(runs: Runs, max_hit_blocks: int, alloc_blocks: int) -> int:
+    """The number of keys in ``runs``, after checking the request's arguments."""
+    n_keys = 0
+    for _, count in runs:
+        if count < 1:
+            raise ValueError(f"runs must have counts >= 1 (got {count!r})")
+        n_keys += count
+    if not 0 <= max_hit_blocks <= n_keys <= alloc_blocks:
+        _check_request(n_keys, max_hit_blocks, alloc_blocks)
+    return n_keys
+
+
 def _check_request(n_keys: int, max_hit_blocks: int, alloc_blocks: int) -> None:
     if not 0 <= max_hit_blocks <= n_keys:
         raise ValueError(
@@ -141,13 +153,7 @@ class PrefixCache:
     def serve_runs(self, runs: Runs, max_hit_blocks: int, alloc_blocks: int) -> ServeResult:
         """Serve the request whose keys are ``runs``, ``(first_key, count)`` pairs of int keys
         below ``2**64``, head first; as :meth:`serve` otherwise."""
-        n_keys = 0
-        for _, count in runs:
-            if count < 1:
-                raise ValueError(f"runs must have counts >= 1 (got {count!r})")
-            n_keys += count
-        if not 0 <= max_hit_blocks <= n_keys <= alloc_blocks:
-            _check_request(n_keys, max_hit_blocks, alloc_blocks)
+        n_keys = check_runs(runs, max_hit_blocks, alloc_blocks)
         self.requests += 1
         if alloc_blocks > self.capacity_blocks:
             self.oversized += 1

@@ -276,9 +276,9 @@ def calc_templates(a, model: ModelSpec, templates) -> int:
     check_positive("arrival-rate", a.arrival_rate)
     capacity = capacity_from_args(a, model)
     profile = template_profile(templates)
-    models = {"lru": lru_model_from_templates, "fifo": fifo_model_from_templates}
-    methods = {name: model(profile, a.arrival_rate, capacity.capacity_blocks).as_dict()
-               for name, model in models.items() if a.method in (name, "all")}
+    solvers = {"lru": lru_model_from_templates, "fifo": fifo_model_from_templates}
+    methods = {name: solve(profile, a.arrival_rate, capacity.capacity_blocks).as_dict()
+               for name, solve in solvers.items() if a.method in (name, "all")}
     methods["ceiling"] = ceiling_from_templates(profile).as_dict()
     record = {"inputs": {"model": model.__dict__, "conversations": a.conversations, "templates": profile.templates,
                          "arrival_rate": a.arrival_rate, "kv_dtype": a.kv_dtype},

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload
-from kvsim.cache import PrefixCache, _check_request, runs_of
+from kvsim.cache import PrefixCache, check_runs, runs_of
 from kvsim.engine import ConversationSource, Estimate, checked_source, drive, run_window
 from kvsim.policies import LRUPolicy, Runs
 
@@ -229,13 +229,7 @@ class LRUCurve:
         """Serve one request at every capacity. Unmeasured requests (a warm-up) fill the
         caches without being counted; they must all come before the measured ones."""
         runs = keys if keys and type(keys[0]) is tuple else runs_of(keys)
-        n = 0
-        for _, count in runs:
-            if count < 1:
-                raise ValueError(f"runs must have counts >= 1 (got {count!r})")
-            n += count
-        if not 0 <= max_hit_blocks <= n <= alloc_blocks:
-            _check_request(n, max_hit_blocks, alloc_blocks)
+        n = check_runs(runs, max_hit_blocks, alloc_blocks)
         if measured and not self._measuring:
             self._measuring = True
             self._size_at_start = self._sizes(0, len(self._caps))

@@ -90,3 +90,19 @@ def synthetic_conversation(workload: Workload, block_size: int, rng: np.random.G
                    (prompt - 1) // block_size, -(-total // block_size), prompt, -(-prompt // block_size),
                    runs)
         context = total
+
+
+def interleaved_turns(workload: Workload, conversations: int, block_size: int, seed: int = 0) -> list[Turn]:
+    """The turns of ``conversations`` synthetic conversations in arrival order, without SimPy
+    (zero service time): the request stream a cache sees, for benchmarks and curve tests."""
+    rng = np.random.default_rng(seed)
+    events = []
+    start = 0.0
+    for cid in range(1, conversations + 1):
+        start += rng.exponential(1 / workload.arrival_rate)
+        at = start
+        for turn in synthetic_conversation(workload, block_size, rng, cid):
+            at += turn.delay
+            events.append((at, cid, turn.index, turn))
+    events.sort(key=lambda e: e[:3])
+    return [e[3] for e in events]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +11,7 @@ from analytic.specs import Workload
 from kvsim.cache import PrefixCache, runs_of
 from kvsim.curve import CurvePoint, LRUCurve, lru_curve, simulate_curve
 from kvsim.engine import simulate
-from kvsim.workload import synthetic_conversation
+from kvsim.workload import interleaved_turns
 from test_cache_properties import requests as cache_requests
 
 BS = 4  # tokens per block in these tests
@@ -57,18 +56,8 @@ def test_curve_equals_replays(requests, capacities, warmup, as_runs):
 
 def synthetic_stream(workload, conversations, seed=0):
     """Requests of synthetic conversations interleaved by arrival time, as (runs, ...)."""
-    rng = np.random.default_rng(seed)
-    events = []
-    t = 0.0
-    for cid in range(1, conversations + 1):
-        t += rng.exponential(1 / workload.arrival_rate)
-        at = t
-        for turn in synthetic_conversation(workload, 16, rng, cid):
-            at += turn.delay
-            events.append((at, cid, turn.index, turn.runs, turn.max_hit_blocks, turn.alloc_blocks,
-                           turn.prompt_tokens))
-    events.sort(key=lambda e: e[:3])
-    return [e[3:] for e in events]
+    return [(t.runs, t.max_hit_blocks, t.alloc_blocks, t.prompt_tokens)
+            for t in interleaved_turns(workload, conversations, 16, seed)]
 
 
 def test_synthetic_workload_with_system_prompt():
