@@ -75,12 +75,18 @@ def capacity_for_target(
     mean_context = workload.system_prompt_tokens + workload.turns.mean * workload.tokens_per_turn
     guess = workload.arrival_rate * workload.think_time.mean * workload.turns.mean * mean_context / block_size
     hi = max(1, int(guess) + workload.system_prompt_tokens // block_size)
-    lo = 0  # a cache of 0 blocks hits nothing, and target > 0
+    return smallest_capacity(reaches, hi, f"{metric} hit rate of {target:.4g}")
+
+
+def smallest_capacity(reaches, first_guess: int, what: str) -> int:
+    """The smallest capacity (blocks) at which ``reaches(capacity)`` holds, for a monotone
+    ``reaches`` that is false at 0: doubling from ``first_guess``, then bisection."""
+    lo, hi = 0, max(1, first_guess)
     while not reaches(hi):
         lo = hi
         hi *= 2
         if hi > MAX_CAPACITY_BLOCKS:
-            raise ValueError(f"no finite capacity reaches a {metric} hit rate of {target:.4g} with this workload")
+            raise ValueError(f"no finite capacity reaches a {what} with this workload")
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if reaches(mid):

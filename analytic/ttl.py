@@ -364,12 +364,19 @@ def _metrics(table: _Table, keep_any: np.ndarray, keep_share=None, keep_full=Non
     keep_any, share, full = (np.where(np.arange(law.turns) == 0, 0.0, x) for x in (keep_any, share, full))
     hit_tokens = table.system_tokens + share * (table.reuse_tokens - table.system_tokens)
     any_hit = table.system_any + keep_any * (table.reuse_any - table.system_any)
+    return rates(table, hit_tokens, any_hit, full)
+
+
+def rates(table: _Table, hit_tokens: np.ndarray, any_hit: np.ndarray, context_kept: np.ndarray):
+    """(token hit rate, request hit rate, per-turn hit, per-turn context hit) from the expected
+    hit tokens, P(any hit) and P(the turn's previous context is found) per turn."""
+    law = table.law
     token = float(law.reach @ hit_tokens) / float(law.reach @ table.prompt)
     request = float(law.reach @ any_hit) / law.mean
     shown = np.nonzero(law.reach >= REPORT_REACH)[0]
     first = 0 if table.system_blocks >= 1 else 1
     per_turn = {int(k + 1): float(any_hit[k]) for k in shown if k >= first}
-    context = {int(k + 1): float(full[k] * table.served[k]) for k in shown if k >= 1}
+    context = {int(k + 1): float(context_kept[k] * table.served[k]) for k in shown if k >= 1}
     return token, request, per_turn, context
 
 

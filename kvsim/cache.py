@@ -15,6 +15,13 @@ evicted until ``alloc_blocks`` fit. Then the hits are touched, the other keys
 are (re)inserted and the partial block is freed. A request with more blocks
 than the whole cache is *oversized*: it leaves the cache untouched.
 
+With a service time, a request is split in two: ``begin`` (the lookup, eviction and
+touch/insert, when the request starts service) and ``end`` (when it completes). In between
+its blocks are *pinned* -- no request evicts them; they stay hits for others -- and its
+partial block stays allocated; ``fits`` tells whether a request can begin now (there is
+room among the unpinned blocks), ``lookup`` what it would hit, without changing anything.
+``serve`` is ``begin`` + ``end`` at the same instant.
+
 Keys that are runs of consecutive ints are what makes the cache fast:
 ``cache.serve_runs(runs, ...)`` takes them as ``(first_key, count)`` pairs
 (:func:`runs_of` makes them from a list) and costs O(log n) per run.
@@ -31,7 +38,7 @@ import operator
 from collections.abc import Hashable, Iterable, Sequence
 from typing import NamedTuple
 
-from kvsim.policies import POLICIES, EvictionPolicy, Runs, make_policy
+from kvsim.policies import POLICIES, EvictionPolicy, Runs, make_policy, pinned_parts
 
 __all__ = ["PrefixCache", "ReferenceCache", "ServeResult", "runs_of"]
 
@@ -137,18 +144,27 @@ class PrefixCache:
         self._size = 0
         self._ids: dict[Hashable, int] = {}
         self._interned: list[Hashable] = []
+        # Requests in service: their runs (with multiplicity) and partial blocks.
+        self._pins: dict[tuple[int, int], int] = {}
+        self._pinned: list[tuple[int, int]] = []  # union of the pinned runs, sorted (lo, hi)
+        self._pinned_blocks = 0  # keys in that union
+        self._held = 0  # partial blocks held by requests in service
 
     def serve(
         self, keys: Sequence[Hashable], max_hit_blocks: int, alloc_blocks: int
     ) -> ServeResult:
         """Serve one request and return its :class:`ServeResult`."""
+        return self.serve_runs(self.runs(keys), max_hit_blocks, alloc_blocks)
+
+    def runs(self, keys: Sequence[Hashable]) -> list[tuple[int, int]]:
+        """``keys`` as the runs :meth:`serve_runs` takes (other keys than small ints are interned)."""
         try:
             runs = runs_of(keys)
             if runs and max(first + count for first, count in runs) > _INTERNED:
                 raise TypeError
         except TypeError:
             runs = runs_of([self._id(key, True) for key in keys])
-        return self.serve_runs(runs, max_hit_blocks, alloc_blocks)
+        return runs
 
     def serve_runs(self, runs: Runs, max_hit_blocks: int, alloc_blocks: int) -> ServeResult:
         """Serve the request whose keys are ``runs``, ``(first_key, count)`` pairs of int keys
@@ -161,15 +177,71 @@ class PrefixCache:
         policy = self.policy
         hit, own = policy.acquire(runs, max_hit_blocks)
         # The request's own cached blocks are already counted in _size.
-        evicted = alloc_blocks - own - (self.capacity_blocks - self._size)
+        evicted = alloc_blocks - own - (self.capacity_blocks - self._size - self._held)
         if evicted > 0:
-            policy.evict(evicted)
+            policy.evict(evicted, self._pinned)
             self.evictions += evicted
         else:
             evicted = 0
         policy.release(runs, hit)
         self._size += n_keys - own - evicted
         return ServeResult(hit, evicted, False)
+
+    def fits(self, runs: Runs, alloc_blocks: int) -> bool:
+        """Whether the request can :meth:`begin` now: its blocks fit beside the pinned ones
+        (the keys it shares with them need no room). Always true when nothing is in service
+        and the request is not oversized."""
+        shared = sum(b - a for first, count in runs for a, b in pinned_parts(self._pinned, first, first + count))
+        return alloc_blocks - shared <= self.capacity_blocks - self._held - self._pinned_blocks
+
+    def begin(self, runs: Runs, max_hit_blocks: int, alloc_blocks: int) -> ServeResult:
+        """Start serving a request: as :meth:`serve_runs`, but its blocks stay pinned and its
+        partial block held until :meth:`end` (not called for an oversized request, which
+        holds nothing). Raises ``ValueError`` if it does not :meth:`fit <fits>`."""
+        if alloc_blocks <= self.capacity_blocks and not self.fits(runs, alloc_blocks):
+            raise ValueError("the request does not fit beside the requests in service (check fits() first)")
+        result = self.serve_runs(runs, max_hit_blocks, alloc_blocks)
+        if not result.oversized:
+            self._held += alloc_blocks - sum(count for _, count in runs)
+            for run in runs:
+                self._pins[run] = self._pins.get(run, 0) + 1
+            self._update_pins()
+        return result
+
+    def end(self, runs: Runs, alloc_blocks: int) -> None:
+        """Finish a request started by :meth:`begin`: unpin its blocks, free its partial block."""
+        pins = self._pins
+        for run in runs:
+            left = pins.get(run, 0) - 1
+            if left < 0:
+                raise ValueError(f"end() of a request that did not begin (run {run} is not pinned)")
+            if left:
+                pins[run] = left
+            else:
+                del pins[run]
+        self._held -= alloc_blocks - sum(count for _, count in runs)
+        self._update_pins()
+
+    def _update_pins(self) -> None:
+        union: list[tuple[int, int]] = []
+        for first, count in sorted(self._pins):
+            end = first + count
+            if union and first <= union[-1][1]:
+                if end > union[-1][1]:
+                    union[-1] = (union[-1][0], end)
+            else:
+                union.append((first, end))
+        self._pinned = union
+        self._pinned_blocks = sum(b - a for a, b in union)
+
+    @property
+    def in_service_blocks(self) -> int:
+        """Blocks held by the requests in service (pinned cached blocks and partial blocks)."""
+        return self._pinned_blocks + self._held
+
+    def lookup(self, runs: Runs, max_hit_blocks: int) -> int:
+        """The hit a request would find now (``hit_blocks`` of :meth:`serve_runs`), changing nothing."""
+        return self.policy.cached_prefix(runs, max_hit_blocks)
 
     def _id(self, key: Hashable, create: bool) -> int | None:
         """The int the policy knows ``key`` by (None if never interned and not ``create``)."""
@@ -224,6 +296,7 @@ class ReferenceCache:
         self.evictions = 0
         self._seq = 0
         self._priority: dict[Hashable, tuple[int, ...]] = {}
+        self._in_service: list[tuple[list[Hashable], int]] = []  # (keys, alloc) begun, not ended
 
     def _touched(self, old: tuple[int, ...], seq: int, depth: int) -> tuple[int, ...]:
         if self.policy_name == "lru":
@@ -253,9 +326,11 @@ class ReferenceCache:
             hit += 1
         mine = set(keys)
         own = sum(1 for key in mine if key in priority)
+        pinned = {key for held, _ in self._in_service for key in held}
+        held = sum(alloc - len(held) for held, alloc in self._in_service)
         evicted = 0
-        while self.capacity_blocks - len(priority) < alloc_blocks - own:
-            victim = min((k for k in priority if k not in mine), key=priority.__getitem__)
+        while self.capacity_blocks - held - len(priority) < alloc_blocks - own:
+            victim = min((k for k in priority if k not in mine and k not in pinned), key=priority.__getitem__)
             del priority[victim]
             evicted += 1
         self.evictions += evicted
@@ -265,6 +340,26 @@ class ReferenceCache:
             else:
                 priority[key] = self._inserted(self._seq, depth)
         return ServeResult(hit, evicted, False)
+
+    def fits(self, keys: Sequence[Hashable], alloc_blocks: int) -> bool:
+        pinned = {key for held, _ in self._in_service for key in held}
+        held = sum(alloc - len(held) for held, alloc in self._in_service)
+        return alloc_blocks - len(pinned & set(keys)) <= self.capacity_blocks - held - len(pinned)
+
+    def begin(self, keys: Sequence[Hashable], max_hit_blocks: int, alloc_blocks: int) -> ServeResult:
+        result = self.serve(keys, max_hit_blocks, alloc_blocks)
+        if not result.oversized:
+            self._in_service.append((list(keys), alloc_blocks))
+        return result
+
+    def end(self, keys: Sequence[Hashable], alloc_blocks: int) -> None:
+        self._in_service.remove((list(keys), alloc_blocks))
+
+    def lookup(self, keys: Sequence[Hashable], max_hit_blocks: int) -> int:
+        hit = 0
+        while hit < max_hit_blocks and keys[hit] in self._priority:
+            hit += 1
+        return hit
 
     def __len__(self) -> int:
         return len(self._priority)

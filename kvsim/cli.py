@@ -32,6 +32,7 @@ from analytic.specs import (
     Workload,
     check_positive,
 )
+from kvsim.fleet_cli import add_fleet_args, cmd_simulate_fleet, fleet_requested
 from kvsim.policies import POLICIES
 from kvsim.replay import configure_export_parser, configure_replay_parser
 
@@ -338,23 +339,24 @@ def cmd_simulate(a) -> int:
         source, _ = template_source(templates)
     a.duration, a.warmup = run_window(workload, a.duration, a.warmup, source)
     policies = tuple(POLICIES) if a.policy == "all" else (a.policy,)
+    inputs = inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype,
+                            duration=a.duration, warmup=a.warmup, seed=a.seed,
+                            capacity_tokens=capacity.capacity_tokens, conversations=a.conversations)
+    lines = describe(model, capacity.as_dict(), workload, a.kv_dtype)
+    if templates is not None:
+        lines[-1] = (f"workload  {a.arrival_rate:g} conversations/s, each replaying one of {len(templates.templates):,} "
+                     f"template conversations ({', '.join(a.conversations)})")
+    if fleet_requested(a):
+        return cmd_simulate_fleet(a, model, workload, capacity, source, policies, inputs, lines, UsageError)
     results = [
         simulate(workload, capacity.capacity_blocks, policy, block_size=a.block_size, duration=a.duration,
                  warmup=a.warmup, replications=a.replications, seed=a.seed, source=source).as_dict()
         for policy in policies
     ]
-    inputs = inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype,
-                            duration=a.duration, warmup=a.warmup, seed=a.seed,
-                            capacity_tokens=capacity.capacity_tokens, conversations=a.conversations)
     if a.json:
         record = {"inputs": inputs, **results[0]} if len(results) == 1 else {"inputs": inputs, "results": results}
         print(json.dumps(record, indent=2))
         return 0
-    memory = capacity.as_dict()
-    lines = describe(model, memory, workload, a.kv_dtype)
-    if templates is not None:
-        lines[-1] = (f"workload  {a.arrival_rate:g} conversations/s, each replaying one of {len(templates.templates):,} "
-                     f"template conversations ({', '.join(a.conversations)})")
     print("\n".join(lines))
     print(f"simulated {a.duration:g} s of arrivals, warm-up {a.warmup:g} s, {a.replications} replications, "
           f"seed {a.seed}; mean [95% CI]\n")
@@ -504,6 +506,7 @@ def build_parser() -> Parser:
     add_memory_args(sim)
     add_workload_args(sim)
     sim.add_argument("--policy", default="lru", choices=[*POLICIES, "all"], help="eviction policy (default lru)")
+    add_fleet_args(sim, simulation=True)
     add_simulation_args(sim)
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)

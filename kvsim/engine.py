@@ -90,6 +90,16 @@ def drive(
         on_turn(turn, env.now)
         advance(turns)
 
+    run_arrivals(env, source, arrival_rate, duration, rng, lambda turns, _: advance(iter(turns)), progress)
+
+
+def run_arrivals(env: simpy.Environment, source: ConversationSource, arrival_rate: float, duration: float,
+                 rng: np.random.Generator, start: Callable[[Iterator[Turn], int], None],
+                 progress: Callable[[float], None] | None = None) -> None:
+    """Poisson conversation arrivals on ``env`` until ``duration``: conversation ``cid`` (1, 2, ...)
+    gets its turns from ``source`` and is handed to ``start(turns, cid)``, after the draw of the
+    next arrival time (the order of the random draws is part of the results)."""
+    timeout = env.timeout
     conversation_id = 0
 
     def arrival(_) -> None:
@@ -97,7 +107,7 @@ def drive(
         conversation_id += 1
         turns = source(rng, conversation_id)
         timeout(rng.exponential(1.0 / arrival_rate)).callbacks.append(arrival)
-        advance(iter(turns))
+        start(turns, conversation_id)
 
     def ticker(step: float):
         while True:
@@ -110,33 +120,27 @@ def drive(
     env.run(until=duration)
 
 
-def run_replication(
-    source: ConversationSource,
-    arrival_rate: float,
-    cache: PrefixCache,
-    block_size: int,
-    duration: float,
-    warmup: float,
-    rng: np.random.Generator,
-    progress: Callable[[float], None] | None = None,
-) -> Counters:
-    """One independent run; ``progress(seconds)`` is called as simulated time advances."""
-    serve_runs = cache.serve_runs
-    c = Counters(window=duration - warmup)
+def counting_server(cache: PrefixCache, c: Counters, block_size: int, warmup: float,
+                    serve_runs: Callable | None = None) -> Callable:
+    """``serve(turn, now, runs=None) -> ServeResult``: serve ``turn`` on ``cache`` (with
+    ``cache.serve_runs``, or ``serve_runs``: the fleet passes ``cache.begin``) and count it in ``c``
+    if ``now >= warmup``. ``runs`` are the turn's keys as runs when the caller has them."""
+    if serve_runs is None:
+        serve_runs = cache.serve_runs
+    as_runs = cache.runs
     turn_requests = c.turn_requests
     turn_hits = c.turn_hits
     last_time, last_size = warmup, 0  # time and cached blocks at the last change inside the window
 
-    def serve(turn: Turn, now: float) -> None:
+    def serve(turn: Turn, now: float, runs=None):
         nonlocal last_time, last_size
-        index, _, keys, max_hit, alloc, prompt_tokens, prompt_blocks, runs = turn
+        index, _, keys, max_hit, alloc, prompt_tokens, prompt_blocks, turn_runs, _ = turn
         if runs is None:
-            result = cache.serve(keys, max_hit, alloc)
-        else:
-            result = serve_runs(runs, max_hit, alloc)
+            runs = as_runs(keys) if turn_runs is None else turn_runs
+        result = serve_runs(runs, max_hit, alloc)
         if now < warmup:
             last_size = len(cache)
-            return
+            return result
         c.occupancy_area += last_size * (now - last_time)
         last_time, last_size = now, len(cache)
         if last_size > c.occupancy_peak:
@@ -154,9 +158,31 @@ def run_replication(
             c.hit_blocks += hit_blocks
             c.hit_tokens += min(hit_blocks * block_size, prompt_tokens)
             turn_hits[index] = turn_hits.get(index, 0) + 1
+        return result
 
+    def close(end: float) -> None:
+        """Count the occupancy from the last change to ``end`` (the end of the window)."""
+        c.occupancy_area += last_size * (end - last_time)
+
+    serve.close = close
+    return serve
+
+
+def run_replication(
+    source: ConversationSource,
+    arrival_rate: float,
+    cache: PrefixCache,
+    block_size: int,
+    duration: float,
+    warmup: float,
+    rng: np.random.Generator,
+    progress: Callable[[float], None] | None = None,
+) -> Counters:
+    """One independent run; ``progress(seconds)`` is called as simulated time advances."""
+    c = Counters(window=duration - warmup)
+    serve = counting_server(cache, c, block_size, warmup)
     drive(source, arrival_rate, duration, rng, serve, progress)
-    c.occupancy_area += last_size * (duration - last_time)
+    serve.close(duration)
     return c
 
 
@@ -289,6 +315,17 @@ def checked_source(workload: Workload, source: ConversationSource | None, block_
     return source
 
 
+def progress_bar(progress: bool | None, simulated_seconds: float, desc: str):
+    """A tqdm bar over simulated seconds on stderr, or None (``progress`` None: if stderr is a terminal)."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=round(simulated_seconds), unit="sim s", desc=desc, file=sys.stderr, leave=False)
+
+
 def simulate(
     workload: Workload,
     capacity_blocks: int,
@@ -315,14 +352,7 @@ def simulate(
     check_positive("capacity-blocks", capacity_blocks, integer=True, allow_zero=True)
     duration, warmup = run_window(workload, duration, warmup, source)
     source = checked_source(workload, source, block_size, duration, warmup, replications, seed)
-    if progress is None:
-        progress = sys.stderr.isatty()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=round(duration * replications), unit="sim s", desc=f"simulate {policy}",
-                   file=sys.stderr, leave=False)
+    bar = progress_bar(progress, duration * replications, f"simulate {policy}")
     runs = []
     try:
         for r in range(replications):

@@ -54,12 +54,58 @@ __all__ = [
     "LFUPolicy",
     "LRUPolicy",
     "POLICIES",
+    "Pinned",
     "Runs",
     "make_policy",
 ]
 
 Runs = Sequence[tuple[int, int]]
 """A request's keys as ``(first_key, count)`` runs of consecutive ints, head first."""
+
+Pinned = Sequence[tuple[int, int]]
+"""Keys that must not be evicted, as sorted, disjoint ``(lo, hi)`` ranges (``lo .. hi - 1``)."""
+
+
+def pinned_parts(pinned: Pinned, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of ``lo .. hi - 1`` in ``pinned``, as ``(a, b)`` ranges in key order."""
+    i = bisect_right(pinned, (lo,))
+    if i and pinned[i - 1][1] > lo:
+        i -= 1
+    parts = []
+    for a, b in pinned[i:]:
+        if a >= hi:
+            break
+        parts.append((max(a, lo), min(b, hi)))
+    return parts
+
+
+def _free_parts(pinned: Pinned, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of ``lo .. hi - 1`` not in ``pinned``, deepest (highest keys) first."""
+    free = []
+    top = hi
+    for a, b in reversed(pinned_parts(pinned, lo, hi)):
+        if b < top:
+            free.append((b, top))
+        top = a
+    if lo < top:
+        free.append((lo, top))
+    return free
+
+
+def _is_pinned(pinned: Pinned, key: int) -> bool:
+    i = bisect_right(pinned, (key, float("inf")))
+    return i > 0 and pinned[i - 1][1] > key
+
+
+def _prefix_by_key(policy, runs: Runs, max_hit_blocks: int) -> int:
+    """cached_prefix() for a per-block policy: one membership test per block."""
+    hit = 0
+    for first, count in runs:
+        for key in range(first, first + count):
+            if hit >= max_hit_blocks or key not in policy:
+                return hit
+            hit += 1
+    return hit
 
 
 @runtime_checkable
@@ -88,11 +134,16 @@ class EvictionPolicy(Protocol):
         """
         ...
 
-    def evict(self, n: int) -> None:
-        """Remove ``n`` victims, none of them pinned.
+    def evict(self, n: int, pinned: Pinned = ()) -> None:
+        """Remove ``n`` victims, none of them pinned by the current request nor in ``pinned``
+        (keys held by requests still in service, see :meth:`PrefixCache.begin`).
 
-        The caller guarantees that at least ``n`` unpinned blocks are cached.
+        The caller guarantees that at least ``n`` such blocks are cached.
         """
+        ...
+
+    def cached_prefix(self, runs: Runs, max_hit_blocks: int) -> int:
+        """The hit :meth:`acquire` would find, without changing anything (a router's look)."""
         ...
 
     def release(self, runs: Runs, hit_blocks: int) -> None:
@@ -198,6 +249,39 @@ class _RunPolicy:
         if not group.pieces:
             del group.order[group.id]
 
+    def cached_prefix(self, runs: Runs, max_hit_blocks: int) -> int:
+        hit = depth = 0
+        for first, count in runs:
+            end = first + count
+            for piece in self._overlapping(first, end):
+                a = piece[0] if piece[0] > first else first
+                if a - first + depth != hit:
+                    return hit
+                hit = min((piece[1] if piece[1] < end else end) - first + depth, max_hit_blocks)
+                if hit == max_hit_blocks:
+                    return hit
+            depth += count
+            if hit < depth:
+                return hit
+        return hit
+
+    def _evict_unpinned(self, order: OrderedDict, n: int, pinned: Pinned) -> int:
+        """As :meth:`_evict_from`, also sparing the keys in ``pinned``: slower (the groups are
+        copied, pinned pieces split), so only used while requests are in service."""
+        own = self._pinned
+        for group in list(order.values()):
+            for piece in reversed(list(group.pieces)):
+                if own and id(piece) in own:
+                    continue
+                # Deepest free part first; _cut() keeps ``piece`` as the part below each hole.
+                for a, b in _free_parts(pinned, piece[0], piece[1]):
+                    m = min(n, b - a)
+                    self._cut(piece, b - m, b)
+                    n -= m
+                    if not n:
+                        return 0
+        return n
+
     def _evict_from(self, order: OrderedDict, n: int) -> int:
         """Evict up to ``n`` unpinned blocks of the groups of ``order``, first
         group first and its deepest piece first; return how many are left to evict."""
@@ -292,8 +376,11 @@ class LRUPolicy(_RunPolicy):
                 piece[0] = first
         return claim
 
-    def evict(self, n: int) -> None:
-        self._evict_from(self._groups, n)
+    def evict(self, n: int, pinned: Pinned = ()) -> None:
+        if pinned:
+            self._evict_unpinned(self._groups, n, pinned)
+        else:
+            self._evict_from(self._groups, n)
 
     def release(self, runs: Runs, hit_blocks: int) -> None:
         self._seq += 1
@@ -361,8 +448,11 @@ class FIFOPolicy(_RunPolicy):
             return part
         return piece
 
-    def evict(self, n: int) -> None:
-        self._evict_from(self._groups, n)
+    def evict(self, n: int, pinned: Pinned = ()) -> None:
+        if pinned:
+            self._evict_unpinned(self._groups, n, pinned)
+        else:
+            self._evict_from(self._groups, n)
 
     def release(self, runs: Runs, hit_blocks: int) -> None:
         self._pinned.clear()
@@ -422,9 +512,14 @@ class LFUPolicy(_RunPolicy):
         group = bucket[self._seq] = _Group(self._seq, bucket, count)
         return group
 
-    def evict(self, n: int) -> None:
+    def evict(self, n: int, pinned: Pinned = ()) -> None:
         counts = self._counts
         buckets = self._buckets
+        if pinned:  # the lowest bucket may be all pinned: go up the counts
+            for count in sorted(buckets):
+                n = self._evict_unpinned(buckets[count], n, pinned)
+                if not n:
+                    return
         while n:
             lowest = counts[0]
             bucket = buckets[lowest]
@@ -508,10 +603,16 @@ class BlockLRU:
                 del blocks[key]
         return hit, hit + size - len(blocks)
 
-    def evict(self, n: int) -> None:
+    def evict(self, n: int, pinned: Pinned = ()) -> None:
+        if pinned:
+            _drop_unpinned(self._blocks, n, pinned)
+            return
         popitem = self._blocks.popitem
         for _ in range(n):
             popitem(False)
+
+    def cached_prefix(self, runs: Runs, max_hit_blocks: int) -> int:
+        return _prefix_by_key(self, runs, max_hit_blocks)
 
     def release(self, runs: Runs, hit_blocks: int) -> None:
         keys, self._keys = self._keys, []
@@ -563,8 +664,11 @@ class BlockFIFO:
         self._hit = hit
         return hit, hit + size - len(blocks)
 
-    def evict(self, n: int) -> None:
+    def evict(self, n: int, pinned: Pinned = ()) -> None:
         blocks = self._blocks
+        if pinned:
+            _drop_unpinned(blocks, n, pinned, set(self._keys[: self._hit]))
+            return
         popitem = blocks.popitem
         if not self._hit:
             for _ in range(n):
@@ -592,6 +696,9 @@ class BlockFIFO:
         for key in reversed(keys[hit_blocks:]):
             blocks[key] = None
         self._hit = 0
+
+    def cached_prefix(self, runs: Runs, max_hit_blocks: int) -> int:
+        return _prefix_by_key(self, runs, max_hit_blocks)
 
 
 class BlockLFU:
@@ -649,9 +756,16 @@ class BlockLFU:
                 del buckets[pop(key)][key]
         return hit, hit + size - len(count)
 
-    def evict(self, n: int) -> None:
+    def evict(self, n: int, pinned: Pinned = ()) -> None:
         count = self._count
         buckets = self._buckets
+        if pinned:
+            for c in sorted(buckets):
+                for key in _drop_unpinned(buckets[c], n, pinned):
+                    del count[key]
+                    n -= 1
+                if not n:
+                    return
         bucket_counts = self._bucket_counts
         while n:
             lowest = bucket_counts[0]
@@ -688,6 +802,22 @@ class BlockLFU:
                 bucket[key] = None
                 count[key] = 1
         self._hit_counts = []
+
+    def cached_prefix(self, runs: Runs, max_hit_blocks: int) -> int:
+        return _prefix_by_key(self, runs, max_hit_blocks)
+
+
+def _drop_unpinned(blocks: OrderedDict, n: int, pinned: Pinned, spared: set = frozenset()) -> list[int]:
+    """Delete the first ``n`` keys of ``blocks`` neither in ``pinned`` nor ``spared``; return them."""
+    victims = []
+    for key in blocks:
+        if len(victims) == n:
+            break
+        if key not in spared and not _is_pinned(pinned, key):
+            victims.append(key)
+    for key in victims:
+        del blocks[key]
+    return victims
 
 
 POLICIES: dict[str, type[EvictionPolicy]] = {

@@ -450,7 +450,7 @@ def _turns(t: Template, instance: int, block_size: int, vllm: bool) -> Iterator[
             ids = _expand(starts, lengths, base)
         inp = t.input_tokens[k]
         keys, max_hit, alloc, listed = request_blocks(ids, inp, t.output_tokens[k], t.block_size, block_size, vllm)
-        yield Turn(k + 1, t.times[k] - previous, keys, max_hit, alloc, inp, listed)
+        yield Turn(k + 1, t.times[k] - previous, keys, max_hit, alloc, inp, listed, None, t.output_tokens[k])
         previous = t.times[k]
 
 

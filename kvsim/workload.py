@@ -62,6 +62,7 @@ class Turn(NamedTuple):
     # The same keys as (first_key, count) runs of consecutive ints, if the source has them: the
     # cache's fast path (PrefixCache.serve_runs). None: the cache reads ``keys``.
     runs: tuple | None = None
+    output_tokens: int = 0  # the response's tokens: its decode time when a service time is set
 
 
 def synthetic_conversation(workload: Workload, block_size: int, rng: np.random.Generator,
@@ -88,7 +89,7 @@ def synthetic_conversation(workload: Workload, block_size: int, rng: np.random.G
             runs = ((base, full),)
         yield Turn(k + 1, gaps[k - 1] if k else 0.0, RunKeys(runs),
                    (prompt - 1) // block_size, -(-total // block_size), prompt, -(-prompt // block_size),
-                   runs)
+                   runs, outputs[k])
         context = total
 
 

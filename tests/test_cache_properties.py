@@ -120,3 +120,45 @@ def test_ample_capacity_matches_infinite_cache(workload):
             assert [r.hit_blocks for r in results] == expected
             assert cache.evictions == cache.oversized == 0
             assert cache.keys() == distinct
+
+
+@settings(max_examples=300, deadline=None)
+@given(workload=requests(), capacity=st.integers(0, 40), policy=st.sampled_from(POLICY_NAMES),
+       data=st.data())
+def test_requests_in_service_pin_their_blocks(workload, capacity, policy, data):
+    """begin()/end() with overlapping requests: the three caches agree on every result, on
+    fits() and lookup(), and no block of a request in service is ever evicted."""
+    fast = PrefixCache(capacity, policy)
+    per_block = PrefixCache(capacity, make_policy(policy, per_block=True))
+    reference = ReferenceCache(capacity, policy)
+    in_service: list[tuple[list, int]] = []  # (keys, alloc), oldest first
+
+    def end_one(index: int) -> None:
+        keys, alloc = in_service.pop(index)
+        for cache in (fast, per_block):
+            cache.end(cache.runs(keys), alloc)
+        reference.end(keys, alloc)
+
+    for keys, max_hit, alloc in workload:
+        fit = reference.fits(keys, alloc)
+        assert fast.fits(fast.runs(keys), alloc) == per_block.fits(per_block.runs(keys), alloc) == fit
+        while not fit and alloc <= capacity:  # a queue would wait for requests to end
+            end_one(data.draw(st.integers(0, len(in_service) - 1)))
+            fit = reference.fits(keys, alloc)
+        looked = reference.lookup(keys, max_hit)
+        assert fast.lookup(fast.runs(keys), max_hit) == per_block.lookup(per_block.runs(keys), max_hit) == looked
+        expected = reference.begin(keys, max_hit, alloc)
+        assert fast.begin(fast.runs(keys), max_hit, alloc) == expected
+        assert per_block.begin(per_block.runs(keys), max_hit, alloc) == expected
+        assert expected.hit_blocks == (0 if expected.oversized else looked)
+        if not expected.oversized:
+            in_service.append((keys, alloc))
+        assert fast.keys() == per_block.keys() == reference.keys()
+        held = {key for request, _ in in_service for key in request}
+        assert held <= fast.keys()
+        assert len(fast) + sum(a - len(k) for k, a in in_service) <= capacity
+        while in_service and data.draw(st.booleans()):
+            end_one(data.draw(st.integers(0, len(in_service) - 1)))
+    while in_service:
+        end_one(0)
+    assert fast.in_service_blocks == per_block.in_service_blocks == 0

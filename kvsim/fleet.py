@@ -1,0 +1,495 @@
+"""A fleet of serving instances behind a router, with an optional service time.
+
+Each instance has its own prefix cache (DESIGN.md §3; capacities may differ). Every request of
+a conversation goes through the router, which picks an instance (:data:`ROUTERS`).
+
+Without a service model (the default) a request is served the instant it arrives, exactly as in
+:func:`kvsim.engine.simulate`: a fleet of one is the single-instance simulator, draw for draw.
+
+With a :class:`ServiceModel`, a request takes time: prefill grows with its *uncached* prompt
+tokens and decode with its output tokens (linear, one request's speed independent of the
+others'). An instance serves up to ``max_running`` requests at once; the others wait in its
+queue, first come first served, like vLLM's scheduler, which also waits while the head of the
+queue does not fit in the cache beside the requests in service. A request in service pins its
+blocks (:meth:`PrefixCache.begin`); its lookup, evictions and touches happen when it starts
+(vLLM ranks a block for LRU when it is freed, one service time later: a small difference next
+to think times). The next turn of the conversation arrives a think time after the response
+completes. Queueing delay (arrival to start) and time to first token (arrival to the end of
+prefill) are reported with the hit rates.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from analytic import presets
+from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
+from kvsim.cache import PrefixCache
+from kvsim.engine import (ConversationSource, Counters, Estimate, SimulationResult, checked_source,
+                          counting_server, drive, progress_bar, run_arrivals,
+                          run_window)
+from kvsim.workload import Turn
+
+# ---------------------------------------------------------------------------- service time
+
+# Defaults: Llama-3.1-8B in bf16 on one H100 SXM, from first principles (roofline).
+# NVIDIA H100 SXM datasheet: 989 TFLOPS dense BF16, 3.35 TB/s HBM3.
+H100_BF16_FLOPS = 989e12
+H100_HBM_BYTES_PER_S = 3.35e12
+DEFAULT_SERVICE_PRESET = "llama-3.1-8b"
+PREFILL_UTILIZATION = 0.4  # assumed share of peak FLOPS prefill reaches (model FLOPs utilisation)
+_PARAMS = presets.model(DEFAULT_SERVICE_PRESET).params_b * 1e9
+# Prefill is compute-bound: a forward pass costs ~2 FLOPs per parameter per token.
+DEFAULT_PREFILL_PER_TOKEN = 2 * _PARAMS / (PREFILL_UTILIZATION * H100_BF16_FLOPS)  # 4.0e-5 s/token
+# Decode is memory-bound: each step reads the bf16 weights (2 bytes per parameter) once and gives
+# every running request one token, so a request's output takes one step per token.
+DEFAULT_DECODE_PER_TOKEN = 2 * _PARAMS / H100_HBM_BYTES_PER_S  # 4.8e-3 s/token
+DEFAULT_MAX_RUNNING = 256  # requests in service per instance: vLLM's long-standing max_num_seqs default
+
+
+@dataclass(frozen=True)
+class ServiceModel:
+    """Time a request spends in service on one instance:
+    ``prefill_base + prefill_per_token * uncached_prompt_tokens + decode_per_token * output_tokens``,
+    of which the first two are its time to first token after it starts."""
+
+    prefill_per_token: float = DEFAULT_PREFILL_PER_TOKEN
+    decode_per_token: float = DEFAULT_DECODE_PER_TOKEN
+    prefill_base: float = 0.0
+    max_running: int = DEFAULT_MAX_RUNNING
+
+    def __post_init__(self) -> None:
+        check_positive("prefill-per-token", self.prefill_per_token, allow_zero=True)
+        check_positive("decode-per-token", self.decode_per_token, allow_zero=True)
+        check_positive("prefill-base", self.prefill_base, allow_zero=True)
+        check_positive("max-running", self.max_running, integer=True)
+
+    def prefill(self, uncached_tokens: int) -> float:
+        return self.prefill_base + self.prefill_per_token * uncached_tokens
+
+    def decode(self, output_tokens: int) -> float:
+        return self.decode_per_token * output_tokens
+
+
+# ---------------------------------------------------------------------------- instances and routers
+
+
+@dataclass
+class Instance:
+    """One serving instance: its cache, the requests in service and its queue."""
+
+    index: int
+    cache: PrefixCache
+    counters: Counters
+    running: int = 0
+    queue: deque = field(default_factory=deque)
+
+    @property
+    def outstanding(self) -> int:
+        """Requests sent here and not finished (the load a router sees)."""
+        return self.running + len(self.queue)
+
+
+def _request_runs(instance: Instance, turn: Turn):
+    return turn.runs if turn.runs is not None else instance.cache.runs(turn.keys)
+
+
+class _Rotating:
+    """Least-loaded choice with ties broken in turn (round robin among the tied), so that an
+    idle fleet (zero service time: nothing is ever outstanding) spreads its requests evenly."""
+
+    def __init__(self, instances: Sequence[Instance]) -> None:
+        self.instances = instances
+        self._next = 0
+
+    def least_loaded(self, candidates: Sequence[int] | None = None) -> int:
+        instances = self.instances
+        if candidates is None:
+            candidates = range(len(instances))
+        n = len(instances)
+        start = self._next
+        best = min(candidates, key=lambda i: (instances[i].outstanding, (i - start) % n))
+        self._next = (best + 1) % n
+        return best
+
+
+class RandomRouter:
+    """Each request to an instance drawn uniformly at random."""
+
+    name = "random"
+
+    def __init__(self, instances: Sequence[Instance], rng: np.random.Generator) -> None:
+        self.n = len(instances)
+        self._random = rng.random
+
+    def choose(self, conversation_id: int, turn: Turn) -> int:
+        return int(self._random() * self.n)
+
+
+class RoundRobinRouter:
+    """Requests to the instances in turn, whatever their conversation."""
+
+    name = "round-robin"
+
+    def __init__(self, instances: Sequence[Instance], rng: np.random.Generator) -> None:
+        self.n = len(instances)
+        self._next = -1
+
+    def choose(self, conversation_id: int, turn: Turn) -> int:
+        self._next = (self._next + 1) % self.n
+        return self._next
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finaliser: a fixed, well-spread 64-bit hash of an int (Python's own hash
+    of an int is the int itself)."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+class AffinityRouter:
+    """Session affinity by consistent hashing of the conversation id: every turn of a
+    conversation goes to the same instance. Each instance owns ``VIRTUAL_NODES`` points of a
+    hash ring (as ketama does), which keeps the shares within a few percent of 1/N."""
+
+    name = "affinity"
+    VIRTUAL_NODES = 160
+
+    def __init__(self, instances: Sequence[Instance], rng: np.random.Generator) -> None:
+        ring = sorted((_mix64((i << 32) | v), i) for i in range(len(instances)) for v in range(self.VIRTUAL_NODES))
+        self._points = [point for point, _ in ring]
+        self._owners = [i for _, i in ring]
+
+    def choose(self, conversation_id: int, turn: Turn) -> int:
+        j = bisect_left(self._points, _mix64(conversation_id))
+        return self._owners[j if j < len(self._owners) else 0]
+
+
+class LeastLoadedRouter:
+    """To the instance with the fewest outstanding requests (running + queued); ties in turn."""
+
+    name = "least-loaded"
+
+    def __init__(self, instances: Sequence[Instance], rng: np.random.Generator) -> None:
+        self._rotating = _Rotating(instances)
+
+    def choose(self, conversation_id: int, turn: Turn) -> int:
+        return self._rotating.least_loaded()
+
+
+# SGLang router's cache-aware policy defaults (sgl-model-gateway, CacheAwareConfig::default).
+CACHE_THRESHOLD = 0.5
+BALANCE_ABS_THRESHOLD = 32
+BALANCE_REL_THRESHOLD = 1.1
+
+
+class CacheAwareRouter:
+    """SGLang's cache-aware routing, against the instances' real caches (SGLang's router keeps
+    an approximate tree of what it sent where instead).
+
+    If the load is imbalanced -- max - min outstanding > ``balance_abs`` and max >
+    ``balance_rel`` x min -- to the least-loaded instance. Otherwise to the instance whose cache
+    holds the longest prefix of the request, if it covers more than ``cache_threshold`` of the
+    prompt; else to the instance with the most free cache (fewest blocks cached or in service).
+    Ties go to the least loaded, then in turn.
+    """
+
+    name = "cache-aware"
+
+    def __init__(self, instances: Sequence[Instance], rng: np.random.Generator, *,
+                 cache_threshold: float = CACHE_THRESHOLD, balance_abs: int = BALANCE_ABS_THRESHOLD,
+                 balance_rel: float = BALANCE_REL_THRESHOLD, block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+        if not 0 <= cache_threshold <= 1:
+            raise ValueError(f"cache-threshold must be in [0, 1] (got {cache_threshold!r})")
+        check_positive("balance-abs", balance_abs, allow_zero=True)
+        check_positive("balance-rel", balance_rel)
+        self.instances = instances
+        self.cache_threshold = cache_threshold
+        self.balance_abs = balance_abs
+        self.balance_rel = balance_rel
+        self.block_size = block_size
+        self._rotating = _Rotating(instances)
+
+    def choose(self, conversation_id: int, turn: Turn) -> int:
+        instances = self.instances
+        loads = [inst.outstanding for inst in instances]
+        low, high = min(loads), max(loads)
+        if high - low > self.balance_abs and high > self.balance_rel * low:
+            return self._rotating.least_loaded()
+        matches = [inst.cache.lookup(_request_runs(inst, turn), turn.max_hit_blocks) for inst in instances]
+        best = max(matches)
+        if min(best * self.block_size, turn.prompt_tokens) > self.cache_threshold * turn.prompt_tokens:
+            return self._rotating.least_loaded([i for i, m in enumerate(matches) if m == best])
+        used = [len(inst.cache) + inst.cache.in_service_blocks - inst.cache.capacity_blocks for inst in instances]
+        fewest = min(used)
+        return self._rotating.least_loaded([i for i, u in enumerate(used) if u == fewest])
+
+
+ROUTERS = {r.name: r for r in (RandomRouter, RoundRobinRouter, AffinityRouter, LeastLoadedRouter, CacheAwareRouter)}
+"""Router classes by name."""
+
+
+def make_router(name: str, instances: Sequence[Instance], rng: np.random.Generator, **options):
+    cls = ROUTERS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"router must be one of {', '.join(ROUTERS)} (got {name!r})")
+    if options and cls is not CacheAwareRouter:
+        raise ValueError(f"router {name} takes no options (got {', '.join(options)})")
+    return cls(instances, rng, **options)
+
+
+# ---------------------------------------------------------------------------- the simulation
+
+
+@dataclass
+class Latencies:
+    """Per-request seconds of the requests measured in one replication (with a service model)."""
+
+    queue_delay: list[float] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
+    waiting_at_end: int = 0  # requests still queued when the run stopped (grows without bound if overloaded)
+
+
+def _run_instant(source, arrival_rate, instances, router, block_size, duration, warmup, rng, progress) -> None:
+    """Zero service time: :func:`kvsim.engine.drive`, each turn routed then served at once."""
+    servers = [counting_server(inst.cache, inst.counters, block_size, warmup) for inst in instances]
+    choose = router.choose
+    # drive() hands over turns, not conversations: remember whose each turn is until it is served.
+    ids: dict[int, int] = {}
+
+    def source_with_ids(rng_, cid):
+        for turn in source(rng_, cid):
+            ids[id(turn)] = cid
+            yield turn
+
+    def on_turn_by_id(turn: Turn, now: float) -> None:
+        cid = ids.pop(id(turn))
+        servers[choose(cid, turn)](turn, now)
+
+    drive(source_with_ids, arrival_rate, duration, rng, on_turn_by_id, progress)
+    for server in servers:
+        server.close(duration)
+
+
+def _run_served(source, arrival_rate, instances, router, service: ServiceModel, block_size, duration, warmup,
+                rng, progress) -> Latencies:
+    """With a service time: queues, pinned blocks, think time from the end of the response."""
+    env = simpy.Environment()
+    timeout = env.timeout
+    lat = Latencies()
+    max_running = service.max_running
+    begins = [counting_server(inst.cache, inst.counters, block_size, warmup, inst.cache.begin)
+              for inst in instances]
+    choose = router.choose
+
+    def submit(turns, turn: Turn, cid: int) -> None:
+        inst = instances[choose(cid, turn)]
+        inst.queue.append((turns, turn, cid, env.now))
+        start_waiting(inst)
+
+    def start_waiting(inst: Instance) -> None:
+        cache, queue = inst.cache, inst.queue
+        while queue and inst.running < max_running:
+            turns, turn, cid, arrived = queue[0]
+            runs = _request_runs(inst, turn)
+            if turn.alloc_blocks <= cache.capacity_blocks and not cache.fits(runs, turn.alloc_blocks):
+                return  # the head waits for blocks to be freed, and so does everyone behind it
+            queue.popleft()
+            now = env.now
+            result = begins[inst.index](turn, now, runs)
+            hit_tokens = 0 if result.oversized else min(result.hit_blocks * block_size, turn.prompt_tokens)
+            prefill = service.prefill(turn.prompt_tokens - hit_tokens)
+            if now >= warmup:
+                lat.queue_delay.append(now - arrived)
+                lat.ttft.append(now - arrived + prefill)
+            inst.running += 1
+            done = timeout(prefill + service.decode(turn.output_tokens), (inst, turns, turn, cid, runs, result.oversized))
+            done.callbacks.append(finished)
+
+    def finished(event) -> None:
+        inst, turns, turn, cid, runs, oversized = event.value
+        if not oversized:
+            inst.cache.end(runs, turn.alloc_blocks)
+        inst.running -= 1
+        start_waiting(inst)
+        arrive(turns, cid)
+
+    def arrive(turns, cid: int) -> None:
+        """The conversation's next turn arrives after its think time (``delay``)."""
+        turn = next(turns, None)
+        if turn is None:
+            return
+        if turn.delay:
+            timeout(turn.delay, (turns, turn, cid)).callbacks.append(due)
+        else:
+            submit(turns, turn, cid)
+
+    def due(event) -> None:
+        submit(*event.value)
+
+    run_arrivals(env, source, arrival_rate, duration, rng, lambda turns, cid: arrive(iter(turns), cid), progress)
+    for begin in begins:
+        begin.close(duration)
+    lat.waiting_at_end = sum(len(inst.queue) for inst in instances)
+    return lat
+
+
+def _percentile(values: list[float], q: float):
+    return float(np.percentile(values, q)) if values else None
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    """What a fleet simulation measured: per replication, one :class:`Counters` per instance."""
+
+    router: str
+    policy: str
+    capacities: tuple[int, ...]
+    block_size: int
+    replications: list[list[Counters]]  # [replication][instance]
+    latencies: list[Latencies] | None  # per replication; None without a service model
+    service: ServiceModel | None
+    duration: float
+    warmup: float
+
+    def instance(self, i: int) -> SimulationResult:
+        return SimulationResult(self.policy, self.capacities[i], self.block_size,
+                                [rep[i] for rep in self.replications], self.duration, self.warmup)
+
+    @property
+    def fleet(self) -> SimulationResult:
+        """All instances together (capacity: their sum; occupancy peak: the sum of their peaks)."""
+        return SimulationResult(self.policy, sum(self.capacities), self.block_size,
+                                [_merged(rep) for rep in self.replications], self.duration, self.warmup)
+
+    @property
+    def load_imbalance(self) -> Estimate:
+        """max / mean requests per instance (1 = perfectly even)."""
+        values = []
+        for rep in self.replications:
+            counts = [c.requests for c in rep]
+            values.append(max(counts) / np.mean(counts) if sum(counts) else math.nan)
+        return Estimate.of(values)
+
+    def latency(self, name: str) -> dict | None:
+        """Mean over replications (95% CI) and pooled percentiles of ``queue_delay`` or ``ttft``."""
+        if self.latencies is None:
+            return None
+        per_rep = [getattr(lat, name) for lat in self.latencies]
+        pooled = [x for values in per_rep for x in values]
+        return {"mean": Estimate.of([float(np.mean(v)) if v else math.nan for v in per_rep]).as_dict(),
+                "p50": _percentile(pooled, 50), "p90": _percentile(pooled, 90), "p99": _percentile(pooled, 99)}
+
+    def as_dict(self) -> dict:
+        fleet = self.fleet.as_dict()
+        del fleet["capacity_blocks"]
+        total = self.fleet.total("requests")
+        instances = []
+        for i, capacity in enumerate(self.capacities):
+            r = self.instance(i)
+            instances.append({
+                "capacity_blocks": capacity,
+                "request_share": r.total("requests") / total if total else None,
+                "token_hit_rate": r.token_hit_rate.as_dict(),
+                "request_hit_rate": r.request_hit_rate.as_dict(),
+                "mean_occupancy_blocks": r.estimate("mean_occupancy").as_dict(),
+                "evictions": r.total("evictions"),
+            })
+        record = {"router": self.router, "instances": len(self.capacities),
+                  "capacity_blocks": list(self.capacities), **fleet,
+                  "load_imbalance": self.load_imbalance.as_dict(), "per_instance": instances,
+                  "service": None, "queue_delay_s": None, "ttft_s": None}
+        if self.service is not None:
+            record["service"] = self.service.__dict__
+            record["queue_delay_s"] = self.latency("queue_delay")
+            record["ttft_s"] = self.latency("ttft")
+            record["waiting_at_end"] = sum(lat.waiting_at_end for lat in self.latencies)
+        return record
+
+
+def _merged(counters: list[Counters]) -> Counters:
+    total = Counters(window=counters[0].window)
+    for c in counters:
+        for name in ("requests", "requests_hit", "prompt_tokens", "hit_tokens", "prompt_blocks", "hit_blocks",
+                     "evictions", "oversized", "occupancy_area", "occupancy_peak"):
+            setattr(total, name, getattr(total, name) + getattr(c, name))
+        for mine, theirs in ((total.turn_requests, c.turn_requests), (total.turn_hits, c.turn_hits)):
+            for k, n in theirs.items():
+                mine[k] = mine.get(k, 0) + n
+    return total
+
+
+def _capacities(capacity_blocks, instances: int | None) -> tuple[int, ...]:
+    if isinstance(capacity_blocks, Sequence):
+        capacities = tuple(capacity_blocks)
+        if not capacities:
+            raise ValueError("capacity-blocks must list one capacity per instance (got none)")
+        if instances is not None and instances != len(capacities):
+            raise ValueError(f"instances must equal the number of capacities ({len(capacities)}) (got {instances})")
+    else:
+        check_positive("instances", 1 if instances is None else instances, integer=True)
+        capacities = (capacity_blocks,) * (1 if instances is None else instances)
+    for c in capacities:
+        check_positive("capacity-blocks", c, integer=True, allow_zero=True)
+    return capacities
+
+
+def simulate_fleet(
+    workload: Workload,
+    capacity_blocks: int | Sequence[int],
+    instances: int | None = None,
+    router: str = "affinity",
+    policy: str = "lru",
+    *,
+    service: ServiceModel | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    duration: float | None = None,
+    warmup: float | None = None,
+    replications: int = 5,
+    seed: int = 0,
+    source: ConversationSource | None = None,
+    router_options: dict | None = None,
+    progress: bool | None = None,
+) -> FleetResult:
+    """Simulate ``workload`` over ``instances`` instances of ``capacity_blocks`` blocks each (or
+    one instance per entry of a list of capacities) behind ``router`` (one of :data:`ROUTERS`).
+
+    ``service=None``: zero service time (a fleet of one equals :func:`kvsim.engine.simulate`).
+    The window, ``source`` and seeds are as in :func:`kvsim.engine.simulate`; the router draws
+    from its own stream, so every router sees the same conversations.
+    """
+    capacities = _capacities(capacity_blocks, instances)
+    duration, warmup = run_window(workload, duration, warmup, source)
+    source = checked_source(workload, source, block_size, duration, warmup, replications, seed)
+    options = dict(router_options or {})
+    if router == "cache-aware":
+        options.setdefault("block_size", block_size)
+    bar = progress_bar(progress, duration * replications, f"fleet {router} {policy}")
+    runs, latencies = [], []
+    try:
+        for r in range(replications):
+            window = duration - warmup
+            fleet = [Instance(i, PrefixCache(c, policy), Counters(window=window)) for i, c in enumerate(capacities)]
+            chooser = make_router(router, fleet, np.random.default_rng([seed, r, 1]), **options)
+            rng = np.random.default_rng([seed, r])
+            tick = bar.update if bar else None
+            if service is None:
+                _run_instant(source, workload.arrival_rate, fleet, chooser, block_size, duration, warmup, rng, tick)
+            else:
+                latencies.append(_run_served(source, workload.arrival_rate, fleet, chooser, service, block_size,
+                                             duration, warmup, rng, tick))
+            runs.append([inst.counters for inst in fleet])
+    finally:
+        if bar:
+            bar.close()
+    return FleetResult(router, policy, capacities, block_size, runs, latencies if service else None, service,
+                       duration, warmup)

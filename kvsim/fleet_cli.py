@@ -1,0 +1,130 @@
+"""The fleet flags of ``kvsim simulate`` and ``kvsim calc``: instances, router, service time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from analytic.specs import check_positive
+from kvsim.fleet import (BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, DEFAULT_DECODE_PER_TOKEN,
+                         DEFAULT_MAX_RUNNING, DEFAULT_PREFILL_PER_TOKEN, DEFAULT_SERVICE_PRESET, ROUTERS, ServiceModel,
+                         simulate_fleet)
+
+SERVICE_FLAGS = ("prefill_per_token", "decode_per_token", "prefill_base", "max_running")
+ROUTER_FLAGS = {"cache_threshold": "cache_threshold", "balance_abs": "balance_abs", "balance_rel": "balance_rel"}
+
+
+def add_fleet_args(p: argparse.ArgumentParser, simulation: bool) -> None:
+    g = p.add_argument_group("fleet (several instances behind a router)")
+    g.add_argument("--instances", type=int, help="serving instances, each with the cache capacity above (default 1)")
+    if not simulation:
+        g.add_argument("--router", choices=["affinity", "random"],
+                       help="affinity (consistent hashing of the conversation) or random (default affinity)")
+        return
+    g.add_argument("--router", choices=[*ROUTERS, "all"], help="how requests pick an instance (default affinity)")
+    g.add_argument("--instance-capacity-tokens", metavar="T1,T2,...",
+                   help="a capacity per instance in tokens (instances of different sizes)")
+    g.add_argument("--cache-threshold", type=float,
+                   help=f"cache-aware: prefix share above which the best-matching instance wins (default "
+                        f"{CACHE_THRESHOLD}, SGLang's)")
+    g.add_argument("--balance-abs", type=int,
+                   help=f"cache-aware: outstanding-request gap that counts as imbalance (default {BALANCE_ABS_THRESHOLD})")
+    g.add_argument("--balance-rel", type=float,
+                   help=f"cache-aware: max/min outstanding ratio that counts as imbalance (default {BALANCE_REL_THRESHOLD})")
+    s = p.add_argument_group("service time (off by default: requests take no time)")
+    s.add_argument("--service", action="store_true",
+                   help=f"requests take time (defaults: {DEFAULT_SERVICE_PRESET} bf16 on one H100; any flag below "
+                        "also turns it on)")
+    s.add_argument("--prefill-per-token", type=float,
+                   help=f"s per uncached prompt token (default {DEFAULT_PREFILL_PER_TOKEN:.3g})")
+    s.add_argument("--decode-per-token", type=float, help=f"s per output token (default {DEFAULT_DECODE_PER_TOKEN:.3g})")
+    s.add_argument("--prefill-base", type=float, help="s per request on top (default 0)")
+    s.add_argument("--max-running", type=int,
+                   help=f"requests served at once per instance; the rest queue (default {DEFAULT_MAX_RUNNING})")
+
+
+def fleet_requested(a) -> bool:
+    """Whether ``kvsim simulate`` was asked for a fleet or a service time."""
+    return (a.instances is not None or a.router is not None or a.instance_capacity_tokens is not None
+            or a.service or any(getattr(a, f) is not None for f in SERVICE_FLAGS))
+
+
+def _capacities(a, model, capacity, error) -> list[int]:
+    from analytic.sizing import capacity_from_tokens
+
+    if a.instances is not None:
+        check_positive("instances", a.instances, integer=True)
+    if a.instance_capacity_tokens is None:
+        return [capacity.capacity_blocks] * (1 if a.instances is None else a.instances)
+    try:
+        tokens = [int(t) for t in a.instance_capacity_tokens.split(",")]
+    except ValueError:
+        raise error(f"--instance-capacity-tokens must be integers separated by commas "
+                    f"(got {a.instance_capacity_tokens!r})") from None
+    if a.instances is not None and a.instances != len(tokens):
+        raise error(f"--instances must equal the number of --instance-capacity-tokens ({len(tokens)}) "
+                    f"(got {a.instances})")
+    return [capacity_from_tokens(model, t, a.kv_dtype, a.block_size).capacity_blocks for t in tokens]
+
+
+def _service(a) -> ServiceModel | None:
+    values = {f: getattr(a, f) for f in SERVICE_FLAGS if getattr(a, f) is not None}
+    if not (a.service or values):
+        return None
+    return ServiceModel(**values)
+
+
+def cmd_simulate_fleet(a, model, workload, capacity, source, policies, inputs: dict, header: list[str], error) -> int:
+    """``kvsim simulate`` with --instances / --router / service flags."""
+    from kvsim.cli import _ci  # kvsim.cli imports this module
+
+    capacities = _capacities(a, model, capacity, error)
+    routers = tuple(ROUTERS) if a.router == "all" else (a.router or "affinity",)
+    options = {name: getattr(a, flag) for flag, name in ROUTER_FLAGS.items() if getattr(a, flag) is not None}
+    if options and "cache-aware" not in routers:
+        raise error("--cache-threshold, --balance-abs and --balance-rel apply to --router cache-aware only")
+    service = _service(a)
+    results = []
+    for policy in policies:
+        for router in routers:
+            result = simulate_fleet(workload, capacities, router=router, policy=policy, service=service,
+                                    block_size=a.block_size, duration=a.duration, warmup=a.warmup,
+                                    replications=a.replications, seed=a.seed, source=source,
+                                    router_options=options if router == "cache-aware" else None)
+            results.append(result.as_dict())
+    if a.json:
+        record = {"inputs": inputs, **results[0]} if len(results) == 1 else {"inputs": inputs, "results": results}
+        print(json.dumps(record, indent=2))
+        return 0
+    same = len(set(capacities)) == 1
+    fleet = (f"{len(capacities)} instance{'s' if len(capacities) > 1 else ''} x {capacities[0]:,} blocks" if same
+             else f"{len(capacities)} instances of {', '.join(f'{c:,}' for c in capacities)} blocks")
+    print("\n".join(header))
+    print(f"fleet     {fleet}; " + ("no service time (requests take no time)" if service is None else
+          f"service {service.prefill_per_token:.3g} s/uncached prompt token + {service.decode_per_token:.3g} s/output "
+          f"token, {service.max_running} at once per instance"))
+    print(f"simulated {a.duration:g} s of arrivals, warm-up {a.warmup:g} s, {a.replications} replications, "
+          f"seed {a.seed}; mean [95% CI]\n")
+    print(f"{'policy':6} {'router':12} {'token_hit_rate':>26} {'request_hit_rate':>26} {'imbalance':>9}")
+    for r in results:
+        print(f"{r['policy']:6} {r['router']:12} {_ci(r['token_hit_rate']):>26} {_ci(r['request_hit_rate']):>26} "
+              f"{r['load_imbalance']['mean']:>9.3f}")
+    print("\ntoken hit rate by instance (share of requests):")
+    for r in results:
+        parts = "  ".join(f"{i['token_hit_rate']['mean']:.3f} ({i['request_share']:.2f})" for i in r["per_instance"][:8])
+        more = " ..." if len(r["per_instance"]) > 8 else ""
+        print(f"{r['policy']:6} {r['router']:12} {parts}{more}")
+    if service is not None:
+        print(f"\n{'policy':6} {'router':12} {'queue delay mean / p99 (s)':>27} {'TTFT mean / p50 / p99 (s)':>30} "
+              f"{'waiting at end':>14}")
+        for r in results:
+            q, t = r["queue_delay_s"], r["ttft_s"]
+            print(f"{r['policy']:6} {r['router']:12} {_seconds(q['mean']['mean'])} / {_seconds(q['p99'])}"
+                  f"{'':>3}{_seconds(t['mean']['mean'])} / {_seconds(t['p50'])} / {_seconds(t['p99'])}"
+                  f"{r['waiting_at_end']:>14,}")
+    return 0
+
+
+def _seconds(x) -> str:
+    return f"{'-':>10}" if x is None else f"{x:>10.4f}"
+

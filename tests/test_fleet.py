@@ -1,0 +1,332 @@
+"""The fleet simulator: routers, service time, and its agreement with the single-instance one."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.specs import Workload
+from kvsim.cache import PrefixCache
+from kvsim.cli import main
+from kvsim.engine import Counters, counting_server, drive, simulate
+from kvsim.fleet import AffinityRouter, CacheAwareRouter, Instance, ServiceModel, make_router, simulate_fleet
+from kvsim.workload import Turn
+
+BS = 16
+
+
+def workload(**kw) -> Workload:
+    base = dict(arrival_rate=0.5, turns=TurnCount("geometric", 4), think_time=ThinkTime("exp", 20.0),
+                input_tokens=TokenCount("lognormal", 150, 0.5), output_tokens=TokenCount("fixed", 200),
+                system_prompt_tokens=100)
+    base.update(kw)
+    return Workload(**base)
+
+
+# ------------------------------------------------------------------ a fleet of one, affinity as a split
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu"])
+@pytest.mark.parametrize("router", ["random", "cache-aware"])
+def test_fleet_of_one_without_service_is_the_single_instance_simulator(policy, router):
+    w = workload()
+    single = simulate(w, 900, policy, duration=1500, warmup=300, replications=2, seed=7)
+    fleet = simulate_fleet(w, 900, 1, router, policy, duration=1500, warmup=300, replications=2, seed=7)
+    assert [rep[0] for rep in fleet.replications] == single.replications
+    assert fleet.fleet.as_dict() == {**single.as_dict(), "capacity_blocks": 900}
+    assert fleet.latencies is None and fleet.load_imbalance.mean == 1.0
+
+
+def test_affinity_is_independent_instances_on_the_split_workload():
+    """Each instance of an affinity fleet is a single-instance run that sees only the
+    conversations hashed to it (same conversations, same arrival times)."""
+    w = workload(arrival_rate=2.0)
+    n, capacity, duration, warmup = 3, 700, 1200.0, 200.0
+    fleet = simulate_fleet(w, capacity, n, "affinity", "lru", duration=duration, warmup=warmup,
+                           replications=1, seed=11)
+    owner = AffinityRouter([None] * n, None).choose
+    for i in range(n):
+        c = Counters(window=duration - warmup)
+        serve = counting_server(PrefixCache(capacity, "lru"), c, BS, warmup)
+        cids = {}
+
+        def source(rng, cid, cids=cids):
+            from kvsim.workload import synthetic_conversation
+
+            for turn in synthetic_conversation(w, BS, rng, cid):
+                cids[id(turn)] = cid
+                yield turn
+
+        def on_turn(turn, now, i=i, serve=serve, cids=cids):
+            if owner(cids.pop(id(turn)), turn) == i:
+                serve(turn, now)
+
+        drive(source, w.arrival_rate, duration, np.random.default_rng([11, 0]), on_turn)
+        serve.close(duration)
+        assert fleet.replications[0][i] == c
+        assert c.requests > 100
+
+
+def test_affinity_spreads_conversations_evenly_and_keeps_them_whole():
+    router = AffinityRouter([None] * 4, None)
+    owners = [router.choose(cid, None) for cid in range(1, 20001)]
+    shares = np.bincount(owners, minlength=4) / len(owners)
+    assert np.all(np.abs(shares - 0.25) < 0.03)
+    assert all(router.choose(cid, None) == owners[cid - 1] for cid in range(1, 200))
+
+
+# ------------------------------------------------------------------ two instances, worked by hand
+
+def turn(keys: list[int], index: int = 1, prompt_blocks: int | None = None) -> Turn:
+    """A request whose prompt is all of ``keys`` but the last block (its response)."""
+    prompt = (len(keys) - 1 if prompt_blocks is None else prompt_blocks) * BS
+    return Turn(index, 0.0, keys, (prompt - 1) // BS, len(keys), prompt, -(-prompt // BS))
+
+
+def conversation(cid: int, turns: int, blocks_per_turn: int = 2) -> list[Turn]:
+    base = cid * 1000
+    return [turn(list(range(base, base + blocks_per_turn * (k + 1))), k + 1) for k in range(turns)]
+
+
+def route(router_name: str, requests: list[tuple[int, Turn]], rng=None, loads=None, capacity=100, **options):
+    """Serve ``requests`` ((conversation id, turn), in order) on two instances; return
+    (instance, hit blocks) per request. ``loads[k]`` sets the outstanding requests before request k."""
+    fleet = [Instance(i, PrefixCache(capacity, "lru"), Counters()) for i in range(2)]
+    router = make_router(router_name, fleet, rng, **options)
+    out = []
+    for k, (cid, t) in enumerate(requests):
+        if loads is not None:
+            for inst, load in zip(fleet, loads[k]):
+                inst.running = load
+        i = router.choose(cid, t)
+        out.append((i, fleet[i].cache.serve(t.keys, t.max_hit_blocks, t.alloc_blocks).hit_blocks))
+    return out
+
+
+A, B = conversation(1, 3), conversation(2, 3)
+# A1 A2 B1 A3 B2 B3: contexts of 2, 4, 6 blocks; turn k may hit 2k - 1 blocks.
+ORDER = [(1, A[0]), (1, A[1]), (2, B[0]), (1, A[2]), (2, B[1]), (2, B[2])]
+
+
+def test_round_robin_by_hand():
+    # Instances 0 1 0 1 0 1 whatever the conversation. A2 misses (A1 is on 0); A3 finds A2's
+    # context on 1 (4 blocks); B2 finds B1's on 0 (2 blocks); B3 misses (B2 went to 0).
+    assert route("round-robin", ORDER) == [(0, 0), (1, 0), (0, 0), (1, 4), (0, 2), (1, 0)]
+
+
+class Scripted:
+    """A stand-in generator: random() returns the scripted values."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def random(self):
+        return self.values.pop(0)
+
+
+def test_random_by_hand():
+    # Draws 0.2 0.9 0.7 0.4 0.6 0.1 -> instances 0 1 1 0 1 0.
+    # A2 on 1 misses; A3 on 0 finds A1's 2 blocks; B2 on 1 finds B1's 2 blocks; B3 on 0 misses.
+    got = route("random", ORDER, Scripted([0.2, 0.9, 0.7, 0.4, 0.6, 0.1]))
+    assert got == [(0, 0), (1, 0), (1, 0), (0, 2), (1, 2), (0, 0)]
+
+
+def test_affinity_by_hand():
+    owner = AffinityRouter([None] * 2, None).choose
+    a, b = owner(1, None), owner(2, None)
+    # Every later turn finds its conversation's whole previous context (2, then 4 blocks).
+    assert route("affinity", ORDER) == [(a, 0), (a, 2), (b, 0), (a, 4), (b, 2), (b, 4)]
+
+
+def test_least_loaded_by_hand():
+    # Loads before each request; ties go in turn (0, then 1, ...).
+    loads = [(0, 0), (0, 0), (2, 1), (1, 3), (0, 0), (5, 5)]
+    got = route("least-loaded", ORDER, loads=loads)
+    # 0 (tie, first), 1 (tie, next in turn), 1 (fewer), 0 (fewer), 1 (tie: turn after 0), 0 (tie, after 1)
+    assert [i for i, _ in got] == [0, 1, 1, 0, 1, 0]
+    assert [h for _, h in got] == [0, 0, 0, 2, 2, 0]
+
+
+def test_cache_aware_by_hand():
+    # A1 -> 0 (nothing cached anywhere: most free cache, tie, first); A2 -> 0 (2 of its 3
+    # prompt blocks cached there > 0.5); B1 -> 1 (no match; instance 1 has more free cache);
+    # A3 -> 1 although A's context is on 0: the load is imbalanced (40 vs 0 outstanding);
+    # B2 -> 1 (its prefix); B3 -> 1 (B2's context).
+    loads = [(0, 0), (0, 0), (0, 0), (40, 0), (0, 0), (0, 0)]
+    got = route("cache-aware", ORDER, loads=loads, block_size=BS)
+    assert got == [(0, 0), (0, 2), (1, 0), (1, 0), (1, 2), (1, 4)]
+    # Without the imbalance, A3 follows its prefix to instance 0.
+    got = route("cache-aware", ORDER, loads=[(0, 0)] * 6, block_size=BS)
+    assert got[3] == (0, 4)
+    # A threshold above the match sends A2 to the freer instance instead.
+    got = route("cache-aware", ORDER, loads=[(0, 0)] * 6, block_size=BS, cache_threshold=0.9)
+    assert got[1] == (1, 0)
+
+
+def test_router_errors():
+    with pytest.raises(ValueError, match="router must be one of random, round-robin, affinity"):
+        make_router("sticky", [], None)
+    with pytest.raises(ValueError, match="router random takes no options"):
+        make_router("random", [], None, cache_threshold=0.5)
+    with pytest.raises(ValueError, match="cache-threshold must be in"):
+        CacheAwareRouter([], None, cache_threshold=2.0)
+    with pytest.raises(ValueError, match="instances must equal"):
+        simulate_fleet(workload(), [10, 20], 3)
+    with pytest.raises(ValueError, match="max-running"):
+        ServiceModel(max_running=0)
+
+
+# ------------------------------------------------------------------ service time
+
+
+def scripted_source(conversations: dict[int, list[Turn]]):
+    def source(rng, cid):
+        return iter(conversations.get(cid, []))
+    return source
+
+
+def arrivals(seed: int, rate: float, n: int) -> np.ndarray:
+    """The first ``n`` conversation arrival times of replication 0 (a source that draws nothing)."""
+    return np.cumsum(np.random.default_rng([seed, 0]).exponential(1 / rate, n))
+
+
+def one_turn(cid: int, prompt_blocks: int, output_tokens: int, delay: float = 0.0, index: int = 1,
+             shared: int = 0) -> Turn:
+    keys = list(range(shared)) + list(range(cid * 1000 + shared, cid * 1000 + prompt_blocks + 1))
+    prompt = prompt_blocks * BS
+    return Turn(index, delay, keys, (prompt - 1) // BS, len(keys), prompt, prompt_blocks, None, output_tokens)
+
+
+def test_queueing_and_ttft_by_hand():
+    # Two one-turn conversations on one instance serving one request at a time.
+    rate, seed = 50.0, 3
+    t1, t2 = arrivals(seed, rate, 2)
+    service = ServiceModel(prefill_per_token=1e-3, decode_per_token=1e-2, max_running=1)
+    s1 = 4 * BS * 1e-3 + 10 * 1e-2  # 0.164 s
+    assert t2 - t1 < s1  # the second arrives while the first is served
+    source = scripted_source({1: [one_turn(1, 4, 10)], 2: [one_turn(2, 3, 5)]})
+    r = simulate_fleet(Workload(arrival_rate=rate), 100, 1, "round-robin", service=service, source=source,
+                       duration=10.0, warmup=0.0, replications=1, seed=seed)
+    lat = r.latencies[0]
+    wait = t1 + s1 - t2
+    assert lat.queue_delay == pytest.approx([0.0, wait], abs=1e-12)
+    assert lat.ttft == pytest.approx([4 * BS * 1e-3, wait + 3 * BS * 1e-3], abs=1e-12)
+
+
+def test_think_time_starts_when_the_response_completes_and_hits_shorten_prefill():
+    rate, seed = 1.0, 5
+    (t1,) = arrivals(seed, rate, 1)
+    service = ServiceModel(prefill_per_token=1e-3, decode_per_token=1e-2)
+    first = one_turn(1, 4, 20)  # keys 1000..1004, prompt 4 blocks
+    second = Turn(2, 7.0, list(range(1000, 1008)), 6, 8, 7 * BS, 7, None, 30)  # finds turn 1's 5 blocks
+    r = simulate_fleet(Workload(arrival_rate=rate), 100, 1, "round-robin", service=service,
+                       source=scripted_source({1: [first, second]}), duration=t1 + 100, warmup=0.0,
+                       replications=1, seed=seed)
+    lat = r.latencies[0]
+    c = r.replications[0][0]
+    assert c.hit_blocks == 5 and c.requests == 2
+    assert lat.queue_delay == [0.0, 0.0]
+    # Turn 2 computes only its 2 uncached prompt blocks.
+    assert lat.ttft == pytest.approx([4 * BS * 1e-3, 2 * BS * 1e-3])
+    # It arrived 7 s after turn 1 *completed* (4 * 16 ms prefill + 20 * 10 ms decode): the
+    # occupancy integral sees its 8 blocks from then on.
+    arrived_second = t1 + 4 * BS * 1e-3 + 20 * 1e-2 + 7.0
+    expected_area = 5 * (arrived_second - t1) + 8 * (t1 + 100 - arrived_second)
+    assert c.occupancy_area == pytest.approx(expected_area)
+
+
+def test_a_request_waits_until_its_blocks_fit_beside_those_in_service():
+    # Capacity 10 blocks: the first request holds 6 while served, the second needs 6 as well.
+    rate, seed = 50.0, 3
+    t1, t2 = arrivals(seed, rate, 2)
+    service = ServiceModel(prefill_per_token=0.0, decode_per_token=0.1, max_running=8)
+    source = scripted_source({1: [one_turn(1, 5, 10)], 2: [one_turn(2, 5, 10)]})
+    r = simulate_fleet(Workload(arrival_rate=rate), 10, 1, "round-robin", service=service, source=source,
+                       duration=10.0, warmup=0.0, replications=1, seed=seed)
+    assert r.latencies[0].queue_delay == pytest.approx([0.0, t1 + 1.0 - t2])
+    # With room for both, it starts at once.
+    r = simulate_fleet(Workload(arrival_rate=rate), 12, 1, "round-robin", service=service, source=source,
+                       duration=10.0, warmup=0.0, replications=1, seed=seed)
+    assert r.latencies[0].queue_delay == [0.0, 0.0]
+
+
+def test_shared_system_prompt_stays_a_hit_while_in_service():
+    # Both requests carry the same 3 system blocks; the second starts while the first is served.
+    rate, seed = 50.0, 3
+    service = ServiceModel(prefill_per_token=0.0, decode_per_token=0.1, max_running=8)
+    source = scripted_source({1: [one_turn(1, 5, 10, shared=3)], 2: [one_turn(2, 5, 10, shared=3)]})
+    for policy in ("lru", "fifo", "lfu"):
+        r = simulate_fleet(Workload(arrival_rate=rate), 12, 1, "round-robin", policy, service=service, source=source,
+                           duration=10.0, warmup=0.0, replications=1, seed=seed)
+        c = r.replications[0][0]
+        assert (c.requests, c.hit_blocks) == (2, 3)
+        assert r.latencies[0].queue_delay == [0.0, 0.0]
+
+
+def test_fleet_with_service_is_deterministic_and_reports_latency():
+    w = workload(arrival_rate=3.0)
+    args = dict(duration=900, warmup=200, replications=2, seed=4, service=ServiceModel(max_running=4))
+    a = simulate_fleet(w, 600, 3, "cache-aware", **args)
+    b = simulate_fleet(w, 600, 3, "cache-aware", **args)
+    assert a.as_dict() == b.as_dict()
+    d = a.as_dict()
+    assert d["ttft_s"]["p99"] >= d["ttft_s"]["p50"] > 0
+    assert d["queue_delay_s"]["p99"] >= 0 and d["waiting_at_end"] >= 0
+    assert sum(i["request_share"] for i in d["per_instance"]) == pytest.approx(1.0)
+
+
+def test_routing_changes_hits_as_expected():
+    """Session affinity keeps conversations whole; spreading them loses most of the reuse."""
+    w = workload(arrival_rate=2.0)
+    hits = {router: simulate_fleet(w, 1500, 4, router, duration=1500, warmup=300, replications=2,
+                                   seed=1).fleet.token_hit_rate.mean
+            for router in ("affinity", "random", "round-robin", "cache-aware")}
+    assert hits["affinity"] > hits["random"] + 0.15
+    assert hits["cache-aware"] > hits["round-robin"] + 0.15
+
+
+# ------------------------------------------------------------------ command line
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_simulate_fleet_json(capsys):
+    code, out, err = run(capsys, "simulate", "--capacity-tokens", "20000", "--instances", "3", "--router",
+                         "round-robin", "--duration", "900", "--warmup", "200", "--replications", "2", "--json")
+    assert code == 0
+    record = json.loads(out)
+    assert record["router"] == "round-robin" and record["instances"] == 3
+    assert record["capacity_blocks"] == [1250] * 3 and len(record["per_instance"]) == 3
+    assert record["load_imbalance"]["mean"] >= 1 and record["ttft_s"] is None
+
+
+def test_cli_simulate_all_routers_with_service(capsys):
+    code, out, _ = run(capsys, "simulate", "--instance-capacity-tokens", "20000,40000", "--router", "all",
+                       "--decode-per-token", "0.002", "--duration", "700", "--warmup", "200", "--replications", "1")
+    assert code == 0
+    assert "2 instances of 1,250, 2,500 blocks" in out
+    assert Counter(line.split()[1] for line in out.splitlines() if line.startswith("lru ")) == Counter(
+        {r: 3 for r in ("random", "round-robin", "affinity", "least-loaded", "cache-aware")})
+    assert "TTFT" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--router", "sticky"], "--router: invalid choice"),
+    (["--instances", "0"], "instances must be"),
+    (["--instances", "3", "--instance-capacity-tokens", "1000,2000"], "--instances must equal the number"),
+    (["--instance-capacity-tokens", "1000,x"], "--instance-capacity-tokens must be integers"),
+    (["--max-running", "0"], "max-running must be"),
+    (["--router", "random", "--cache-threshold", "0.3"], "apply to --router cache-aware only"),
+])
+def test_cli_fleet_bad_input(capsys, argv, needle):
+    code, out, err = run(capsys, "simulate", "--capacity-tokens", "20000", "--duration", "50", "--warmup", "10",
+                         *argv)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
