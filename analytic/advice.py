@@ -21,8 +21,9 @@ Levers (only those that apply to the scenario):
 * ``block-size``: the best of 8, 16 and 32 tokens per block (only full blocks are cached).
 * ``policy``: LRU against FIFO eviction.
 
-Routing across instances (session affinity) needs the fleet models (``analytic/fleet.py``) and is
-not covered here. Pure: no I/O.
+For a fleet of N instances, ``routing_lever`` prices session affinity against random routing
+with the fleet models (``analytic.fleet``, LRU); with affinity, each instance is one instance at
+arrival rate lambda/N, so the levers above apply to it as they are. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -200,6 +201,24 @@ def _policy(s: Scenario, evaluate: Evaluate, now: float) -> list[dict]:
     return [_lever("policy", "eviction policy", text, now, then, policy=other)]
 
 
+def routing_lever(workload, capacity_blocks: int, instances: int, router: str, block_size: int) -> dict:
+    """Session affinity against random routing over ``instances`` instances of ``capacity_blocks``
+    (the LRU fleet models): the lever of a fleet routed by ``router`` (affinity or random)."""
+    from analytic.fleet import fleet_model
+
+    other = "random" if router == "affinity" else "affinity"
+    now, then = (fleet_model(workload, [capacity_blocks] * instances, r, "lru", block_size).token_hit_rate
+                 for r in (router, other))
+    gain = 100 * (then - now)
+    if router == "random":
+        text = _change(f"session affinity (consistent hashing of the conversation) instead of random routing over "
+                       f"{instances} instances", now, then)
+    else:
+        text = (f"keep session affinity: random routing over {instances} instances would give {_pct(then)} "
+                f"({_points(gain)})")
+    return _lever("routing", "router", text, now, then, router=other)
+
+
 def advise(scenario: Scenario, *, target: float = DEFAULT_TARGET, evaluate: Evaluate | None = None,
            compare_policies: bool = True) -> list[dict]:
     """The levers that apply to ``scenario``, each quantified; recommended ones first, by gain.
@@ -224,4 +243,4 @@ def advise(scenario: Scenario, *, target: float = DEFAULT_TARGET, evaluate: Eval
     return out
 
 
-__all__ = ["advise", "DEFAULT_TARGET", "MIN_GAIN_POINTS"]
+__all__ = ["advise", "routing_lever", "DEFAULT_TARGET", "MIN_GAIN_POINTS"]

@@ -9,8 +9,9 @@ from analytic.distributions import ThinkTime, TokenCount, TurnCount
 from analytic.specs import Workload
 from kvsim.cache import PrefixCache, ReferenceCache, ServeResult
 from kvsim.engine import Estimate, SimulationResult, simulate
+from kvsim.fleet import FleetResult, ServiceModel, simulate_fleet
 
 __all__ = [
-    "Estimate", "PrefixCache", "ReferenceCache", "ServeResult", "SimulationResult", "ThinkTime",
-    "TokenCount", "TurnCount", "Workload", "simulate",
+    "Estimate", "FleetResult", "PrefixCache", "ReferenceCache", "ServeResult", "ServiceModel", "SimulationResult",
+    "ThinkTime", "TokenCount", "TurnCount", "Workload", "simulate", "simulate_fleet",
 ]

@@ -32,7 +32,7 @@ from analytic.specs import (
     Workload,
     check_positive,
 )
-from kvsim.fleet_cli import add_fleet_args, cmd_simulate_fleet, fleet_requested
+from kvsim.fleet_cli import add_fleet_args, calc_requested, cmd_calc_fleet, cmd_simulate_fleet, fleet_requested
 from kvsim.policies import POLICIES
 from kvsim.replay import configure_export_parser, configure_replay_parser
 
@@ -236,6 +236,9 @@ def cmd_calc(a) -> int:
         return calc_templates(a, model, templates)
     workload = workload_from_args(a)
     capacity = capacity_from_args(a, model)
+    if calc_requested(a):
+        return cmd_calc_fleet(a, model, workload, capacity, describe(model, capacity.as_dict(), workload, a.kv_dtype),
+                              UsageError)
     methods = METHODS if a.method == "all" else (a.method,)
     result = calculate(model, capacity, workload, kv_dtype=a.kv_dtype,
                        model_size_gb=model_size_gb(a, model), methods=methods)
@@ -498,6 +501,7 @@ def build_parser() -> Parser:
     calc.add_argument("--method", default="all", choices=[*METHODS, "all"],
                       help="seed (the original calculator), lru, fifo (characteristic-time models) or all")
     calc.add_argument("--json", action="store_true", help="print one JSON object")
+    add_fleet_args(calc, simulation=False)
     add_advise_args(calc)
     calc.set_defaults(func=cmd_calc)
 

@@ -115,16 +115,88 @@ def cmd_simulate_fleet(a, model, workload, capacity, source, policies, inputs: d
         more = " ..." if len(r["per_instance"]) > 8 else ""
         print(f"{r['policy']:6} {r['router']:12} {parts}{more}")
     if service is not None:
-        print(f"\n{'policy':6} {'router':12} {'queue delay mean / p99 (s)':>27} {'TTFT mean / p50 / p99 (s)':>30} "
-              f"{'waiting at end':>14}")
+        print(f"\nlatency (s)         {'queue mean':>10} {'queue p99':>10} {'TTFT mean':>10} {'TTFT p50':>10} "
+              f"{'TTFT p99':>10} {'waiting at end':>15}")
         for r in results:
             q, t = r["queue_delay_s"], r["ttft_s"]
-            print(f"{r['policy']:6} {r['router']:12} {_seconds(q['mean']['mean'])} / {_seconds(q['p99'])}"
-                  f"{'':>3}{_seconds(t['mean']['mean'])} / {_seconds(t['p50'])} / {_seconds(t['p99'])}"
-                  f"{r['waiting_at_end']:>14,}")
+            cells = (q["mean"]["mean"], q["p99"], t["mean"]["mean"], t["p50"], t["p99"])
+            print(f"{r['policy']:6} {r['router']:12} " + " ".join(_seconds(x) for x in cells)
+                  + f" {r['waiting_at_end']:>15,}")
     return 0
 
 
 def _seconds(x) -> str:
     return f"{'-':>10}" if x is None else f"{x:>10.4f}"
 
+
+
+def calc_requested(a) -> bool:
+    return a.instances is not None or a.router is not None
+
+
+def cmd_calc_fleet(a, model, workload, capacity, header: list[str], error) -> int:
+    """``kvsim calc --instances N --router affinity|random``: the fleet models."""
+    from analytic.calc import inputs_summary
+    from analytic.fleet import fleet_model
+
+    instances = 1 if a.instances is None else a.instances
+    check_positive("instances", instances, integer=True)
+    router = a.router or "affinity"
+    if a.method == "seed":
+        raise error("--method seed has no fleet version: use lru or fifo with --instances/--router")
+    if router == "random" and a.method == "fifo":
+        raise error("--method fifo has no model for --router random: use lru (or --router affinity)")
+    methods = ("lru", "fifo") if a.method == "all" and router == "affinity" else (
+        ("lru",) if a.method == "all" else (a.method,))
+    capacities = [capacity.capacity_blocks] * instances
+    results = {m: fleet_model(workload, capacities, router, m, a.block_size) for m in methods}
+    # The other router, for comparison (LRU: the one model both have).
+    other = "random" if router == "affinity" else "affinity"
+    contrast = fleet_model(workload, capacities, other, "lru", a.block_size)
+    advice = fleet_advice(a, workload, capacity.capacity_blocks, instances, router) if a.advise else None
+    if a.json:
+        record = {"inputs": {**inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype),
+                             "instances": instances, "router": router},
+                  "memory": capacity.as_dict(),
+                  "methods": {m: r.as_dict() for m, r in results.items()},
+                  f"lru_{other}": contrast.as_dict()}
+        if advice is not None:
+            record["advice"] = advice
+        print(json.dumps(record, indent=2))
+        return 0
+    print("\n".join(header))
+    how = {"affinity": "every turn of a conversation on the same instance (consistent hashing)",
+           "random": "each request to an instance at random"}
+    print(f"fleet     {instances} instance{'s' if instances > 1 else ''} x {capacity.capacity_blocks:,} blocks, "
+          f"router {router}: {how[router]}")
+    print(f"\n{'method':8} {'token_hit_rate':>15} {'request_hit_rate':>17} {'T (s)':>10}")
+    for name, r in results.items():
+        T = r.per_instance[0].characteristic_time
+        print(f"{name:8} {r.token_hit_rate:>15.4f} {r.request_hit_rate:>17.4f} {T:>10,.1f}")
+    if "lru" in results:
+        gain = contrast.token_hit_rate - results["lru"].token_hit_rate
+        print(f"\nwith router {other}, LRU would reach a token hit rate of {contrast.token_hit_rate:.4f} "
+              f"({100 * gain:+.1f} points)")
+    if advice is not None:
+        from kvsim.report import advice_lines
+
+        print()
+        print("\n".join(advice_lines(a, advice)))
+    return 0
+
+
+def fleet_advice(a, workload, capacity_blocks: int, instances: int, router: str) -> list[dict]:
+    """The routing lever; with affinity also every single-instance lever, at arrival rate lambda/N
+    (what each instance sees)."""
+    from copy import copy
+
+    from analytic.advice import routing_lever
+    from kvsim.report import advice_from_args
+
+    levers = [routing_lever(workload, capacity_blocks, instances, router, a.block_size)] if instances > 1 else []
+    if router == "affinity":
+        share = copy(a)
+        share.arrival_rate = a.arrival_rate / instances
+        levers += advice_from_args(share)
+    levers.sort(key=lambda x: (not x["recommended"], -x["gain_points"]))
+    return levers

@@ -330,3 +330,49 @@ def test_cli_fleet_bad_input(capsys, argv, needle):
     code, out, err = run(capsys, "simulate", "--capacity-tokens", "20000", "--duration", "50", "--warmup", "10",
                          *argv)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_calc_fleet_models(capsys):
+    from analytic.fleet import fleet_model
+
+    base = ["calc", "--capacity-tokens", "40000", "--arrival-rate", "2", "--json"]
+    code, out, _ = run(capsys, *base, "--instances", "3", "--router", "random")
+    record = json.loads(out)
+    expected = fleet_model(Workload(arrival_rate=2.0), [2500] * 3, "random")
+    assert code == 0 and record["methods"]["lru"]["token_hit_rate"] == pytest.approx(expected.token_hit_rate)
+    assert record["lru_affinity"]["token_hit_rate"] > expected.token_hit_rate
+    # One instance behind either router is the single-instance model.
+    _, single, _ = run(capsys, *base, "--method", "lru")
+    _, one, _ = run(capsys, *base, "--method", "lru", "--instances", "1", "--router", "random")
+    assert json.loads(one)["methods"]["lru"]["token_hit_rate"] == pytest.approx(
+        json.loads(single)["methods"]["lru"]["token_hit_rate"], rel=1e-9)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--instances", "2", "--method", "seed"], "--method seed has no fleet version"),
+    (["--router", "random", "--method", "fifo"], "--method fifo has no model for --router random"),
+    (["--router", "round-robin"], "--router: invalid choice"),
+    (["--instances", "-1"], "instances must be"),
+])
+def test_cli_calc_fleet_bad_input(capsys, argv, needle):
+    code, _, err = run(capsys, "calc", "--capacity-tokens", "20000", *argv)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_routing_advice(capsys):
+    from analytic.advice import routing_lever
+    from analytic.fleet import fleet_model
+
+    w = Workload(arrival_rate=2.0)
+    lever = routing_lever(w, 2500, 3, "random", BS)
+    gain = fleet_model(w, [2500] * 3, "affinity").token_hit_rate - fleet_model(w, [2500] * 3, "random").token_hit_rate
+    assert lever["recommended"] and lever["gain_points"] == pytest.approx(100 * gain) and gain > 0.1
+    assert routing_lever(w, 2500, 3, "affinity", BS)["gain_points"] == pytest.approx(-100 * gain)
+    # With affinity the per-instance levers are those of one instance at lambda / N.
+    code, out, _ = run(capsys, "calc", "--capacity-tokens", "40000", "--arrival-rate", "2", "--instances", "3",
+                       "--advise", "--json")
+    advice = json.loads(out)["advice"]
+    _, single, _ = run(capsys, "calc", "--capacity-tokens", "40000", "--arrival-rate", str(2 / 3), "--advise",
+                       "--json")
+    assert code == 0 and [x for x in advice if x["id"] != "routing"] == json.loads(single)["advice"]
+    assert [x["id"] for x in advice].count("routing") == 1
