@@ -239,6 +239,11 @@ class PrefixCache:
         """Blocks held by the requests in service (pinned cached blocks and partial blocks)."""
         return self._pinned_blocks + self._held
 
+    @property
+    def free_blocks(self) -> int:
+        """Blocks neither cached nor held by a request in service."""
+        return self.capacity_blocks - self._size - self._held
+
     def lookup(self, runs: Runs, max_hit_blocks: int) -> int:
         """The hit a request would find now (``hit_blocks`` of :meth:`serve_runs`), changing nothing."""
         return self.policy.cached_prefix(runs, max_hit_blocks)

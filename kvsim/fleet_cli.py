@@ -11,7 +11,7 @@ from kvsim.fleet import (BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THR
                          simulate_fleet)
 
 SERVICE_FLAGS = ("prefill_per_token", "decode_per_token", "prefill_base", "max_running")
-ROUTER_FLAGS = {"cache_threshold": "cache_threshold", "balance_abs": "balance_abs", "balance_rel": "balance_rel"}
+ROUTER_OPTIONS = ("cache_threshold", "balance_abs", "balance_rel")  # the cache-aware router's keyword arguments
 
 
 def add_fleet_args(p: argparse.ArgumentParser, simulation: bool) -> None:
@@ -80,7 +80,7 @@ def cmd_simulate_fleet(a, model, workload, capacity, source, policies, inputs: d
 
     capacities = _capacities(a, model, capacity, error)
     routers = tuple(ROUTERS) if a.router == "all" else (a.router or "affinity",)
-    options = {name: getattr(a, flag) for flag, name in ROUTER_FLAGS.items() if getattr(a, flag) is not None}
+    options = {name: getattr(a, name) for name in ROUTER_OPTIONS if getattr(a, name) is not None}
     if options and "cache-aware" not in routers:
         raise error("--cache-threshold, --balance-abs and --balance-rel apply to --router cache-aware only")
     service = _service(a)

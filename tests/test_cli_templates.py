@@ -62,3 +62,17 @@ def test_templates_errors(capsys, folder, tmp_path):
     assert code == 2 and "--method lru, fifo or all" in err
     code, _, err = run(capsys, "plan", "--conversations", str(folder), "--target-hit-rate", "0.5")
     assert code == 2 and "synthetic" in err
+
+
+def test_simulate_templates_on_a_fleet(capsys, folder):
+    """Template conversations go through a fleet too: a fleet of one is the single instance,
+    and with affinity and ample caches every conversation still finds its own context."""
+    base = ["simulate", "--conversations", str(folder), "--arrival-rate", "0.05", "--capacity-tokens", "100000",
+            "--duration", "20000", "--warmup", "1000", "--replications", "1", "--json"]
+    _, single, _ = run(capsys, *base)
+    code, one, _ = run(capsys, *base, "--instances", "1", "--router", "random")
+    assert code == 0 and json.loads(one)["token_hit_rate"] == json.loads(single)["token_hit_rate"]
+    _, affinity, _ = run(capsys, *base, "--instances", "3", "--router", "affinity", "--service")
+    record = json.loads(affinity)
+    assert record["token_hit_rate"]["mean"] == pytest.approx(json.loads(single)["token_hit_rate"]["mean"], abs=0.02)
+    assert record["ttft_s"]["p50"] > 0
