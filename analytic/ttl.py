@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy import optimize, signal, stats
+from scipy import optimize, signal, special
 
 from analytic.distributions import ThinkTime
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
@@ -450,21 +450,33 @@ def _gaussian_keep(rate, think: ThinkTime, table: _Table, c_conv: float):
     sd = np.sqrt(rate * (k1sq * m + k2sq * x))[:, None]
     # The context that turn k+1 hopes to find is c'_k (mean over the paths that serve turn k).
     context = np.concatenate(([0.0], table.conv_served[:-1] / np.maximum(table.served[:-1], 1e-300)))
-    tiny = sd < 1e-12 * max(c_conv, 1.0)  # a gap of ~0: nothing else was touched
-    sd = np.where(tiny, 1.0, sd)
-    a = np.where(tiny, np.inf, (c_conv - mu)[:, None] / sd)
-    b = np.where(tiny, np.inf, a - context[None, :] / sd)
-
-    def psi(z):
-        z = np.where(np.isinf(z), np.sign(z) * 1e6, z)
-        return z * stats.norm.cdf(z) + stats.norm.pdf(z)
-
-    any_ = np.broadcast_to(stats.norm.cdf(a).mean(axis=0), context.shape).copy()
-    full = stats.norm.cdf(b).mean(axis=0)
+    any_, kept, full = normal_survival(c_conv, mu[:, None], sd, context[None, :])
+    any_ = np.broadcast_to(any_.mean(axis=0), context.shape).copy()
+    full = full.mean(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        kept = np.where(tiny, context[None, :], sd * (psi(a) - psi(b))).mean(axis=0)
-        share = np.where(context > 0, kept / context, any_)
+        share = np.where(context > 0, kept.mean(axis=0) / context, any_)
     return any_, np.clip(share, 0.0, 1.0), full
+
+
+def _psi(z):
+    """psi(z) = z Phi(z) + phi(z) = E[(z - Z)^+] for a standard normal Z (infinite z clipped)."""
+    z = np.where(np.isinf(z), np.sign(z) * 1e6, z)
+    return z * special.ndtr(z) + np.exp(-(z**2) / 2.0) / math.sqrt(2 * math.pi)
+
+
+def normal_survival(c_conv: float, mu: np.ndarray, sd: np.ndarray, context: np.ndarray):
+    """A context of ``context`` blocks, evicted tail first, in a cache of ``c_conv`` blocks where
+    the content others touched since is X ~ N(mu, sd^2) (arrays that broadcast): its leading y
+    blocks survive iff X <= C - y. Returns (P(any) = Phi(a), E[blocks kept] = E[clip(C - X, 0, c)]
+    = s (psi(a) - psi(a - c/s)), P(all) = Phi(a - c/s)), a = (C - mu) / s. A window of ~0 (sd ~ 0:
+    nothing else touched) keeps everything."""
+    tiny = sd < 1e-12 * max(c_conv, 1.0)
+    sd = np.where(tiny, 1.0, sd)
+    a = np.where(tiny, np.inf, (c_conv - mu) / sd)
+    b = np.where(tiny, np.inf, a - context / sd)
+    with np.errstate(invalid="ignore"):
+        kept = np.where(tiny, context, sd * (_psi(a) - _psi(b)))
+    return special.ndtr(a), kept, special.ndtr(b)
 
 
 def lru_model(

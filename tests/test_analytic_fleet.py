@@ -1,6 +1,7 @@
 """Fleet models (analytic.fleet): the affinity router as the single-instance model at lambda/N, the
 random router's Che model against its N = 1 limit, a hand-worked case, a per-path evaluation of
-its formulas, its infinite-capacity limit, and the capacity search."""
+its formulas, its infinite-capacity limit, and the capacity search; its Gaussian variant against
+lru_model's at N = 1, a hand-worked case, its smoothness and its large-capacity limit."""
 
 import json
 import math
@@ -9,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from scipy import optimize
+from scipy import integrate, optimize, stats
 
 from analytic.distributions import ThinkTime, TokenCount, TurnCount
 from analytic.fleet import FLEET_ROUTERS, FleetModelResult, capacity_to_match, fleet_model
@@ -70,7 +71,23 @@ def test_one_instance_is_the_single_instance_lru_model(think, turns, drawn):
 def test_one_instance_with_deterministic_think_times_is_the_che_step():
     w = workload(think=ThinkTime("det", 30.0))
     for capacity in (3000, 8000):
-        same_result(fleet_model(w, [capacity], "random").per_instance[0], lru_model(w, capacity, variant="che"))
+        che = fleet_model(w, [capacity], "random", variant="che").per_instance[0]
+        same_result(che, lru_model(w, capacity, variant="che"))
+
+
+@pytest.mark.parametrize("think", [ThinkTime("det", 30.0), ThinkTime("gamma", 30.0, 0.5)])
+@pytest.mark.parametrize("turns", [TurnCount("fixed", 5), TurnCount("geometric", 4)])
+@pytest.mark.parametrize("drawn", [False, True])
+def test_one_instance_gaussian_is_the_single_instance_gaussian(think, turns, drawn):
+    # Rate 0.2/s: at 2500 and 3500 blocks the Gaussian survival is well between 0 and 1 (at
+    # 10**5 it is ~1).
+    w = workload(S=1000, think=think, turns=turns, drawn=drawn, rate=0.2)
+    for capacity in (2500, 3500, 100_000):
+        single = lru_model(w, capacity, variant="che+gaussian")
+        fleet = fleet_model(w, [capacity], "random", variant="che+gaussian")
+        assert fleet.variant == "che+gaussian"
+        same_result(fleet.per_instance[0], single)
+        assert 0.1 < single.per_turn_context_hit[2] < 0.95 or capacity == 100_000
 
 
 def test_oversized_turns_match_the_single_instance_model():
@@ -132,6 +149,98 @@ def test_random_three_turns_two_instances_by_hand():
     assert fleet.per_turn_hit == pytest.approx({2: turn2, 3: turn3}, rel=1e-9)
     assert instance.per_turn_context_hit == pytest.approx({2: turn2, 3: turn3}, rel=1e-9)
     assert instance.mean_occupancy_blocks == pytest.approx(C, rel=1e-9)
+
+
+REL_NODES = 1e-4  # 256 mid-quantile nodes of S_j against a fine grid (they agree to ~1e-5 here)
+
+
+@pytest.mark.parametrize("think", [ThinkTime("det", 30.0), ThinkTime("gamma", 30.0, 0.5)])
+def test_random_gaussian_three_turns_two_instances_by_hand(think):
+    # The case above with the Gaussian variant at 2600 blocks per instance. The content others
+    # touched within x (rate 1/2 per instance; contexts 20, 40, 60 blocks) has
+    #   mu(x)  = (1/2) [ 120 x - p 60 (x - m_1(x)) - p (1-p) 20 (x - m_2(x)) ],
+    #   s^2(x) = (1/2) [ 5600 x - p 2000 (x - m_1(x)) - p (1-p) 400 (x - m_2(x)) ]
+    # (squares: 400 + 1600 + 3600; 400 + 1600; 400). Turn 2 finds turn 1's context (20 blocks)
+    # p E[.](S_1); turn 3 turn 2's (40) p E[.](S_1) and turn 1's (20) p (1-p) E[.](S_2).
+    p, C = 0.5, 2600
+    if think.kind == "det":
+        x = np.array([30.0, 60.0])  # S_1, S_2
+        m = np.minimum(x[None, :], np.array([[30.0], [60.0]]))  # m_j(x) = E[min(S_j, x)]
+    else:  # S_j is gamma(j/cv^2): m_j and the expectations over S_j on a fine grid
+        laws = [stats.gamma(j / think.cv**2, scale=think.mean * think.cv**2) for j in (1, 2)]
+        x = np.linspace(0.0, laws[1].ppf(1 - 1e-13), 200_001)
+        m = np.array([integrate.cumulative_trapezoid(law.sf(x), x, initial=0.0) for law in laws])
+        x, m = x[1:], m[:, 1:]  # the densities vanish at 0
+    cut1, cut2 = x - m[0], x - m[1]
+    mu = 0.5 * (120 * x - p * 60 * cut1 - p * (1 - p) * 20 * cut2)
+    sd = np.sqrt(0.5 * (5600 * x - p * 2000 * cut1 - p * (1 - p) * 400 * cut2))
+
+    def psi(z):
+        return z * stats.norm.cdf(z) + stats.norm.pdf(z)
+
+    def survival(j, c):  # (P(any), share, P(all)) of c blocks left S_j ago
+        a, b = (C - mu) / sd, (C - mu - c) / sd
+        at = np.array([stats.norm.cdf(a), sd * (psi(a) - psi(b)) / c, stats.norm.cdf(b)])
+        if think.kind == "det":
+            return at[:, j - 1]
+        return integrate.trapezoid(at * laws[j - 1].pdf(x), x, axis=1)
+
+    near1, far1, back2 = survival(1, 20), survival(1, 40), survival(2, 20)
+    assert 0.05 < back2[0] < near1[0] < 0.999  # neither all nor nothing survives
+    fleet = fleet_model(workload(L=3, u=160, r=160, think=think), [C, C], "random", variant="che+gaussian")
+    instance = fleet.per_instance[0]
+    rel = 1e-9 if think.kind == "det" else REL_NODES
+    hit_tokens = 16 * (20 * p * near1[1] + 40 * p * far1[1] + 20 * p * (1 - p) * back2[1])
+    assert fleet.token_hit_rate == pytest.approx(hit_tokens / (160 + 480 + 800), rel=rel)
+    turn2, turn3 = p * near1[0], p * far1[0] + p * (1 - p) * back2[0]
+    assert fleet.per_turn_hit == pytest.approx({2: turn2, 3: turn3}, rel=rel)
+    assert fleet.request_hit_rate == pytest.approx((turn2 + turn3) / 3, rel=rel)
+    context = {2: p * near1[2], 3: p * far1[2] + p * (1 - p) * back2[2]}
+    assert instance.per_turn_context_hit == pytest.approx(context, rel=rel)
+    che = fleet_model(workload(L=3, u=160, r=160, think=think), [C, C], "random", variant="che").per_instance[0]
+    assert instance.characteristic_time == che.characteristic_time  # Che's T and occupancy, reported as is
+    assert instance.mean_occupancy_blocks == che.mean_occupancy_blocks
+
+
+@pytest.mark.parametrize("turns", [TurnCount("fixed", 5), TurnCount("geometric", 5)])
+@pytest.mark.parametrize("instances", [2, 4])
+def test_random_gaussian_is_smooth_where_che_steps(turns, instances):
+    # Deterministic think times: Che's F^{*j}(T) is a step, so its hit rate jumps (by 0.2 to
+    # 0.4 here) where T crosses a multiple of the gap; the Gaussian variant (the default) rises
+    # smoothly, by at most ~0.01 per 100 blocks.
+    w = workload(S=200, think=ThinkTime("det", 30.0), turns=turns, rate=float(instances))
+    capacities = range(6000, 40001, 100)
+    gaussian = np.array([fleet_model(w, [c] * instances, "random").token_hit_rate for c in capacities])
+    che = np.array([fleet_model(w, [c] * instances, "random", variant="che").token_hit_rate for c in capacities])
+    assert np.diff(che).max() > 0.15
+    assert np.diff(gaussian).min() >= 0.0
+    assert np.diff(gaussian).max() < 0.015
+    assert gaussian[-1] - gaussian[0] > 0.15
+
+
+@pytest.mark.parametrize("think", [ThinkTime("det", 30.0), ThinkTime("gamma", 30.0, 0.5), ThinkTime("exp", 30.0),
+                                   ThinkTime("lognormal", 30.0, 1.5)])  # fmt: skip
+def test_random_gaussian_tends_to_che_at_huge_capacity(think):
+    w = workload(S=200, think=think, turns=TurnCount("geometric", 5), rate=4.0, drawn=True)
+    # Every window S_j lies where the content others touched is surely below C - c: all is found.
+    gaussian = fleet_model(w, [10**8] * 4, "random", variant="che+gaussian")
+    che = fleet_model(w, [10**8] * 4, "random", variant="che")
+    assert gaussian.token_hit_rate == pytest.approx(che.token_hit_rate, rel=1e-9)
+    assert gaussian.request_hit_rate == pytest.approx(che.request_hit_rate, rel=1e-9)
+    assert gaussian.per_turn_hit == pytest.approx(che.per_turn_hit, rel=1e-9)
+    assert gaussian.token_hit_rate > fleet_model(w, [60000] * 4, "random", variant="che+gaussian").token_hit_rate
+    # ... and for smooth think-time laws stays close to Che at a moderate capacity too.
+    if think.kind != "det":
+        near = [fleet_model(w, [20000] * 4, "random", variant=v).token_hit_rate for v in ("che", "che+gaussian")]
+        assert near[1] == pytest.approx(near[0], abs=0.01)
+
+
+def test_random_default_variant_follows_the_think_time():
+    assert fleet_model(workload(think=ThinkTime("det", 30.0)), [5000] * 2, "random").variant == "che+gaussian"
+    for think in THINK_TIMES:
+        assert fleet_model(workload(think=think), [5000] * 2, "random").variant == "che"
+    w = workload(think=ThinkTime("gamma", 30.0, 0.5))
+    assert fleet_model(w, [5000] * 2, "random", variant="che+gaussian").per_instance[0].variant == "che+gaussian"
 
 
 def random_by_hand(w, capacity, instances, gap_laws, bs=16):
@@ -289,6 +398,16 @@ def test_capacity_to_match(instances):
         assert fleet_model(w, [capacity - 1] * instances, router).token_hit_rate < target
 
 
+def test_capacity_to_match_uses_the_default_variant():
+    w = workload(S=200, think=ThinkTime("det", 30.0))  # default: che+gaussian, smooth in the capacity
+    capacity = capacity_to_match(w, 0.25, 2, "random")
+    assert fleet_model(w, [capacity] * 2, "random").token_hit_rate >= 0.25
+    assert fleet_model(w, [capacity - 1] * 2, "random").token_hit_rate < 0.25
+    # Che's step would land elsewhere: on the capacity where T crosses a multiple of the gap.
+    che = [fleet_model(w, [c] * 2, "random", variant="che").token_hit_rate for c in (capacity - 1, capacity)]
+    assert che[0] == che[1]
+
+
 def test_capacity_to_match_rejects_targets_beyond_the_random_ceiling():
     w = workload()
     random_limit = fleet_model(w, [10**12] * 4, "random").token_hit_rate
@@ -326,7 +445,8 @@ def test_result_shape_and_json():
         (lambda: fleet_model(workload(), 100, "random"), "capacities must be a non-empty"),
         (lambda: fleet_model(workload(), [100, -1], "random"), "capacities must be a whole number >= 0"),
         (lambda: fleet_model(workload(), [100, 2.5], "affinity"), "capacities must be a whole number >= 0"),
-        (lambda: fleet_model(workload(), [100], "random", variant="che+gaussian"), "variant must be che"),
+        (lambda: fleet_model(workload(), [100], "random", variant="exact"),
+         r"variant must be one of che, che\+gaussian or None \(got 'exact'\)"),
         (lambda: fleet_model(workload(), [100], "affinity", variant="exact"), "variant must be one of"),
         (lambda: fleet_model(workload(), [100], "random", block_size=0), "block-size"),
         (lambda: fleet_model("chat", [100], "random"), "workload must be"),
