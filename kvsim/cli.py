@@ -32,7 +32,8 @@ from analytic.specs import (
     Workload,
     check_positive,
 )
-from kvsim.fleet_cli import add_fleet_args, calc_requested, cmd_calc_fleet, cmd_simulate_fleet, fleet_requested
+from kvsim.fleet_cli import (add_fleet_args, calc_requested, cmd_calc_fleet, cmd_plan_fleet, cmd_simulate_fleet,
+                             fleet_requested)
 from kvsim.policies import POLICIES
 from kvsim.replay import configure_export_parser, configure_replay_parser
 
@@ -421,6 +422,9 @@ def cmd_plan(a) -> int:
     workload = workload_from_args(a)
     hardware = hardware_from_args(a)
     capacity = capacity_from_args(a, model)
+    if calc_requested(a):
+        header = describe(model, capacity.as_dict(), workload, a.kv_dtype)
+        return cmd_plan_fleet(a, model, workload, hardware, capacity, header[:1] + header[-1:], UsageError)
     bs = a.block_size
     blocks = capacity_for_target(workload, a.target_hit_rate, a.metric, bs, a.method)
     tokens = blocks * bs
@@ -534,6 +538,7 @@ def build_parser() -> Parser:
     plan.add_argument("--method", default="lru", choices=["lru", "fifo"], help="model to invert (default lru)")
     plan.add_argument("--check", action="store_true",
                       help="also simulate LRU at every capacity of the curve (one pass per replication)")
+    add_fleet_args(plan, simulation=False)
     add_simulation_args(plan)
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=cmd_plan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from analytic.specs import check_positive
 from kvsim.fleet import (BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, DEFAULT_DECODE_PER_TOKEN,
@@ -200,3 +201,64 @@ def fleet_advice(a, workload, capacity_blocks: int, instances: int, router: str)
         levers += advice_from_args(share)
     levers.sort(key=lambda x: (not x["recommended"], -x["gain_points"]))
     return levers
+
+
+def cmd_plan_fleet(a, model, workload, hardware, capacity, header: list[str], error) -> int:
+    """``kvsim plan --instances N --router affinity|random``: cache per instance for a target."""
+    from analytic.calc import inputs_summary
+    from analytic.fleet import capacity_to_match, fleet_model
+    from analytic.sizing import GIB, memory_for_tokens
+
+    instances = 1 if a.instances is None else a.instances
+    check_positive("instances", instances, integer=True)
+    router = a.router or "affinity"
+    if a.metric != "token":
+        raise error("--metric request has no fleet version: the fleet plan targets the token hit rate")
+    if a.check:
+        raise error("--check simulates one instance: use kvsim simulate --instances/--router at the planned capacity")
+    if router == "random" and a.method == "fifo":
+        raise error("--method fifo has no model for --router random: use lru (or --router affinity)")
+
+    def plan_for(r: str) -> dict:
+        try:
+            blocks = capacity_to_match(workload, a.target_hit_rate, instances, r, a.method, a.block_size)
+        except ValueError as e:
+            return {"router": r, "error": str(e)}
+        tokens = blocks * a.block_size
+        out = {"router": r, "capacity_blocks_per_instance": blocks, "capacity_tokens_per_instance": tokens,
+               "kv_cache_gib_per_instance": tokens * capacity.bytes_per_token / GIB,
+               "token_hit_rate": fleet_model(workload, [blocks] * instances, r, a.method, a.block_size).token_hit_rate}
+        if hardware is not None:
+            per_instance = memory_for_tokens(model, tokens, a.kv_dtype, a.weight_dtype, hardware.memory_utilization,
+                                             hardware.activation_reserve_gib, a.model_size_gb)
+            out["gpu_memory_gib_per_instance"] = per_instance
+            if hardware.gpu != "custom":
+                out["gpus_per_instance"] = math.ceil(per_instance / hardware.gpu_memory_gib)
+                out["gpu"] = hardware.gpu
+        return out
+
+    plans = [plan_for(router)]
+    other = "random" if router == "affinity" else "affinity"
+    if a.method == "lru":
+        plans.append(plan_for(other))
+    if "error" in plans[0]:
+        raise error(plans[0]["error"])
+    if a.json:
+        inputs = {**inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype),
+                  "instances": instances}
+        print(json.dumps({"inputs": inputs, "target_hit_rate": a.target_hit_rate, "metric": "token",
+                          "method": a.method, "plans": plans}, indent=2))
+        return 0
+    print("\n".join(header))
+    print(f"\ntarget: token hit rate >= {a.target_hit_rate:g} ({a.method.upper()} fleet model), {instances} instances")
+    for plan in plans:
+        if "error" in plan:
+            print(f"{plan['router']:9} {plan['error']}")
+            continue
+        line = (f"{plan['router']:9} {plan['capacity_tokens_per_instance']:,} tokens = "
+                f"{plan['capacity_blocks_per_instance']:,} blocks = {plan['kv_cache_gib_per_instance']:.1f} GiB of KV "
+                f"cache per instance ({instances * plan['kv_cache_gib_per_instance']:.1f} GiB in all)")
+        if "gpus_per_instance" in plan:
+            line += f"; {plan['gpus_per_instance']} x {plan['gpu']} per instance"
+        print(line)
+    return 0

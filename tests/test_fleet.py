@@ -376,3 +376,20 @@ def test_routing_advice(capsys):
                        "--json")
     assert code == 0 and [x for x in advice if x["id"] != "routing"] == json.loads(single)["advice"]
     assert [x["id"] for x in advice].count("routing") == 1
+
+
+def test_cli_plan_fleet(capsys):
+    from analytic.plan import capacity_for_target
+
+    base = ["plan", "--target-hit-rate", "0.3", "--arrival-rate", "2", "--capacity-tokens", "1000", "--json"]
+    code, out, _ = run(capsys, *base, "--instances", "3")
+    plans = {p["router"]: p for p in json.loads(out)["plans"]}
+    assert code == 0
+    assert plans["affinity"]["capacity_blocks_per_instance"] == capacity_for_target(
+        Workload(arrival_rate=2 / 3), 0.3, "token", BS, "lru")
+    assert plans["random"]["capacity_blocks_per_instance"] > plans["affinity"]["capacity_blocks_per_instance"]
+    assert plans["random"]["token_hit_rate"] >= 0.3
+    code, _, err = run(capsys, *base, "--instances", "8", "--router", "random", "--target-hit-rate", "0.5")
+    assert code == 2 and "out of reach for router random over 8 instances" in err
+    code, _, err = run(capsys, *base, "--instances", "2", "--metric", "request")
+    assert code == 2 and "--metric request has no fleet version" in err
