@@ -92,7 +92,9 @@ def cmd_simulate_fleet(a, model, workload, capacity, source, policies, inputs: d
                                     block_size=a.block_size, duration=a.duration, warmup=a.warmup,
                                     replications=a.replications, seed=a.seed, source=source,
                                     router_options=options if router == "cache-aware" else None)
-            results.append(result.as_dict())
+            record = result.as_dict()
+            record["model"] = _fleet_prediction(workload, capacities, router, policy, a.block_size, source)
+            results.append(record)
     if a.json:
         record = {"inputs": inputs, **results[0]} if len(results) == 1 else {"inputs": inputs, "results": results}
         print(json.dumps(record, indent=2))
@@ -106,10 +108,13 @@ def cmd_simulate_fleet(a, model, workload, capacity, source, policies, inputs: d
           f"token, {service.max_running} at once per instance"))
     print(f"simulated {a.duration:g} s of arrivals, warm-up {a.warmup:g} s, {a.replications} replications, "
           f"seed {a.seed}; mean [95% CI]\n")
-    print(f"{'policy':6} {'router':12} {'token_hit_rate':>26} {'request_hit_rate':>26} {'imbalance':>9}")
+    print(f"{'policy':6} {'router':12} {'token_hit_rate':>26} {'request_hit_rate':>26} {'imbalance':>9} "
+          f"{'model token / request':>22}")
     for r in results:
+        m = r["model"]
+        predicted = f"{m['token_hit_rate']:.4f} / {m['request_hit_rate']:.4f}" if m else "-"
         print(f"{r['policy']:6} {r['router']:12} {_ci(r['token_hit_rate']):>26} {_ci(r['request_hit_rate']):>26} "
-              f"{r['load_imbalance']['mean']:>9.3f}")
+              f"{r['load_imbalance']['mean']:>9.3f} {predicted:>22}")
     print("\ntoken hit rate by instance (share of requests):")
     for r in results:
         parts = "  ".join(f"{i['token_hit_rate']['mean']:.3f} ({i['request_share']:.2f})" for i in r["per_instance"][:8])
@@ -124,6 +129,18 @@ def cmd_simulate_fleet(a, model, workload, capacity, source, policies, inputs: d
             print(f"{r['policy']:6} {r['router']:12} " + " ".join(_seconds(x) for x in cells)
                   + f" {r['waiting_at_end']:>15,}")
     return 0
+
+
+def _fleet_prediction(workload, capacities, router, policy, block_size, source) -> dict | None:
+    """The fleet model of this router and policy, if there is one (synthetic workloads: affinity
+    with LRU or FIFO, random with LRU; the models take no service time)."""
+    from analytic.fleet import FLEET_ROUTERS, fleet_model
+
+    if source is not None or router not in FLEET_ROUTERS or policy not in ("lru", "fifo") or (
+            router == "random" and policy != "lru"):
+        return None
+    m = fleet_model(workload, capacities, router, policy, block_size)
+    return {"token_hit_rate": m.token_hit_rate, "request_hit_rate": m.request_hit_rate, "variant": m.variant}
 
 
 def _seconds(x) -> str:

@@ -306,6 +306,13 @@ def test_cli_simulate_fleet_json(capsys):
     assert record["router"] == "round-robin" and record["instances"] == 3
     assert record["capacity_blocks"] == [1250] * 3 and len(record["per_instance"]) == 3
     assert record["load_imbalance"]["mean"] >= 1 and record["ttft_s"] is None
+    assert record["model"] is None  # no model of round-robin
+    code, out, _ = run(capsys, "simulate", "--capacity-tokens", "20000", "--instances", "3", "--router", "random",
+                       "--duration", "900", "--warmup", "200", "--replications", "2", "--json")
+    from analytic.fleet import fleet_model
+
+    assert json.loads(out)["model"]["token_hit_rate"] == pytest.approx(
+        fleet_model(Workload(), [1250] * 3, "random").token_hit_rate)
 
 
 def test_cli_simulate_all_routers_with_service(capsys):
