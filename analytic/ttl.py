@@ -529,9 +529,84 @@ def lru_model(
 
 
 @dataclass(frozen=True)
+class _FifoGroups:
+    """The size paths grouped by F, the number of leading turns that cannot hit their
+    conversation's previous context even if it is cached: h_k <= n_S (c_{k-1} has no full
+    conversation block, or the prompt-1 cap leaves none). Such a turn writes its whole context
+    c'_k, head block included, exactly as a miss does: it restarts the FIFO clock of the
+    conversation's head (turn 1 always does). These turns form a prefix: h_k >= floor(c_{k-1}/bs)
+    - 1 always, and h_k = floor(c_{k-1}/bs) once u_k >= 1, so h_k > n_S, once reached, stays.
+
+    Arrays of shape (groups, K), each E[x_k sigma_k ; the path is in the group] (over the groups
+    they add up to the _Table's fields): ``conv`` of c'_k, ``conv2`` of c'_k^2, ``new`` of new_k,
+    ``served`` of 1, ``gain_tokens`` / ``gain_any`` of what a found context adds to the system
+    hit, (h_k - min(n_S, cap)) bs and the 1(... > 0) difference; ``weights`` (groups, K, K) the
+    overlap weights of ``_overlap_weights``, group by group.
+    """
+
+    first: np.ndarray  # F of each group (1 <= F <= K)
+    conv: np.ndarray
+    conv2: np.ndarray
+    new: np.ndarray
+    served: np.ndarray
+    gain_tokens: np.ndarray
+    gain_any: np.ndarray
+    weights: np.ndarray
+
+    def misses(self, miss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pi, start), shape (groups, K), from the renewal sequence ``miss`` of a chain whose first
+        miss is turn 1: pi_k = P(turn k misses) = 1 for k <= F and miss_{k-F+1} after (the chain
+        restarts at F); start_k = P(turn k misses and may start a run of hits) = pi_k from F on
+        (a miss before F starts none: turn F rewrites the head anyway)."""
+        K = len(miss)
+        shift = np.arange(K)[None, :] - (self.first[:, None] - 1)  # k - F (k 1-based)
+        pi = np.where(shift > 0, miss[np.clip(shift, 0, K - 1)], 1.0)
+        return pi, np.where(shift >= 0, pi, 0.0)
+
+
+def _fifo_groups(table: _Table) -> _FifoGroups:
+    p = table.paths
+    K = table.law.turns
+    first = np.cumprod(p.reuse <= p.system_blocks, axis=1).sum(axis=1)  # F per path (turn 1 always counts)
+    values = np.unique(first)
+    if len(values) == 1:  # one group (always so for fixed sizes): the table's own expectations
+        return _FifoGroups(
+            first=values.astype(int), conv=table.conv_served[None], conv2=table.conv2_served[None],
+            new=table.new_served[None], served=table.served[None],
+            gain_tokens=(table.reuse_tokens - table.system_tokens)[None],
+            gain_any=(table.reuse_any - table.system_any)[None],
+            weights=_overlap_weights(table)[None],
+        )  # fmt: skip
+    this = np.arange(K)[None, :] < table.served_turns[:, None]  # sigma_k per path
+    fields = {"conv": p.conv, "conv2": p.conv**2, "new": p.new, "served": np.ones_like(p.conv),
+              "gain": p.reuse - p.system, "gain_any": (p.reuse > 0) * 1.0 - (p.system > 0)}  # fmt: skip
+    out = {name: np.zeros((len(values), K)) for name in fields}
+    weights = np.zeros((len(values), K, K))
+    for g, f in enumerate(values):
+        member = (first == f)[:, None]
+        for name, x in fields.items():
+            out[name][g] = (x * (this & member)).mean(axis=0)
+        weights[g] = _overlap_weights(table, np.where(member, p.new, 0.0))
+    # Tokens: the table's total (already in tokens) shared out in proportion to the blocks.
+    total = out.pop("gain")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total.sum(axis=0) > 0, total / total.sum(axis=0), 0.0)
+    out["gain_tokens"] = share * (table.reuse_tokens - table.system_tokens)
+    return _FifoGroups(first=values.astype(int), weights=weights, **out)
+
+
+def _fifo_rates(table: _Table, groups: _FifoGroups, keep: np.ndarray):
+    """``rates`` from keep[g, k-1] = P(turn k finds its previous context) in group g (0 for k <= F)."""
+    hit_tokens = table.system_tokens + (keep * groups.gain_tokens).sum(axis=0)
+    any_hit = table.system_any + (keep * groups.gain_any).sum(axis=0)
+    context = (keep * groups.served).sum(axis=0) / np.maximum(table.served, 1e-300)
+    return rates(table, hit_tokens, any_hit, context)
+
+
+@dataclass(frozen=True)
 class _FifoState:
     occupancy: float  # lambda * E[block-seconds per conversation], conversation blocks
-    keep: np.ndarray  # P(turn k hits its context) = 1 - pi_k
+    keep: np.ndarray  # [g, k-1] = P(turn k hits its context) = 1 - pi_k, size-path group g
 
 
 def _below_and_overlap(think: ThinkTime, T: float, turns: int):
@@ -575,42 +650,53 @@ def _below_and_overlap(think: ThinkTime, T: float, turns: int):
     return below, np.maximum(k1 - k2, 0.0)
 
 
-def _fifo_state(T: float, rate: float, think: ThinkTime, table: _Table, weights: np.ndarray) -> _FifoState:
+def _fifo_state(T: float, rate: float, think: ThinkTime, table: _Table, groups: _FifoGroups) -> _FifoState:
     """Occupancy and per-turn hit probability for a given T_F.
 
-    Turn j hits iff A_j - A_m < T_F (m = last miss). Hit runs after a miss end at the first n with
-    S_n >= T_F: P(run > n) = F^{*n}(T_F), so the miss probabilities pi_j are the renewal sequence
-    pi_1 = 1, pi_j = sum_n f_n pi_{j-n}, f_n = F^{*(n-1)}(T_F) - F^{*n}(T_F) (an IIR filter).
-    Every written run stays T_F unless a later miss rewrites it first:
+    Turn j hits iff A_j - A_m < T_F, m = the last turn that wrote the conversation's head block:
+    its last miss, or turn F if later (``_FifoGroups``: the turns up to F have no context to hit
+    and write all of theirs). Hit runs after a miss end at the first n with S_n >= T_F:
+    P(run > n) = F^{*n}(T_F), so the miss probabilities are the renewal sequence pi_1 = 1,
+    pi_j = sum_n f_n pi_{j-n}, f_n = F^{*(n-1)}(T_F) - F^{*n}(T_F) (an IIR filter), restarted at
+    turn F in each group. Every written run stays T_F unless a later miss rewrites it first:
       occupancy = lambda (T_F E[W] - E[overlap]),
       E[W] = sum_j P(L>=j) (pi_j E[c'_j] + (1-pi_j) E[new_j])          (served turns only),
-      E[overlap] = sum_{m<i<j} pi_m E[new_i sigma_j] P(L>=j) kappa(i-m, j-i).
+      E[overlap] = sum_{F<=m<i<j} pi_m E[new_i sigma_j] P(L>=j) kappa(i-m, j-i).
     """
     K = table.law.turns
     if T <= 0:
-        return _FifoState(0.0, np.zeros(K))
+        return _FifoState(0.0, np.zeros((len(groups.first), K)))
     below, kappa = _below_and_overlap(think, T, K)
     run_end = below[:-1] - below[1:]  # f_n, n = 1..K
     impulse = np.zeros(K)
     impulse[0] = 1.0
     miss = signal.lfilter([1.0], np.concatenate(([1.0], -run_end[: K - 1])), impulse)
     miss = np.clip(miss, 0.0, 1.0)
+    pi, start = groups.misses(miss)
     reach = table.law.reach
-    written = float(reach @ (miss * table.conv_served + (1 - miss) * table.new_served))
+    written = float(np.sum((pi * groups.conv + (1 - pi) * groups.new) @ reach))
     overlap = 0.0
     hits = kappa.shape[0]
     if hits and K > 1:
         i = np.arange(K)[:, None]
         r = np.arange(1, hits + 1)[None, :]
-        since_miss = np.where(i - r >= 0, miss[np.clip(i - r, 0, None)], 0.0)  # pi_{i-r}
-        overlap = float(np.sum(weights[:, :hits] * (since_miss @ kappa)))
-    return _FifoState(rate * (T * written - overlap), 1.0 - miss)
+        since_miss = np.where(i - r >= 0, start[:, np.clip(i - r, 0, None)], 0.0)  # [g, i, r-1] = start_{i-r}
+        overlap = float(np.sum(groups.weights[:, :, :hits] * (since_miss @ kappa)))
+    return _FifoState(rate * (T * written - overlap), 1.0 - pi)
 
 
-def _overlap_weights(table: _Table) -> np.ndarray:
-    """W[i, b-1] = E[new_i sigma_{i+b}] P(L >= i+b) (0-based i): the run of hit turn i and a miss b later."""
+def _overlap_weights(table: _Table, new: np.ndarray | None = None) -> np.ndarray:
+    """W[i, b-1] = E[new_i sigma_{i+b}] P(L >= i+b) (0-based i): the run of hit turn i and a miss b
+    later. ``new``: per-path new_i to use instead of the paths' own (zero outside a group)."""
     K = table.law.turns
-    both = table.new_then_served()
+    if new is None:
+        both = table.new_then_served()
+    else:  # as _Table.new_then_served: E[new_i 1(count >= j+1)] by a prefix sum over sorted counts
+        count = table.served_turns
+        order = np.argsort(count, kind="stable")
+        prefix = np.concatenate([np.zeros((1, K)), np.cumsum(new[order], axis=0)])
+        first = np.searchsorted(count[order], np.arange(1, K + 1), side="left")
+        both = ((prefix[-1] - prefix[first]) / len(count)).T
     i = np.arange(K)[:, None]
     j = i + np.arange(1, K + 1)[None, :]
     valid = j < K
@@ -618,7 +704,7 @@ def _overlap_weights(table: _Table) -> np.ndarray:
     return np.where(valid, both[i, jj] * table.law.reach[jj], 0.0)
 
 
-def fifo_characteristic_time(rate, think, table, c_conv, weights=None) -> tuple[float, _FifoState, _FifoState]:
+def fifo_characteristic_time(rate, think, table, c_conv, groups=None) -> tuple[float, _FifoState, _FifoState]:
     """T_F solving  C_conv = occupancy(T_F), with the states just below and above it.
 
     Bracket: every conversation's last served context stays exactly T_F, so occupancy >= rate K2
@@ -626,13 +712,13 @@ def fifo_characteristic_time(rate, think, table, c_conv, weights=None) -> tuple[
     E[sum_j c'_j]. The occupancy jumps where F^{*n} does (deterministic or empirical gaps):
     brentq then converges onto the jump, and the caller mixes the two sides.
     """
-    if weights is None:
-        weights = _overlap_weights(table)
+    if groups is None:
+        groups = _fifo_groups(table)
     k2 = table.sums()[1]
     most = float(table.law.reach @ table.conv_served)
 
     def state(T):
-        return _fifo_state(T, rate, think, table, weights)
+        return _fifo_state(T, rate, think, table, groups)
 
     lo, hi = c_conv / (rate * most), c_conv / (rate * k2)
     for _ in range(60):  # the bound above makes one pass enough; this guards rounding only
@@ -669,15 +755,16 @@ class _DetPieces:
     """The FIFO cache with deterministic gaps G, held at a fixed horizon h, piece by piece.
 
     On piece n, h in (nG, (n+1)G] (the last piece, n = K-1, runs to infinity), a turn hits iff its
-    context was written less than h ago: after a miss exactly n turns hit, then one misses (turn k
-    is a = (k-1) mod (n+1) turns past its last miss, and misses iff a = 0). X(h), the conversation
-    content written less than h ago and not rewritten since, then has
+    context was written less than h ago: after a miss exactly n turns hit, then one misses (turn
+    k > F is a = (k-F) mod (n+1) turns past its last miss, and misses iff a = 0; turns k <= F
+    miss, ``_FifoGroups``). X(h), the conversation content written less than h ago and not
+    rewritten since, then has
       mean      occ0[n] + occ_slope[n] (h - nG)   (= the occupancy of the che model at T = h)
       variance  var0[n] + var_slope[n] (h - nG)
     (Campbell: conversations start as a Poisson process, so both are rate * integral over a
     conversation's life of E[Y], resp. E[Y^2], Y = its content written within the last h).
-    keep[n, k-1] = 1 if turn k hits on piece n. Only the first pieces may be listed; ``open_end``
-    says whether the last one listed is the one that runs to infinity.
+    keep[n, g, k-1] = 1 if turn k hits on piece n in size-path group g. Only the first pieces may
+    be listed; ``open_end`` says whether the last one listed is the one that runs to infinity.
     """
 
     gap: float
@@ -693,46 +780,52 @@ class _DetPieces:
         return np.arange(len(self.occ0)) * self.gap
 
 
-def _det_pieces(rate: float, gap: float, table: _Table, count: int | None = None) -> _DetPieces:
+def _det_pieces(rate: float, gap: float, table: _Table, count: int | None = None,
+                groups: _FifoGroups | None = None) -> _DetPieces:  # fmt: skip
     """Y at time t between turn k and the next: the window (t - h, t] holds turns k-J+1..k
     (J = n or n+1 for a turn followed by another: for (n+1)G - h resp. h - nG of its G
     seconds; J = n+1, n, ..., 1 in turn after the last served turn). Y = c'_k if one of them
     missed (the miss rewrote the whole context), else c'_k - c'_{k-J}. With c = E[c'_k | served],
     E[c'_i c'_k] ~ E[c'_i^2] + c_i (c_k - c_i) (independent increments; exact for fixed sizes).
+    Campbell's mean and variance add up over the size-path groups (each with its own F).
     ``count`` pieces (n = 0..count-1), all K by default.
     """
     K = table.law.turns
     count = K if count is None else min(count, K)
-    served = table.served
-    c = np.concatenate(([0.0], table.conv_served / np.maximum(served, 1e-300)))
-    c2 = np.concatenate(([0.0], table.conv2_served / np.maximum(served, 1e-300)))
-    follow = np.append(table.law.more[:-1] * served[1:], 0.0)  # turn k served and followed by a served one
-    stop = table.law.reach * served - follow  # turn k is the last served one
-    n = np.arange(count)[:, None]
-    k = np.arange(1, K + 1)[None, :]
-    since = (k - 1) % (n + 1)  # turns since the last miss
-    ck, c2k = c[1:][None, :], c2[1:][None, :]
-    back = np.where(since == n, c[np.clip(k - n, 0, K)], 0.0)  # c_{k-n} where the window of n turns has no miss
-    back2 = np.where(since == n, c2[np.clip(k - n, 0, K)], 0.0)
-    y_n = ck - back  # Y with J = n (J = n+1 always contains the miss: Y = c_k)
-    y2_n = c2k - (back2 + 2 * back * ck - 2 * back**2)
-    # After the last turn: sum over J = 1..n of Y = n c_k - sum_{i=k-a}^{k-1} c_i (a = since).
-    first = k - 1 - since
-    sums = np.concatenate(([0.0], np.cumsum(c[1:])))
-    sums_q = np.concatenate(([0.0], np.cumsum(c2[1:] - 2 * c[1:] ** 2)))
-    tail = sums[k - 1] - sums[first]
-    tail_q = sums_q[k - 1] - sums_q[first]
-    after = n * ck - tail
-    after2 = n * c2k - tail_q - 2 * ck * tail
+    groups = _fifo_groups(table) if groups is None else groups
+    occ0 = occ_slope = var0 = var_slope = 0.0
+    keep = []
+    for g, F in enumerate(groups.first):
+        served = groups.served[g]
+        c = np.concatenate(([0.0], groups.conv[g] / np.maximum(served, 1e-300)))
+        c2 = np.concatenate(([0.0], groups.conv2[g] / np.maximum(served, 1e-300)))
+        follow = np.append(table.law.more[:-1] * served[1:], 0.0)  # turn k served and followed by a served one
+        stop = table.law.reach * served - follow  # turn k is the last served one
+        n = np.arange(count)[:, None]
+        k = np.arange(1, K + 1)[None, :]
+        since = np.where(k > F, (k - F) % (n + 1), 0)  # turns since the last miss
+        ck, c2k = c[1:][None, :], c2[1:][None, :]
+        back = np.where(since == n, c[np.clip(k - n, 0, K)], 0.0)  # c_{k-n} where the window of n turns has no miss
+        back2 = np.where(since == n, c2[np.clip(k - n, 0, K)], 0.0)
+        y_n = ck - back  # Y with J = n (J = n+1 always contains the miss: Y = c_k)
+        y2_n = c2k - (back2 + 2 * back * ck - 2 * back**2)
+        # After the last turn: sum over J = 1..n of Y = n c_k - sum_{i=k-a}^{k-1} c_i (a = since).
+        first = k - 1 - since
+        sums = np.concatenate(([0.0], np.cumsum(c[1:])))
+        sums_q = np.concatenate(([0.0], np.cumsum(c2[1:] - 2 * c[1:] ** 2)))
+        tail = sums[k - 1] - sums[first]
+        tail_q = sums_q[k - 1] - sums_q[first]
+        after = n * ck - tail
+        after2 = n * c2k - tail_q - 2 * ck * tail
+        occ0 = occ0 + rate * gap * (y_n @ follow + after @ stop)
+        occ_slope = occ_slope + rate * ((ck - y_n) @ follow + ck @ stop)
+        var0 = var0 + rate * gap * (y2_n @ follow + after2 @ stop)
+        var_slope = var_slope + rate * ((c2k - y2_n) @ follow + c2k @ stop)
+        keep.append((since != 0).astype(float))  # k <= F: since = 0 (turn 1 included)
     return _DetPieces(
-        gap=gap,
-        open_end=count == K,
-        occ0=rate * gap * (y_n @ follow + after @ stop),
-        occ_slope=rate * ((ck - y_n) @ follow + ck @ stop),
-        var0=rate * gap * (y2_n @ follow + after2 @ stop),
-        var_slope=rate * ((c2k - y2_n) @ follow + c2k @ stop),
-        keep=np.where(k >= 2, (since != 0).astype(float), 0.0),
-    )
+        gap=gap, open_end=count == K, occ0=occ0, occ_slope=occ_slope, var0=var0, var_slope=var_slope,
+        keep=np.stack(keep, axis=1),
+    )  # fmt: skip
 
 
 def _horizon_pieces(rate: float, gap: float, table: _Table, c_conv: float) -> int:
@@ -848,11 +941,14 @@ def fifo_model(
 
     A conversation's head blocks are written at its last miss m and are its oldest, so turn j
     hits iff A_j - A_m < T_F: probability F^{*(j-m)}(T_F) given the miss at m (Erlang for exp,
-    gamma for gamma, a step for det, a lattice convolution otherwise). A miss rewrites the whole
-    context (c'_j blocks), a hit inserts only its new blocks. Each written run occupies the cache
-    for T_F, or less when the next miss rewrites it while it is still there (that overlap, a few
-    per cent of the occupancy, is subtracted: exactly for deterministic gaps, on a 256-cell
-    lattice of [0, T_F] otherwise); what remains after the last turn stays T_F. The fixed point
+    gamma for gamma, a step for det, a lattice convolution otherwise). The first turns, which have
+    no conversation block to hit (h_k <= n_S, k <= F), write their whole context as a miss does:
+    the clock starts at turn F, not turn 1 (``_FifoGroups``; F varies by size path). A miss
+    rewrites the whole context (c'_j blocks), a hit inserts only its new blocks. Each written run
+    occupies the cache for T_F, or less when the next miss rewrites it while it is still there
+    (that overlap, a few per cent of the occupancy, is subtracted: exactly for deterministic gaps,
+    on a 256-cell lattice of [0, T_F] otherwise); what remains after the last turn stays T_F. The
+    fixed point
     C_conv = lambda (T_F E[W] - E[overlap])  is solved by brentq (``fifo_characteristic_time``).
     Where the occupancy jumps at the root (empirical gaps, or det with variant "che") the result
     mixes the two sides in the proportion that fills the cache exactly.
@@ -865,12 +961,15 @@ def fifo_model(
     it. ``characteristic_time`` is then E[horizon] and the cache is full (occupancy = capacity).
     This is the long-run state: a cache filled from empty can stay for a long time in the
     state with the larger horizon (more hits) when the barrier between the two is high.
+    Empirical think times with a single value are deterministic and are modelled as such.
 
     FIFO never refreshes the shared system blocks either, but with zero service time every
     allocation is made by a request that holds them, so they are never evictable.
     """
     _check(workload, capacity_blocks, block_size)
     think = workload.think_time
+    if think.kind == "empirical" and think.mean > 0 and min(think.samples) == max(think.samples):
+        think = ThinkTime("det", think.mean)  # one value: deterministic gaps (and their horizon law)
     variant = _fifo_variant(think, variant)
     table = _table(workload, block_size, capacity_blocks)
     if table.served[0] == 0:
@@ -878,21 +977,25 @@ def fifo_model(
     rate = workload.arrival_rate
     c_conv = capacity_blocks - table.system_blocks
     k2 = table.sums()[1]
+    groups = _fifo_groups(table)
+    K = table.law.turns
     if c_conv <= 0:
-        T, keep, occupancy = 0.0, np.zeros(table.law.turns), float(table.system_blocks)
+        T, keep, occupancy = 0.0, np.zeros((len(groups.first), K)), float(table.system_blocks)
     elif k2 <= 0:
-        T, keep, occupancy = math.inf, np.ones(table.law.turns), float(table.system_blocks)
-    elif variant == "che+gaussian" and table.law.turns > 1:
-        pieces = _det_pieces(rate, think.mean, table, _horizon_pieces(rate, think.mean, table, c_conv))
+        T, occupancy = math.inf, float(table.system_blocks)
+        keep = (np.arange(1, K + 1)[None, :] > groups.first[:, None]).astype(float)
+    elif variant == "che+gaussian" and K > 1:
+        count = _horizon_pieces(rate, think.mean, table, c_conv)
+        pieces = _det_pieces(rate, think.mean, table, count, groups)
         mass, T = _horizon_law(pieces, c_conv)
-        keep, occupancy = mass @ pieces.keep, float(capacity_blocks)
+        keep, occupancy = np.tensordot(mass, pieces.keep, axes=1), float(capacity_blocks)
     else:  # "che" (and det with one turn: nothing is reused, T_F only sets the occupancy)
-        T, low, high = fifo_characteristic_time(rate, think, table, c_conv)
+        T, low, high = fifo_characteristic_time(rate, think, table, c_conv, groups)
         jump = high.occupancy - low.occupancy
         share = float(np.clip((c_conv - low.occupancy) / jump, 0.0, 1.0)) if jump > 1e-9 * c_conv else 0.5
         keep = share * high.keep + (1 - share) * low.keep
         occupancy = table.system_blocks + share * high.occupancy + (1 - share) * low.occupancy
-    token, request, per_turn, context = _metrics(table, keep)
+    token, request, per_turn, context = _fifo_rates(table, groups, keep)
     return ModelResult("fifo", variant, T, per_turn, request, token, occupancy, context, capacity_blocks, block_size)
 
 
