@@ -67,6 +67,11 @@ class ThinkTime:
         else:
             object.__setattr__(self, "cv", 0.0)
 
+    @property
+    def deterministic(self) -> bool:
+        """Every gap is the same: det, or empirical samples of one value."""
+        return self.cv == 0
+
     @cached_property
     def scipy(self):
         """The frozen ``scipy.stats`` distribution (None for det and empirical)."""

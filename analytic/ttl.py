@@ -396,7 +396,7 @@ def _nothing_served(method: str, variant: str, capacity_blocks, block_size, tabl
 def _lru_variant(think: ThinkTime, variant) -> str:
     if variant is None:
         # F(T) of a deterministic think time is a step; the Gaussian refinement smooths it.
-        return "che+gaussian" if think.kind == "det" else "che"
+        return "che+gaussian" if think.deterministic else "che"
     if variant not in LRU_VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(LRU_VARIANTS)} or None (got {variant!r})")
     return variant
@@ -968,7 +968,7 @@ def fifo_model(
     """
     _check(workload, capacity_blocks, block_size)
     think = workload.think_time
-    if think.kind == "empirical" and think.mean > 0 and min(think.samples) == max(think.samples):
+    if think.kind == "empirical" and think.deterministic and think.mean > 0:
         think = ThinkTime("det", think.mean)  # one value: deterministic gaps (and their horizon law)
     variant = _fifo_variant(think, variant)
     table = _table(workload, block_size, capacity_blocks)

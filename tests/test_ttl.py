@@ -565,3 +565,12 @@ def test_one_evaluation_is_fast():
             model(w, capacity)
             times.append(time.perf_counter() - start)
         assert statistics.median(times) < 0.05
+
+
+def test_one_valued_empirical_think_time_is_deterministic_for_lru():
+    det = Workload(think_time=ThinkTime("det", 30.0))
+    one = Workload(think_time=ThinkTime("empirical", samples=(30.0, 30.0)))
+    assert one.think_time.deterministic and not Workload().think_time.deterministic
+    a, b = lru_model(det, 9000), lru_model(one, 9000)
+    assert b.variant == "che+gaussian"
+    assert b.token_hit_rate == pytest.approx(a.token_hit_rate, abs=1e-3)
