@@ -234,6 +234,9 @@ def cmd_calc(a) -> int:
     if templates is not None:
         if a.advise:
             raise UsageError("--advise works on synthetic workloads only, not with --conversations")
+        if calc_requested(a):
+            raise UsageError("--instances/--router: the fleet models work on synthetic workloads only; "
+                             "use kvsim simulate --instances with --conversations")
         return calc_templates(a, model, templates)
     workload = workload_from_args(a)
     capacity = capacity_from_args(a, model)

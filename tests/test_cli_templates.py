@@ -76,3 +76,8 @@ def test_simulate_templates_on_a_fleet(capsys, folder):
     record = json.loads(affinity)
     assert record["token_hit_rate"]["mean"] == pytest.approx(json.loads(single)["token_hit_rate"]["mean"], abs=0.02)
     assert record["ttft_s"]["p50"] > 0
+
+
+def test_calc_fleet_refuses_templates(capsys, folder):
+    code, _, err = run(capsys, "calc", "--conversations", str(folder), "--instances", "2", "--capacity-tokens", "4000")
+    assert code == 2 and "--instances/--router: the fleet models work on synthetic workloads only" in err
