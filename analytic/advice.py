@@ -243,4 +243,21 @@ def advise(scenario: Scenario, *, target: float = DEFAULT_TARGET, evaluate: Eval
     return out
 
 
-__all__ = ["advise", "routing_lever", "DEFAULT_TARGET", "MIN_GAIN_POINTS"]
+def fleet_advise(scenario: Scenario, instances: int, router: str, *, target: float = DEFAULT_TARGET,
+                 evaluate: Evaluate | None = None, compare_policies: bool = True) -> list[dict]:
+    """The levers of a fleet of ``instances`` instances like ``scenario`` behind ``router``: the
+    routing lever and, with affinity, every lever of ``advise`` for one instance at arrival rate
+    lambda/N (what each instance sees). Recommended first, by gain."""
+    levers = []
+    if instances > 1:
+        levers.append(routing_lever(scenario.workload, scenario.capacity().capacity_blocks, instances, router,
+                                    scenario.block_size))
+    if router == "affinity":
+        share = replace(scenario, workload=replace(scenario.workload,
+                                                   arrival_rate=scenario.workload.arrival_rate / instances))
+        levers += advise(share, target=target, evaluate=evaluate, compare_policies=compare_policies)
+    levers.sort(key=lambda a: (not a["recommended"], -a["gain_points"]))
+    return levers
+
+
+__all__ = ["advise", "fleet_advise", "routing_lever", "DEFAULT_TARGET", "MIN_GAIN_POINTS"]

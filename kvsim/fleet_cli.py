@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 
+from analytic.advice import DEFAULT_TARGET
 from analytic.specs import check_positive
 from kvsim.fleet import (BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, DEFAULT_DECODE_PER_TOKEN,
                          DEFAULT_MAX_RUNNING, DEFAULT_PREFILL_PER_TOKEN, DEFAULT_SERVICE_PRESET, ROUTERS, ServiceModel,
@@ -171,7 +172,7 @@ def cmd_calc_fleet(a, model, workload, capacity, header: list[str], error) -> in
     # The other router, for comparison (LRU: the one model both have).
     other = "random" if router == "affinity" else "affinity"
     contrast = fleet_model(workload, capacities, other, "lru", a.block_size)
-    advice = fleet_advice(a, workload, capacity.capacity_blocks, instances, router) if a.advise else None
+    advice = fleet_advice(a, instances, router) if a.advise else None
     if a.json:
         record = {"inputs": {**inputs_summary(model, workload, kv_dtype=a.kv_dtype, weight_dtype=a.weight_dtype),
                              "instances": instances, "router": router},
@@ -203,21 +204,13 @@ def cmd_calc_fleet(a, model, workload, capacity, header: list[str], error) -> in
     return 0
 
 
-def fleet_advice(a, workload, capacity_blocks: int, instances: int, router: str) -> list[dict]:
-    """The routing lever; with affinity also every single-instance lever, at arrival rate lambda/N
-    (what each instance sees)."""
-    from copy import copy
+def fleet_advice(a, instances: int, router: str) -> list[dict]:
+    """``analytic.advice.fleet_advise`` for the command line's scenario."""
+    from analytic.advice import fleet_advise
+    from kvsim.report import scenario_from_args
 
-    from analytic.advice import routing_lever
-    from kvsim.report import advice_from_args
-
-    levers = [routing_lever(workload, capacity_blocks, instances, router, a.block_size)] if instances > 1 else []
-    if router == "affinity":
-        share = copy(a)
-        share.arrival_rate = a.arrival_rate / instances
-        levers += advice_from_args(share)
-    levers.sort(key=lambda x: (not x["recommended"], -x["gain_points"]))
-    return levers
+    return fleet_advise(scenario_from_args(a), instances, router,
+                        target=getattr(a, "target_hit_rate", None) or DEFAULT_TARGET)
 
 
 def cmd_plan_fleet(a, model, workload, hardware, capacity, header: list[str], error) -> int:

@@ -16,6 +16,13 @@ calc`` flags by name, e.g. ``{"preset": "llama-3.1-70b", "gpu": "h100-80gb", "gp
 * ``POST /api/simulate`` starts a short simulation in a background thread (202); while one runs,
   another gets 409 and a polite message. ``GET /api/simulate`` reports its progress and points.
 
+Fleets: ``instances`` (default 1) and ``router`` (affinity or random, default affinity), with the
+memory inputs per instance. With more than one instance the hit rates and the curves are the
+fleet models' (``analytic.fleet.fleet_model``; affinity: LRU and FIFO, random: LRU only), the seed
+model is left out (it knows one instance only), the advice adds the routing lever (with affinity,
+the other levers at arrival rate / instances, as ``kvsim calc --instances --advise``) and the
+simulation is ``kvsim.fleet.simulate_fleet``. The sensitivity stays single-instance.
+
 Bad input gets HTTP 400 ``{"error": message, "field": flag, "errors": {flag: message}}``: the
 specs' own ValueErrors, which name the field by its flag, mapped to the page's fields.
 """
@@ -38,7 +45,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from analytic import presets
-from analytic.advice import DEFAULT_TARGET, advise
+from analytic.advice import DEFAULT_TARGET, advise, fleet_advise
 from analytic.calc import calculate
 from analytic.seed import seed_model
 from analytic.sensitivity import Scenario, sensitivity
@@ -101,6 +108,7 @@ class FieldError(ValueError):
 def _fields() -> dict[str, argparse.Action]:
     """Flag name (no dashes) -> its argparse action, from the same helpers as ``kvsim calc``."""
     from kvsim.cli import add_memory_args, add_model_args, add_workload_args
+    from kvsim.fleet_cli import add_fleet_args
     from kvsim.report import add_advise_args
 
     p = argparse.ArgumentParser(add_help=False)
@@ -108,6 +116,7 @@ def _fields() -> dict[str, argparse.Action]:
     add_memory_args(p)
     add_workload_args(p)
     add_advise_args(p)
+    add_fleet_args(p, simulation=False)
     out = {}
     for action in p._actions:
         if not action.option_strings:
@@ -213,6 +222,36 @@ def cached_evaluate(workload: Workload, capacity_blocks: int, block_size: int, m
     return _model(workload, int(capacity_blocks), int(block_size), method)
 
 
+@lru_cache(maxsize=1024)
+def _fleet_model(workload: Workload, capacity_blocks: int, instances: int, router: str, method: str, block_size: int):
+    from analytic.fleet import fleet_model
+
+    return fleet_model(workload, [capacity_blocks] * instances, router, method, block_size)
+
+
+def cached_fleet(workload: Workload, capacity_blocks: int, instances: int, router: str, method: str,
+                 block_size: int):
+    """``analytic.fleet.fleet_model`` of ``instances`` equal instances, behind a cache."""
+    return _fleet_model(workload, int(capacity_blocks), int(instances), router, method, int(block_size))
+
+
+def fleet_of(a) -> tuple[int, str]:
+    """(instances, router) of the parsed fields: (1, "affinity") unless given."""
+    from analytic.specs import check_positive
+
+    instances = 1 if a.instances is None else a.instances
+    check_positive("instances", instances, integer=True)
+    return instances, a.router or "affinity"
+
+
+def fleet_methods(instances: int, router: str, note: str | None) -> tuple[str, ...]:
+    """The methods the page evaluates: FIFO only where it has a model and is affordable."""
+    return ("lru",) if note or (instances > 1 and router == "random") else ("lru", "fifo")
+
+
+RANDOM_FIFO_NOTE = "no FIFO model for random routing"
+
+
 def _coarse_to_fine(n: int) -> list[int]:
     """0, n-1, then the grid refined by halving strides: a curve cut short is still spread out."""
     order = [0, n - 1] if n > 1 else [0]
@@ -227,10 +266,10 @@ def _coarse_to_fine(n: int) -> list[int]:
     return order
 
 
-def memory_axis(scenario: Scenario, capacity: Capacity, n: int):
+def memory_axis(scenario: Scenario, capacity: Capacity, n: int, instances: int = 1):
     """(xs, capacity_at(x), x_label, here): GPU memory per GPU (GiB) from just above what the
     weights and the reserve need to twice the scenario's (as ``kvsim compare``'s figure), or the
-    KV cache GiB when the capacity was given directly."""
+    KV cache GiB when the capacity was given directly (per instance in a fleet)."""
     hw, bs = scenario.hardware, scenario.block_size
     model = scenario.model
     if hw is not None:
@@ -249,14 +288,16 @@ def memory_axis(scenario: Scenario, capacity: Capacity, n: int):
         def cap_at(x):
             return capacity_from_tokens(model, max(1, int(x * GIB / capacity.bytes_per_token)), scenario.kv_dtype, bs)
 
-        label = "KV cache (GiB)"
+        label = "KV cache (GiB)" if instances == 1 else "KV cache per instance (GiB)"
         here = capacity.kv_cache_gib
+    if instances > 1:
+        label += f"{' per instance' if hw is not None else ''}, {instances} instances"
     return np.linspace(lo, hi, n), cap_at, label, here
 
 
 def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *, methods=("lru", "fifo"),
                  points: int = CURVE_POINTS, budget_s: float = CURVE_BUDGET_S, min_points=None,
-                 start: float | None = None) -> dict:
+                 start: float | None = None, instances: int = 1, router: str = "affinity") -> dict:
     """The curves of ``kvsim compare``'s figure: token and request hit rate of the LRU and FIFO
     models, and the seed model's request hit rate at the same capacity, against memory.
 
@@ -265,11 +306,20 @@ def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *
     CURVE_MIN_POINTS for LRU, 0 for FIFO, whose points cost 5-100 ms each). A curve with fewer
     than CURVE_GOOD_POINTS points is flagged in ``incomplete``: ``/api/curve`` refines it (the
     points already computed are cached). The seed curve is drawn at the LRU points (it is free).
+
+    A fleet (``instances`` > 1): memory per instance; affinity evaluates each instance's model
+    (the workload at arrival rate / instances), random the LRU fleet model; no seed curve.
     """
     start = time.perf_counter() if start is None else start
     mins = {"lru": CURVE_MIN_POINTS, "fifo": 0, **(min_points or {})}
-    xs, cap_at, label, here = memory_axis(scenario, capacity, points)
+    xs, cap_at, label, here = memory_axis(scenario, capacity, points, instances)
     w, bs = scenario.workload, scenario.block_size
+    evaluate = cached_evaluate
+    if instances > 1 and router == "affinity":
+        w = replace(w, arrival_rate=w.arrival_rate / instances)
+    elif instances > 1:
+        def evaluate(workload, blocks, block_size, method):
+            return cached_fleet(workload, blocks, instances, router, method, block_size)
     caps = {}
     out = {"x_label": label, "here": here, "incomplete": []}
     shares = {"lru": 0.5, "fifo": 1.0} if len(methods) > 1 else {m: 1.0 for m in methods}
@@ -281,13 +331,13 @@ def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *
                 break
             if i not in caps:
                 caps[i] = cap_at(xs[i])
-            r = cached_evaluate(w, caps[i].capacity_blocks, bs, method)
+            r = evaluate(w, caps[i].capacity_blocks, bs, method)
             done.append((float(xs[i]), r.token_hit_rate, r.request_hit_rate))
         done.sort()
         out[method] = {"x": [d[0] for d in done], "token": [d[1] for d in done], "request": [d[2] for d in done]}
         if len(done) < min(CURVE_GOOD_POINTS, len(xs)):
             out["incomplete"].append(method)
-    if "lru" in methods:
+    if "lru" in methods and instances == 1:
         seed_kw = dict(memory_per_token_bytes=capacity.bytes_per_token, model_size_gb=model_size_gb,
                        turns=w.turns.mean, arrival_rate=w.arrival_rate, interval=w.think_time.mean,
                        seq_len=w.tokens_per_turn)
@@ -335,21 +385,30 @@ def fifo_note(workload: Workload) -> str | None:
             f"{FIFO_MAX_TURNS}); kvsim calc --method fifo computes it")
 
 
-def _check_policy(s: Scenario, note: str | None) -> None:
+def _check_policy(s: Scenario, note: str | None, router: str = "affinity") -> None:
     if note and s.policy == "fifo":
         raise FieldError("policy", f"policy fifo: {note}")
+    if router == "random" and s.policy == "fifo":
+        raise FieldError("policy", f"policy fifo: {RANDOM_FIFO_NOTE}; use lru (or router affinity)")
 
 
 def calc(params: dict, *, curve: bool = True) -> dict:
     """What the page shows for one set of inputs (everything but sensitivity and advice)."""
     start = time.perf_counter()
     a, s, capacity, size_gb, describe = _scenario(params)
+    instances, router = fleet_of(a)
     note = fifo_note(s.workload)
-    _check_policy(s, note)
+    _check_policy(s, note, router if instances > 1 else "affinity")
     seed = calculate(s.model, capacity, s.workload, kv_dtype=s.kv_dtype, model_size_gb=size_gb, methods=("seed",))
     methods = {"seed": seed["methods"]["seed"], "fifo": None}
-    for method in ("lru",) if note else ("lru", "fifo"):
-        methods[method] = cached_evaluate(s.workload, capacity.capacity_blocks, s.block_size, method).as_dict()
+    if instances == 1:
+        for method in ("lru",) if note else ("lru", "fifo"):
+            methods[method] = cached_evaluate(s.workload, capacity.capacity_blocks, s.block_size, method).as_dict()
+    else:
+        methods["seed"] = None
+        for method in fleet_methods(instances, router, note):
+            r = cached_fleet(s.workload, capacity.capacity_blocks, instances, router, method, s.block_size)
+            methods[method] = {**r.as_dict(), "characteristic_time": r.per_instance[0].characteristic_time}
     models_ms = 1000 * (time.perf_counter() - start)
     out = {
         "model": {**s.model.__dict__, "attention": s.model.attention},
@@ -360,8 +419,16 @@ def calc(params: dict, *, curve: bool = True) -> dict:
         "methods": methods,
         "notes": [note] if note else [],
     }
+    if instances > 1:
+        out["fleet"] = {"instances": instances, "router": router}
+        out["method_notes"] = {"seed": "single instance only"}
+        if router == "random":
+            out["method_notes"]["fifo"] = RANDOM_FIFO_NOTE
+        out["notes"].append(f"{instances} instances behind {router} routing, each with the memory above: fleet "
+                            "models (characteristic time per instance); the seed model knows one instance only.")
     if curve:
-        out["curve"] = memory_curve(s, capacity, size_gb, methods=("lru",) if note else ("lru", "fifo"), start=start)
+        out["curve"] = memory_curve(s, capacity, size_gb, methods=fleet_methods(instances, router, note), start=start,
+                                    instances=instances, router=router)
     out["timing_ms"] = {"models": models_ms, "total": 1000 * (time.perf_counter() - start)}
     return out
 
@@ -374,12 +441,16 @@ def curve_response(params: dict) -> dict:
     method = str(params.pop("method", "fifo"))
     if method not in ("lru", "fifo"):
         raise FieldError("method", f"method must be one of lru, fifo (got {method!r})")
-    _, s, capacity, size_gb, _ = _scenario(params)
+    a, s, capacity, size_gb, _ = _scenario(params)
+    instances, router = fleet_of(a)
     note = fifo_note(s.workload)
     if method == "fifo" and note:
         raise FieldError("method", note)
+    if method == "fifo" and instances > 1 and router == "random":
+        raise FieldError("method", RANDOM_FIFO_NOTE)
     return memory_curve(s, capacity, size_gb, methods=(method,), budget_s=CURVE_REFINE_BUDGET_S,
-                        min_points={method: CURVE_GOOD_POINTS if method == "lru" else CURVE_MIN_POINTS})
+                        min_points={method: CURVE_GOOD_POINTS if method == "lru" else CURVE_MIN_POINTS},
+                        instances=instances, router=router)
 
 
 def sensitivity_response(params: dict) -> dict:
@@ -393,11 +464,16 @@ def sensitivity_response(params: dict) -> dict:
 def advice_response(params: dict) -> dict:
     start = time.perf_counter()
     a, s, _, _, _ = _scenario(params)
+    instances, router = fleet_of(a)
     note = fifo_note(s.workload)
-    _check_policy(s, note)
+    _check_policy(s, note, router if instances > 1 else "affinity")
     target = a.target_hit_rate if a.target_hit_rate is not None else DEFAULT_TARGET
-    out = {"target": target, "notes": [note] if note else [],
-           "advice": advise(s, target=target, evaluate=cached_evaluate, compare_policies=note is None)}
+    out = {"target": target, "notes": [note] if note else []}
+    if instances == 1:
+        out["advice"] = advise(s, target=target, evaluate=cached_evaluate, compare_policies=note is None)
+    else:
+        out["advice"] = fleet_advise(s, instances, router, target=target, evaluate=cached_evaluate,
+                                     compare_policies=note is None)
     out["timing_ms"] = {"total": 1000 * (time.perf_counter() - start)}
     return out
 
@@ -409,8 +485,8 @@ def presets_response() -> dict:
     from kvsim.cli import DEFAULT_GPU, DEFAULT_PRESET
 
     defaults = field_defaults()
-    defaults.update(preset=DEFAULT_PRESET, gpu=DEFAULT_GPU, **{"block-size": defaults.get("block-size") or
-                                                               DEFAULT_BLOCK_SIZE})
+    defaults.update(preset=DEFAULT_PRESET, gpu=DEFAULT_GPU, instances=1, router="affinity",
+                    **{"block-size": defaults.get("block-size") or DEFAULT_BLOCK_SIZE})
     return {
         "models": models,
         "gpus": dict(presets.GPUS),
@@ -424,7 +500,7 @@ def presets_response() -> dict:
 # ----------------------------------------------------------------------------- simulation job
 
 
-def simulation_settings(scenario: Scenario, params: dict) -> dict:
+def simulation_settings(scenario: Scenario, params: dict, policies=SIM_POLICIES) -> dict:
     """Warm-up, duration, replications and points of the page's short simulation.
 
     Warm-up: two conversation lifetimes (turns x think time), within 300-3600 s. Measured window:
@@ -454,7 +530,7 @@ def simulation_settings(scenario: Scenario, params: dict) -> dict:
     if settings["warmup"] >= settings["duration"]:
         raise FieldError("warmup", f"warmup must be shorter than duration ({settings['duration']:g} s) "
                                    f"(got {settings['warmup']:g})")
-    runs = (settings["points"] + 1) * len(SIM_POLICIES) * settings["replications"]
+    runs = (settings["points"] + 1) * len(policies) * settings["replications"]
     requests = runs * w.requests_per_second * settings["duration"]
     if requests > SIM_MAX_REQUESTS:
         raise FieldError("arrival-rate", f"arrival-rate: the short simulation would serve {requests:,.0f} requests "
@@ -465,7 +541,8 @@ def simulation_settings(scenario: Scenario, params: dict) -> dict:
 
 
 class SimulationJob:
-    """One background simulation at a time: LRU and FIFO at a few memory points."""
+    """One background simulation at a time: LRU and FIFO at a few memory points (a fleet: the
+    page's router over its instances; random routing: LRU only)."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -489,11 +566,13 @@ class SimulationJob:
         """(HTTP status, body): 202 started, 409 one is running already (bad input raises)."""
         sim_keys = ("duration", "warmup", "replications", "points", "seed")
         model_params = {k: v for k, v in params.items() if k not in sim_keys}
-        _, scenario, capacity, _, _ = _scenario(model_params)
-        settings = simulation_settings(scenario, params)
-        xs, cap_at, label, here = memory_axis(scenario, capacity, settings["points"] + 2)
+        a, scenario, capacity, _, _ = _scenario(model_params)
+        instances, router = fleet_of(a)
+        policies = SIM_POLICIES if fleet_methods(instances, router, None) == SIM_POLICIES else ("lru",)
+        settings = simulation_settings(scenario, params, policies)
+        xs, cap_at, label, here = memory_axis(scenario, capacity, settings["points"] + 2, instances)
         xs = sorted({float(x) for x in xs[1:-1]} | {float(here)})
-        runs = [(x, policy) for x in xs for policy in SIM_POLICIES]
+        runs = [(x, policy) for x in xs for policy in policies]
         with self._lock:
             if self._status["state"] == "running":
                 s = self._status
@@ -506,7 +585,8 @@ class SimulationJob:
             self._status = {"state": "running", "done": 0, "total": len(runs), "points": [], "params": model_params,
                             "settings": settings, "x_label": label, "here": here, "started": time.time(),
                             "finished": None, "error": None}
-            self._thread = threading.Thread(target=self._run, args=(scenario, runs, cap_at, settings),
+            self._thread = threading.Thread(target=self._run,
+                                            args=(scenario, runs, cap_at, settings, instances, router),
                                             name="kvsim-simulation", daemon=True)
             self._thread.start()
             return 202, self.status_unlocked()
@@ -516,8 +596,9 @@ class SimulationJob:
         s["points"] = list(s["points"])
         return s
 
-    def _run(self, scenario: Scenario, runs, cap_at, settings) -> None:
+    def _run(self, scenario: Scenario, runs, cap_at, settings, instances: int = 1, router: str = "affinity") -> None:
         from kvsim.engine import simulate
+        from kvsim.fleet import simulate_fleet
 
         try:
             for x, policy in runs:
@@ -526,9 +607,13 @@ class SimulationJob:
                         self._status.update(state="cancelled", finished=time.time())
                     return
                 cap = cap_at(x)
-                r = simulate(scenario.workload, cap.capacity_blocks, policy, block_size=scenario.block_size,
-                             duration=settings["duration"], warmup=settings["warmup"],
-                             replications=settings["replications"], seed=settings["seed"], progress=False)
+                window = dict(block_size=scenario.block_size, duration=settings["duration"], warmup=settings["warmup"],
+                              replications=settings["replications"], seed=settings["seed"], progress=False)
+                if instances == 1:
+                    r = simulate(scenario.workload, cap.capacity_blocks, policy, **window)
+                else:
+                    r = simulate_fleet(scenario.workload, cap.capacity_blocks, instances, router, policy,
+                                       **window).fleet
                 d = r.as_dict()
                 point = {"policy": policy, "x": x, "capacity_blocks": cap.capacity_blocks,
                          "token_hit_rate": d["token_hit_rate"], "request_hit_rate": d["request_hit_rate"],

@@ -3,7 +3,6 @@
 import argparse
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -140,10 +139,8 @@ def test_target_must_be_a_rate(target):
         advise(BASE, target=target)
 
 
-def test_no_routing_advice_without_the_fleet_models(base_advice):
-    fleet = Path(__file__).resolve().parents[1] / "analytic" / "fleet.py"
-    if fleet.exists():
-        pytest.skip("analytic/fleet.py exists: routing advice may apply")
+def test_one_instance_gets_no_routing_advice(base_advice):
+    # Routing is a fleet's lever (analytic.advice.fleet_advise), not one instance's.
     assert not any("rout" in a["id"] or "affinity" in a["text"] for a in base_advice)
 
 

@@ -208,3 +208,27 @@ def test_the_simulation_adds_points_with_error_bars(page):
     ready(page)
     expect(page.locator("#chart g.sim-point")).to_have_count(0)
     assert not page.problems, page.problems
+
+
+def test_a_fleet_behind_random_routing_changes_the_headline(page):
+    expect(page.locator("input[name=instances]")).to_have_value("1")
+    expect(page.locator("select[name=router]")).to_have_value("affinity")
+    expect(page.locator("#token-hit")).to_have_text("49.3%")
+    page.select_option("select[name=router]", "random")  # one instance: the router changes nothing
+    ready(page)
+    expect(page.locator("#token-hit")).to_have_text("49.3%")
+    page.fill("input[name=instances]", "3")
+    expect(page.locator("#policy-name")).to_have_text("LRU model, 3 instances, random")
+    ready(page)
+    rate = float(page.locator("#token-hit").inner_text().rstrip("%"))
+    assert rate < 49.3  # random routing scatters the conversations over the instances
+    expect(page.locator("#lru-token")).to_have_text(f"{rate:.1f}%")
+    expect(page.locator("#methods tr[data-method=fifo] td.t")).to_have_text("no FIFO model for random routing")
+    expect(page.locator("#chart .panel-token text.label")).to_have_text(
+        "GPU memory per GPU (GiB), 1 GPU per instance, 3 instances")
+    expect(curve(page, "fifo")).to_have_count(0)
+    expect(curve(page, "seed", "request")).to_have_count(0)
+    expect(page.locator("#advice li[data-id=routing]")).to_contain_text("session affinity")
+    page.fill("input[name=instances]", "0")
+    expect(page.locator('.err[data-for="instances"]')).to_contain_text("instances must be a whole number > 0")
+    assert not page.problems, page.problems

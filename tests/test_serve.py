@@ -325,3 +325,127 @@ def test_kvsim_serve_when_wired(capsys):
         pytest.skip("kvsim serve is not wired into kvsim/cli.py yet")
     assert cli_main(["serve", "--port", "99999"]) == 2
     assert "port" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- fleets
+
+
+def _without_timing(body):
+    body = json.loads(json.dumps(body))
+    body.pop("timing_ms", None)
+    if "curve" in body:
+        body["curve"].pop("ms")
+    return body
+
+
+def _same_curves(a, b):
+    """Curves equal where both have points (how many fit in the time budget varies)."""
+    assert {k: v for k, v in a.items() if k not in ("lru", "fifo", "seed", "incomplete")} == \
+        {k: v for k, v in b.items() if k not in ("lru", "fifo", "seed", "incomplete")}
+    for name in ("lru", "fifo", "seed"):
+        assert (name in a) == (name in b)
+        if name not in a:
+            continue
+        pa, pb = (dict(zip(c[name]["x"], zip(*(c[name][m] for m in c[name] if m != "x")))) for c in (a, b))
+        common = set(pa) & set(pb)
+        assert len(common) >= serve.CURVE_MIN_POINTS and all(pa[x] == pb[x] for x in common), name
+
+
+@pytest.mark.parametrize("fleet", [{"instances": 1}, {"instances": "1", "router": "random"},
+                                   {"instances": "", "router": ""}])
+def test_one_instance_answers_as_before(server, fleet):
+    for params in ({}, {"turns-dist": "geometric", "turns": "40"}, {"capacity-tokens": "80000"}):
+        request(server, "/api/calc", params)  # warm the caches: both calls then get full curves
+        before = _without_timing(request(server, "/api/calc", params)[2])
+        status, _, after = request(server, "/api/calc", {**params, **fleet})
+        assert status == 200, after
+        after = _without_timing(after)
+        _same_curves(before.pop("curve"), after.pop("curve"))
+        assert after == before and "fleet" not in after
+        for path in ("/api/advice", "/api/sensitivity"):
+            before = _without_timing(request(server, path, params)[2])
+            assert _without_timing(request(server, path, {**params, **fleet})[2]) == before, path
+
+
+def test_random_fleet_is_the_fleet_model(server):
+    from analytic.fleet import fleet_model
+
+    params = {"instances": "3", "router": "random"}
+    status, _, body = request(server, "/api/calc", params)
+    assert status == 200, body
+    _, s, capacity, _, _ = serve._scenario({})
+    model = fleet_model(s.workload, [capacity.capacity_blocks] * 3, "random", "lru", s.block_size)
+    lru = body["methods"]["lru"]
+    assert lru["token_hit_rate"] == pytest.approx(model.token_hit_rate, rel=1e-12)
+    assert lru["request_hit_rate"] == pytest.approx(model.request_hit_rate, rel=1e-12)
+    single = request(server, "/api/calc", {})[2]["methods"]["lru"]["token_hit_rate"]
+    assert lru["token_hit_rate"] < single  # random routing scatters the conversations
+    assert body["fleet"] == {"instances": 3, "router": "random"}
+    assert body["methods"]["fifo"] is None and "random routing" in body["method_notes"]["fifo"]
+    assert body["methods"]["seed"] is None and body["memory"] == request(server, "/api/calc", {})[2]["memory"]
+    c = body["curve"]
+    assert "fifo" not in c and "seed" not in c and c["x_label"].endswith("per instance, 3 instances")
+    assert c["here"] == 40.0 and len(c["lru"]["x"]) >= serve.CURVE_MIN_POINTS
+    status, _, bad = request(server, "/api/curve", {**params, "method": "fifo"})
+    assert status == 400 and bad["field"] == "method"
+    status, _, bad = request(server, "/api/calc", {**params, "policy": "fifo"})
+    assert status == 400 and bad["field"] == "policy"
+
+
+def test_affinity_fleet_is_each_instance_at_its_share(server, capsys):
+    from analytic.fleet import fleet_model
+
+    status, _, body = request(server, "/api/calc", {"instances": "4", "capacity-tokens": "60000"})
+    assert status == 200, body
+    _, s, capacity, _, _ = serve._scenario({"capacity-tokens": "60000"})
+    for method in ("lru", "fifo"):
+        model = fleet_model(s.workload, [capacity.capacity_blocks] * 4, "affinity", method, s.block_size)
+        assert body["methods"][method]["token_hit_rate"] == pytest.approx(model.token_hit_rate, rel=1e-12)
+    c = body["curve"]
+    assert c["x_label"] == "KV cache per instance (GiB), 4 instances" and "seed" not in c
+    # at the scenario's memory the curve is the headline (the same model, per instance at lambda/4)
+    ref = cli_json(capsys, "calc", "--json", "--capacity-tokens", "60000", "--instances", "4")
+    assert body["methods"]["lru"]["token_hit_rate"] == pytest.approx(ref["methods"]["lru"]["token_hit_rate"])
+
+
+@pytest.mark.parametrize("router", ["affinity", "random"])
+def test_fleet_advice_has_the_routing_lever(server, capsys, router):
+    status, _, body = request(server, "/api/advice", {"instances": 3, "router": router, "gpu": "h100-80gb"})
+    assert status == 200, body
+    routing = next(x for x in body["advice"] if x["id"] == "routing")
+    assert routing["lever"] == "router"
+    # the same levers as kvsim calc --instances --router --advise
+    ref = cli_json(capsys, "calc", "--json", "--gpu", "h100-80gb", "--instances", "3", "--router", router, "--advise")
+    assert [(x["id"], x["text"]) for x in body["advice"]] == [(x["id"], x["text"]) for x in ref["advice"]]
+    if router == "random":
+        assert [x["id"] for x in body["advice"]] == ["routing"] and routing["recommended"]
+
+
+@pytest.mark.parametrize("params,field,text", [
+    ({"instances": "0"}, "instances", "instances must be a whole number > 0"),
+    ({"instances": "-2"}, "instances", "instances must be a whole number > 0"),
+    ({"instances": "2.5"}, "instances", "instances must be a whole number"),
+    ({"instances": "many"}, "instances", "instances must be a whole number"),
+    ({"router": "round-robin"}, "router", "router must be one of affinity, random"),
+    ({"instances": 2, "router": "cache-aware"}, "router", "router must be one of affinity, random"),
+])
+def test_bad_fleet_input_is_a_400_naming_the_field(server, params, field, text):
+    for path in ("/api/calc", "/api/advice", "/api/simulate"):
+        status, _, body = request(server, path, params)
+        assert status == 400, (path, body)
+        assert body["field"] == field and text in body["error"] and body["errors"] == {field: body["error"]}
+
+
+def test_fleet_simulation(server):
+    wait_done(server)
+    params = {"arrival-rate": "0.5", "instances": "2", "router": "random", "duration": 400, "warmup": 100,
+              "replications": 2, "points": 1}
+    status, _, body = request(server, "/api/simulate", params)
+    assert status == 202, body
+    assert body["total"] == 2 and body["x_label"].endswith("per instance, 2 instances")
+    done = wait_done(server)
+    assert done["state"] == "done", done
+    assert {p["policy"] for p in done["points"]} == {"lru"} and len(done["points"]) == 2
+    for p in done["points"]:
+        est = p["token_hit_rate"]
+        assert 0 <= est["ci95"][0] <= est["mean"] <= est["ci95"][1] <= 1

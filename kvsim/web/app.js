@@ -230,8 +230,10 @@ function renderCalc(r) {
   $("#bytes-per-token").textContent = num(m.bytes_per_token) + " B";
   $("#attention").textContent = `${r.model.attention}, KV ${r.kv_dtype}`;
   $("#capacity").textContent = num(m.capacity_tokens) + " tokens";
-  $("#capacity-sub").textContent = `${num(m.capacity_blocks)} blocks of ${m.block_size} · ${m.kv_cache_gib.toFixed(1)} GiB`;
-  $("#policy-name").textContent = policy.toUpperCase() + " model";
+  $("#capacity-sub").textContent = `${num(m.capacity_blocks)} blocks of ${m.block_size} · ${m.kv_cache_gib.toFixed(1)} GiB` +
+    (r.fleet ? " per instance" : "");
+  $("#policy-name").textContent = policy.toUpperCase() + " model" +
+    (r.fleet ? `, ${r.fleet.instances} instances, ${r.fleet.router}` : "");
   $("#token-hit").textContent = pct(r.methods[policy].token_hit_rate);
   $("#request-hit").textContent = `request hit rate ${pct(r.methods[policy].request_hit_rate)}`;
   const memoryLine = r.summary.find((line) => line.startsWith("memory"));
@@ -246,7 +248,7 @@ function renderCalc(r) {
     const res = r.methods[row.dataset.method];
     $(".token", row).textContent = res ? pct(res.token_hit_rate) : "–";
     $(".request", row).textContent = res ? pct(res.request_hit_rate) : "–";
-    $(".t", row).textContent = !res ? "not evaluated" : row.dataset.method === "seed" ? "–" : fmtTime(res.characteristic_time);
+    $(".t", row).textContent = !res ? ((r.method_notes || {})[row.dataset.method] || "not evaluated") : row.dataset.method === "seed" ? "–" : fmtTime(res.characteristic_time);
     row.classList.toggle("chosen", row.dataset.method === policy);
   }
   $("#summary").textContent = r.summary.join("\n");
@@ -295,7 +297,7 @@ function drawChart() {
       el("text", { x: X(x1) - 4, y: Y(0.04), class: "tick", "text-anchor": "end" }, g,
         `${pending.map((n) => n.toUpperCase()).join(", ")} curve: computing…`);
     }
-    const curves = metric === "request" ? [...models, "seed"] : models;
+    const curves = metric === "request" && c.seed ? [...models, "seed"] : models;
     for (const name of curves) {
       const data = c[name];
       const d = data.x.map((x, i) => `${i ? "L" : "M"}${X(x).toFixed(1)},${Y(data[metric][i]).toFixed(1)}`).join("");
@@ -319,7 +321,7 @@ function drawChart() {
   });
   // legend
   const items = [["lru", "LRU model", ""], ["fifo", "FIFO model", ""], ["seed", "seed model (same capacity)", "6 4"]]
-    .filter(([name]) => name === "seed" || models.includes(name));
+    .filter(([name]) => (name === "seed" && c.seed) || models.includes(name));
   let lx = 60;
   const ly = H - 10;
   for (const [name, label, dash] of items) {
@@ -469,7 +471,7 @@ async function init() {
   fillSelect("gpu", [...Object.keys(presets.gpus), "custom"], { ...gpuLabels, custom: "custom…" });
   fillSelect("kv-dtype", presets.dtypes);
   fillSelect("weight-dtype", presets.dtypes);
-  for (const name of ["turns-dist", "think-dist", "policy"]) fillSelect(name, presets.choices[name]);
+  for (const name of ["turns-dist", "think-dist", "policy", "router"]) fillSelect(name, presets.choices[name]);
   for (const [name, value] of Object.entries(presets.defaults)) {
     const node = field(name);
     if (node && value !== null && value !== undefined && node.tagName !== undefined) node.value = value;
