@@ -265,6 +265,13 @@ class _RunPolicy:
                 return hit
         return hit
 
+    def evict(self, n: int, pinned: Pinned = ()) -> None:
+        # LRU and FIFO keep their groups in one ordered dict, ``_groups``; LFU overrides this.
+        if pinned:
+            self._evict_unpinned(self._groups, n, pinned)
+        else:
+            self._evict_from(self._groups, n)
+
     def _evict_unpinned(self, order: OrderedDict, n: int, pinned: Pinned) -> int:
         """As :meth:`_evict_from`, also sparing the keys in ``pinned``: slower (the groups are
         copied, pinned pieces split), so only used while requests are in service."""
@@ -376,12 +383,6 @@ class LRUPolicy(_RunPolicy):
                 piece[0] = first
         return claim
 
-    def evict(self, n: int, pinned: Pinned = ()) -> None:
-        if pinned:
-            self._evict_unpinned(self._groups, n, pinned)
-        else:
-            self._evict_from(self._groups, n)
-
     def release(self, runs: Runs, hit_blocks: int) -> None:
         self._seq += 1
         group = _Group(self._seq, self._groups)
@@ -447,12 +448,6 @@ class FIFOPolicy(_RunPolicy):
             piece[1] = a
             return part
         return piece
-
-    def evict(self, n: int, pinned: Pinned = ()) -> None:
-        if pinned:
-            self._evict_unpinned(self._groups, n, pinned)
-        else:
-            self._evict_from(self._groups, n)
 
     def release(self, runs: Runs, hit_blocks: int) -> None:
         self._pinned.clear()
