@@ -55,13 +55,6 @@ def workload_of(p: dict) -> Workload:
                     system_prompt_tokens=p["system_prompt_tokens"])
 
 
-def chat_point() -> dict:
-    w = CHAT
-    return {"arrival_rate": w.arrival_rate, "turns_dist": w.turns.kind, "turns": w.turns.mean,
-            "think_dist": w.think_time.kind, "think_time": w.think_time.mean, "think_cv": w.think_time.cv,
-            "system_prompt_tokens": w.system_prompt_tokens}
-
-
 def chat_total_blocks() -> int:
     ceiling = no_eviction_ceiling(CHAT, BLOCK_SIZE).token_hit_rate
     return capacity_for_target(CHAT, CHAT_TARGET * ceiling, "token", BLOCK_SIZE)

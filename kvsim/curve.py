@@ -449,7 +449,7 @@ def simulate_curve(workload: Workload, capacities_blocks: Iterable[int], *,
         curve = LRUCurve(capacities, block_size)
         prompts = [0, 0]
 
-        def on_turn(turn, now: float) -> None:
+        def on_turn(turn, now: float, conversation_id: int) -> None:
             measured = now >= warmup
             curve.add(turn.keys if turn.runs is None else turn.runs, turn.max_hit_blocks,
                       turn.alloc_blocks, turn.prompt_tokens, measured)

@@ -66,31 +66,31 @@ def drive(
     arrival_rate: float,
     duration: float,
     rng: np.random.Generator,
-    on_turn: Callable[[Turn, float], None],
+    on_turn: Callable[[Turn, float, int], None],
     progress: Callable[[float], None] | None = None,
 ) -> None:
-    """Run Poisson conversation arrivals for ``duration`` seconds; call ``on_turn(turn, now)``
-    for every turn, in time order. Service takes no time, so the turns and their order do not
-    depend on the cache: every capacity and policy sees the same requests."""
+    """Run Poisson conversation arrivals for ``duration`` seconds; call ``on_turn(turn, now,
+    conversation_id)`` for every turn, in time order. Service takes no time, so the turns and
+    their order do not depend on the cache: every capacity and policy sees the same requests."""
     env = simpy.Environment()
     timeout = env.timeout
 
     # Conversations and arrivals are event callbacks rather than SimPy processes: the same
     # events in the same order (the random draws too), without a generator resumed per turn.
-    def advance(turns: Iterator[Turn]) -> None:
+    def advance(turns: Iterator[Turn], cid: int) -> None:
         """Serve the turns due now; schedule the next one that has a delay."""
         for turn in turns:
             if turn.delay:
-                timeout(turn.delay, (turns, turn)).callbacks.append(turn_due)
+                timeout(turn.delay, (turns, turn, cid)).callbacks.append(turn_due)
                 return
-            on_turn(turn, env.now)
+            on_turn(turn, env.now, cid)
 
     def turn_due(event) -> None:
-        turns, turn = event.value
-        on_turn(turn, env.now)
-        advance(turns)
+        turns, turn, cid = event.value
+        on_turn(turn, env.now, cid)
+        advance(turns, cid)
 
-    run_arrivals(env, source, arrival_rate, duration, rng, lambda turns, _: advance(iter(turns)), progress)
+    run_arrivals(env, source, arrival_rate, duration, rng, lambda turns, cid: advance(iter(turns), cid), progress)
 
 
 def run_arrivals(env: simpy.Environment, source: ConversationSource, arrival_rate: float, duration: float,
@@ -122,9 +122,10 @@ def run_arrivals(env: simpy.Environment, source: ConversationSource, arrival_rat
 
 def counting_server(cache: PrefixCache, c: Counters, block_size: int, warmup: float,
                     serve_runs: Callable | None = None) -> Callable:
-    """``serve(turn, now, runs=None) -> ServeResult``: serve ``turn`` on ``cache`` (with
-    ``cache.serve_runs``, or ``serve_runs``: the fleet passes ``cache.begin``) and count it in ``c``
-    if ``now >= warmup``. ``runs`` are the turn's keys as runs when the caller has them."""
+    """``serve(turn, now, conversation_id=0, runs=None) -> ServeResult`` (an ``on_turn`` of
+    :func:`drive`): serve ``turn`` on ``cache`` (with ``cache.serve_runs``, or ``serve_runs``: the
+    fleet passes ``cache.begin``) and count it in ``c`` if ``now >= warmup``. ``runs`` are the
+    turn's keys as runs when the caller has them."""
     if serve_runs is None:
         serve_runs = cache.serve_runs
     as_runs = cache.runs
@@ -132,7 +133,7 @@ def counting_server(cache: PrefixCache, c: Counters, block_size: int, warmup: fl
     turn_hits = c.turn_hits
     last_time, last_size = warmup, 0  # time and cached blocks at the last change inside the window
 
-    def serve(turn: Turn, now: float, runs=None):
+    def serve(turn: Turn, now: float, conversation_id: int = 0, runs=None):
         nonlocal last_time, last_size
         index, _, keys, max_hit, alloc, prompt_tokens, prompt_blocks, turn_runs, _ = turn
         if runs is None:

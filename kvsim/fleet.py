@@ -266,23 +266,11 @@ def _run_instant(source, arrival_rate, instances, router, block_size, duration, 
     """Zero service time: :func:`kvsim.engine.drive`, each turn routed then served at once."""
     servers = [counting_server(inst.cache, inst.counters, block_size, warmup) for inst in instances]
     choose = router.choose
-    # drive() hands over turns, not conversations: remember whose each turn is until it is served.
-    ids: dict[int, int] = {}
 
-    def source_with_ids(rng_, cid):
-        turns = source(rng_, cid)  # now, not at the first turn: a source may draw when called
-
-        def tagged():
-            for turn in turns:
-                ids[id(turn)] = cid
-                yield turn
-        return tagged()
-
-    def on_turn_by_id(turn: Turn, now: float) -> None:
-        cid = ids.pop(id(turn))
+    def on_turn(turn: Turn, now: float, cid: int) -> None:
         servers[choose(cid, turn)](turn, now)
 
-    drive(source_with_ids, arrival_rate, duration, rng, on_turn_by_id, progress)
+    drive(source, arrival_rate, duration, rng, on_turn, progress)
     for server in servers:
         server.close(duration)
 
@@ -300,19 +288,18 @@ def _run_served(source, arrival_rate, instances, router, service: ServiceModel, 
 
     def submit(turns, turn: Turn, cid: int) -> None:
         inst = instances[choose(cid, turn)]
-        inst.queue.append((turns, turn, cid, env.now))
+        inst.queue.append((turns, turn, cid, env.now, _request_runs(inst, turn)))
         start_waiting(inst)
 
     def start_waiting(inst: Instance) -> None:
         cache, queue = inst.cache, inst.queue
         while queue and inst.running < max_running:
-            turns, turn, cid, arrived = queue[0]
-            runs = _request_runs(inst, turn)
+            turns, turn, cid, arrived, runs = queue[0]
             if turn.alloc_blocks <= cache.capacity_blocks and not cache.fits(runs, turn.alloc_blocks):
                 return  # the head waits for blocks to be freed, and so does everyone behind it
             queue.popleft()
             now = env.now
-            result = begins[inst.index](turn, now, runs)
+            result = begins[inst.index](turn, now, runs=runs)
             hit_tokens = 0 if result.oversized else min(result.hit_blocks * block_size, turn.prompt_tokens)
             prefill = service.prefill(turn.prompt_tokens - hit_tokens)
             if now >= warmup:

@@ -314,12 +314,13 @@ def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *
     mins = {"lru": CURVE_MIN_POINTS, "fifo": 0, **(min_points or {})}
     xs, cap_at, label, here = memory_axis(scenario, capacity, points, instances)
     w, bs = scenario.workload, scenario.block_size
-    evaluate = cached_evaluate
-    if instances > 1 and router == "affinity":
+    if instances > 1 and router == "affinity":  # each instance is one cache at arrival rate / instances
         w = replace(w, arrival_rate=w.arrival_rate / instances)
-    elif instances > 1:
-        def evaluate(workload, blocks, block_size, method):
+
+    def evaluate(workload, blocks, block_size, method):
+        if instances > 1 and router == "random":
             return cached_fleet(workload, blocks, instances, router, method, block_size)
+        return cached_evaluate(workload, blocks, block_size, method)
     caps = {}
     out = {"x_label": label, "here": here, "incomplete": []}
     shares = {"lru": 0.5, "fifo": 1.0} if len(methods) > 1 else {m: 1.0 for m in methods}

@@ -14,7 +14,7 @@ from kvsim.cache import PrefixCache
 from kvsim.cli import main
 from kvsim.engine import Counters, counting_server, drive, simulate
 from kvsim.fleet import AffinityRouter, CacheAwareRouter, Instance, ServiceModel, make_router, simulate_fleet
-from kvsim.workload import Turn
+from kvsim.workload import Turn, synthetic_conversation
 
 BS = 16
 
@@ -52,17 +52,12 @@ def test_affinity_is_independent_instances_on_the_split_workload():
     for i in range(n):
         c = Counters(window=duration - warmup)
         serve = counting_server(PrefixCache(capacity, "lru"), c, BS, warmup)
-        cids = {}
 
-        def source(rng, cid, cids=cids):
-            from kvsim.workload import synthetic_conversation
+        def source(rng, cid):
+            return synthetic_conversation(w, BS, rng, cid)
 
-            for turn in synthetic_conversation(w, BS, rng, cid):
-                cids[id(turn)] = cid
-                yield turn
-
-        def on_turn(turn, now, i=i, serve=serve, cids=cids):
-            if owner(cids.pop(id(turn)), turn) == i:
+        def on_turn(turn, now, cid, i=i, serve=serve):
+            if owner(cid, turn) == i:
                 serve(turn, now)
 
         drive(source, w.arrival_rate, duration, np.random.default_rng([11, 0]), on_turn)
