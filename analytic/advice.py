@@ -32,7 +32,7 @@ import math
 from dataclasses import replace
 
 from analytic.plan import capacity_for_target
-from analytic.sensitivity import Evaluate, Scenario, default_evaluate
+from analytic.scenario import Evaluate, Scenario, default_evaluate
 from analytic.sizing import GIB, memory_for_tokens
 from analytic.specs import DTYPE_BYTES
 from analytic.ttl import no_eviction_ceiling

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from analytic import seed
+from analytic.fifo import fifo_model
+from analytic.lru import lru_model
 from analytic.sizing import GIB, Capacity, bytes_for_sequence
 from analytic.specs import DTYPE_BYTES, ModelSpec, Workload
-from analytic.ttl import fifo_model, lru_model
 
 METHODS = ("seed", "lru", "fifo")
 

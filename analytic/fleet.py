@@ -2,12 +2,12 @@
 prefix cache of C_i blocks (the cache of DESIGN.md §3, the workload of §2, the models of §5).
 
 **affinity** (consistent hashing of the conversation id): instance i receives 1/N of the
-conversations with all their turns, so it is the single-instance model (``ttl.lru_model`` or
-``ttl.fifo_model``, any variant) of the workload at arrival rate lambda/N and capacity C_i.
+conversations with all their turns, so it is the single-instance model (``lru.lru_model`` or
+``fifo.fifo_model``, any variant) of the workload at arrival rate lambda/N and capacity C_i.
 
 **random** (each request to a uniformly random instance; LRU only). A conversation's turns
 scatter over the instances, and a turn can reuse its conversation's context only where one of its
-earlier turns went. Approximation (Che's, as in ``ttl.lru_model``): per instance a characteristic
+earlier turns went. Approximation (Che's, as in ``lru.lru_model``): per instance a characteristic
 time T_i; a context is evicted as a whole T_i after its last access; every instance sees 1/N of
 the requests, with the same mix. With p = 1/N, blocks as in ``analytic.ttl`` (n_S system blocks,
 c'_t conversation blocks of context c_t, h_s blocks reused from the previous context):
@@ -33,7 +33,7 @@ c'_t conversation blocks of context c_t, h_s blocks reused from the previous con
 
 Variant "che+gaussian" (the default for deterministic think times, as for ``lru_model``): there
 F^{*j}(T) is a step in T, and so is the hit rate in the capacity. Campbell's refinement of
-``ttl._gaussian_keep``, per instance: the content X(x) the *other* conversations touched at this
+``lru._gaussian_keep``, per instance: the content X(x) the *other* conversations touched at this
 instance within a window x - for each, the context of its latest visit here if that is within x
 - is compound Poisson (conversations start as a Poisson process), with
       mu(x)  = (lambda/N) sum_t [ P(L>=t) E[c'_t sigma_t] x - sum_j w_j P(L>=t+j) E[c'_t sigma_{t+j}] (x - m_j(x)) ],
@@ -79,22 +79,11 @@ import numpy as np
 from scipy import integrate, optimize, special, stats
 
 from analytic.distributions import ThinkTime
+from analytic.fifo import fifo_model
+from analytic.lru import GAUSS_NODES, LRU_VARIANTS, _lru_variant, lru_model
 from analytic.plan import METHODS, capacity_for_target, smallest_capacity
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
-from analytic.ttl import (
-    GAUSS_NODES,
-    LRU_VARIANTS,
-    ModelResult,
-    _check,
-    _lru_variant,
-    _nothing_served,
-    _table,
-    _Table,
-    fifo_model,
-    lru_model,
-    normal_survival,
-    rates,
-)
+from analytic.ttl import ModelResult, _check, _nothing_served, _table, _Table, normal_survival, rates
 
 FLEET_ROUTERS = ("affinity", "random")  # the routers that have a model
 RANDOM_VARIANTS = LRU_VARIANTS  # ("che", "che+gaussian")
@@ -410,7 +399,7 @@ def _random_occupancy(T, rate: float, think: ThinkTime, revisits: _Revisits, squ
 
 
 def _random_characteristic_time(rate: float, think: ThinkTime, revisits: _Revisits, c_conv: float) -> float:
-    """The root T of  C_conv = occupancy(T), bracketed as in ``ttl.lru_characteristic_time``.
+    """The root T of  C_conv = occupancy(T), bracketed as in ``lru.lru_characteristic_time``.
 
     occupancy = rate (K2 T + sum_j w_j B_j m_j(T)), K2 = stays - sum_j w_j B_j (content no later
     visit touches), and m_j(T) <= min(T, j E[G]): the root lies in
@@ -445,7 +434,7 @@ def _sum_nodes(think: ThinkTime, weights: np.ndarray, bottom: float, top: float)
     E[h(S_j)] ~ sure[j-1] + the sum of mass h(x) over the nodes whose owner is j-1.
 
     J: the revisits j = 1.. with w_j P(S_j <= top) >= REVISIT_TAIL (both factors fall with j).
-    S_1 = G: ``think.quantile_points``, sure = 0 (as ``ttl._gaussian_keep``). S_j, j >= 2:
+    S_1 = G: ``think.quantile_points``, sure = 0 (as ``lru._gaussian_keep``). S_j, j >= 2:
     sure = P(S_j <= bottom); GAUSS_NODES mid-quantiles of S_j given bottom < S_j <= top, each of
     mass P(bottom < S_j <= top) / GAUSS_NODES (the gamma(j/cv^2) law for exp and gamma, the
     lattice of [0, top] for lognormal and empirical), or j G for det (when within); no nodes

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 
+from analytic.fifo import fifo_model
+from analytic.lru import lru_model
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
-from analytic.ttl import ModelResult, fifo_model, lru_model, no_eviction_ceiling
+from analytic.ttl import ModelResult, no_eviction_ceiling
 
 METHODS = ("lru", "fifo")
 METRICS = ("token", "request")

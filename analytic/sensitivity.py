@@ -1,9 +1,8 @@
 """Sensitivity of the token hit rate to each input: a +/-50% tornado and local elasticities.
 
-A ``Scenario`` is everything a calculation needs (model, workload, and the memory: GPUs or the
-cache capacity directly). ``sensitivity`` moves one parameter at a time by ``step`` (default
-+/-50%) with everything else held, and evaluates the model (LRU by default) at both ends; the
-rows are sorted by swing, largest first, as a tornado chart draws them. Each row also carries the
+For a :class:`~analytic.scenario.Scenario`, ``sensitivity`` moves one parameter at a time by
+``step`` (default +/-50%) with everything else held, and evaluates the model (LRU by default) at
+both ends; the rows are sorted by swing, largest first, as a tornado chart draws them. Each row also carries the
 local elasticity, d ln H / d ln x, by a central difference at +/-``eps`` (5%).
 
 Held means held as a serving engineer would hold it: the KV cache capacity is fixed when a
@@ -23,65 +22,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from analytic import plan
 from analytic.distributions import ThinkTime, TokenCount, TurnCount
-from analytic.sizing import Capacity, capacity_from_gib, capacity_from_memory, capacity_from_tokens
-from analytic.specs import DEFAULT_BLOCK_SIZE, Hardware, ModelSpec, Workload, check_dtype
-from analytic.ttl import ModelResult
-
-Evaluate = Callable[[Workload, int, int, str], ModelResult]
+from analytic.scenario import MODEL_POLICIES, Evaluate, Scenario, default_evaluate
 
 DEFAULT_STEP = 0.5
 DEFAULT_EPS = 0.05
-POLICIES = ("lru", "fifo")
-
-
-def default_evaluate(workload: Workload, capacity_blocks: int, block_size: int, method: str) -> ModelResult:
-    return plan.model(workload, capacity_blocks, block_size, method)
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One deployment and its workload: the inputs of ``kvsim calc`` as values.
-
-    The memory is ``hardware`` (GPU memory -> capacity) or the capacity directly
-    (``capacity_tokens`` or ``capacity_gib``): exactly one of the three. ``policy`` is the
-    engine's eviction policy (lru or fifo; vLLM's prefix cache is LRU).
-    """
-
-    model: ModelSpec
-    workload: Workload
-    hardware: Hardware | None = None
-    kv_dtype: str = "bf16"
-    weight_dtype: str = "bf16"
-    block_size: int = DEFAULT_BLOCK_SIZE
-    model_size_gib: float | None = None
-    capacity_tokens: int | None = None
-    capacity_gib: float | None = None
-    policy: str = "lru"
-
-    def __post_init__(self) -> None:
-        check_dtype("kv-dtype", self.kv_dtype)
-        check_dtype("weight-dtype", self.weight_dtype)
-        given = [x is not None for x in (self.hardware, self.capacity_tokens, self.capacity_gib)]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of GPU memory (hardware), capacity-tokens and capacity-gib")
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")
-
-    def capacity(self) -> Capacity:
-        if self.hardware is not None:
-            return capacity_from_memory(self.model, self.hardware, self.kv_dtype, self.weight_dtype,
-                                        self.block_size, model_size_gib=self.model_size_gib)
-        if self.capacity_tokens is not None:
-            return capacity_from_tokens(self.model, self.capacity_tokens, self.kv_dtype, self.block_size)
-        return capacity_from_gib(self.model, self.capacity_gib, self.kv_dtype, self.block_size)
-
-    def evaluate(self, method: str | None = None, evaluate: Evaluate | None = None) -> ModelResult:
-        """The model (``method``, default the scenario's policy) at this scenario's capacity."""
-        capacity = self.capacity()
-        return (evaluate or default_evaluate)(self.workload, capacity.capacity_blocks, self.block_size,
-                                              method or self.policy)
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -224,8 +169,8 @@ def sensitivity(
         raise ValueError(f"step must be in (0, 1) (got {step!r})")
     if not (isinstance(eps, (int, float)) and 0 < eps < 1):
         raise ValueError(f"eps must be in (0, 1) (got {eps!r})")
-    if method not in POLICIES:
-        raise ValueError(f"method must be one of {', '.join(POLICIES)} (got {method!r})")
+    if method not in MODEL_POLICIES:
+        raise ValueError(f"method must be one of {', '.join(MODEL_POLICIES)} (got {method!r})")
     evaluate = evaluate or default_evaluate
     base_result = scenario.evaluate(method, evaluate)
     h0 = base_result.token_hit_rate
@@ -263,4 +208,4 @@ def sensitivity(
     }
 
 
-__all__ = ["PARAMETERS", "Parameter", "Scenario", "default_evaluate", "sensitivity"]
+__all__ = ["PARAMETERS", "Parameter", "sensitivity"]

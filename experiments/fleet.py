@@ -24,19 +24,20 @@ import json
 import math
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from validate import point_id, write_atomic, write_csv  # noqa: E402
+from validate import point_id, write_csv  # noqa: E402
 
 from analytic.distributions import ThinkTime, TokenCount, TurnCount  # noqa: E402
 from analytic.fleet import capacity_to_match, fleet_model  # noqa: E402
 from analytic.plan import capacity_for_target  # noqa: E402
 from analytic.specs import Workload  # noqa: E402
 from analytic.ttl import no_eviction_ceiling  # noqa: E402
+from kvsim.batch import executor, write_atomic  # noqa: E402
 
 BLOCK_SIZE = 16
 ROUTERS = ("random", "round-robin", "least-loaded", "affinity", "cache-aware")
@@ -90,7 +91,7 @@ def run_points(points: list[dict], out: Path, workers: int, desc: str) -> list[d
     folder = out / "points"
     todo = [p for p in points if not (folder / f"{point_id(p)}.json").exists()]
     if todo:
-        with ProcessPoolExecutor(max_workers=workers) as pool, tqdm(total=len(todo), desc=desc, file=sys.stderr) as bar:
+        with executor(workers) as pool, tqdm(total=len(todo), desc=desc, file=sys.stderr) as bar:
             futures = {pool.submit(simulate_point, p): p for p in todo}
             for future in as_completed(futures):
                 write_atomic(folder / f"{point_id(futures[future])}.json", json.dumps(future.result()))

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +34,11 @@ from analytic.empirical import (
     lru_model_from_templates,
 )
 from analytic.specs import Workload
+from kvsim.batch import write_atomic
 from kvsim.engine import simulate
-from kvsim.replay import load_templates, replay, request_blocks, template_profile, template_source
+from kvsim.replay import replay, request_blocks
+from kvsim.templates import load_templates, template_profile, template_source
 from kvsim.traces import read_jsonl
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -26,29 +26,23 @@ import math
 import os
 import sys
 import tempfile
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
 
 from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.fifo import fifo_model
+from analytic.lru import lru_model
 from analytic.plan import capacity_for_target
 from analytic.seed import seed_model
 from analytic.specs import Workload
-from analytic.ttl import fifo_model, lru_model, no_eviction_ceiling
+from analytic.ttl import no_eviction_ceiling
+from kvsim.batch import executor, write_atomic
 
 BLOCK_SIZE = 16
 INPUT_TOKENS, OUTPUT_TOKENS = 200, 300
 METHODS = ("lru", "fifo", "seed")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def make_workload(p: dict) -> Workload:
@@ -147,16 +141,6 @@ def score(row: dict, models: dict) -> dict:
     return {**row, "variant": variant, "predicted": predicted, "abs_err": abs(predicted - row["simulated"])}
 
 
-def executor_for(args) -> Executor:
-    if args.dask:
-        try:
-            from dask.distributed import Client
-        except ImportError:
-            sys.exit("validate: error: --dask needs the optional extra: pip install 'kvsim[dask]'")
-        return Client(args.dask).get_executor()
-    return ProcessPoolExecutor(max_workers=args.workers)
-
-
 def run(args) -> list[dict]:
     out = Path(args.out)
     points_dir = out / "points"
@@ -166,7 +150,7 @@ def run(args) -> list[dict]:
     if todo:
         from tqdm import tqdm
 
-        with executor_for(args) as pool, tqdm(total=len(todo), file=sys.stderr, disable=args.no_progress,
+        with executor(args.workers, args.dask) as pool, tqdm(total=len(todo), file=sys.stderr, disable=args.no_progress,
                                                  desc="validate") as bar:
             futures = {pool.submit(run_point, p, args.replications, args.requests, args.seed): p for p in todo}
             for future in as_completed(futures):
@@ -338,7 +322,10 @@ def main(argv=None) -> int:
         args.out = "out/validate-quick"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = run(args)
+    try:
+        rows = run(args)
+    except ValueError as e:  # e.g. --dask without the extra
+        sys.exit(f"validate: error: {e}")
     write_csv(rows, out / "validation.csv")
     lines = summary(rows)
     write_atomic(out / "summary.txt", "\n".join(lines + [""] + breakdown(rows)) + "\n")

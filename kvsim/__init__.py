@@ -9,7 +9,8 @@ from analytic.distributions import ThinkTime, TokenCount, TurnCount
 from analytic.specs import Workload
 from kvsim.cache import PrefixCache, ReferenceCache, ServeResult
 from kvsim.engine import Estimate, SimulationResult, simulate
-from kvsim.fleet import FleetResult, ServiceModel, simulate_fleet
+from analytic.service import ServiceModel
+from kvsim.fleet import FleetResult, simulate_fleet
 
 __all__ = [
     "Estimate", "FleetResult", "PrefixCache", "ReferenceCache", "ServeResult", "ServiceModel", "SimulationResult",

@@ -11,10 +11,11 @@ from dataclasses import replace
 import numpy as np
 
 from analytic.calc import calculate
+from analytic.fifo import fifo_model
+from analytic.lru import lru_model
 from analytic.seed import seed_model
 from analytic.sizing import GIB, Capacity, capacity_from_memory, capacity_from_tokens
 from analytic.specs import Hardware, ModelSpec, Workload
-from analytic.ttl import fifo_model, lru_model
 from kvsim.engine import simulate
 
 SIM_POLICIES = ("lru", "fifo", "lfu")

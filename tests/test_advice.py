@@ -1,4 +1,4 @@
-"""Quantified recommendations (analytic.advice) and ``kvsim calc --advise`` (kvsim.report)."""
+"""Quantified recommendations (analytic.advice) and ``kvsim calc --advise`` (kvsim.cli.calc)."""
 
 import argparse
 import math
@@ -8,11 +8,13 @@ import pytest
 
 from analytic import presets
 from analytic.advice import MIN_GAIN_POINTS, advise
+from analytic.fifo import fifo_model
+from analytic.lru import lru_model
 from analytic.plan import capacity_for_target
 from analytic.sensitivity import Scenario
 from analytic.sizing import capacity_from_memory, memory_for_tokens
 from analytic.specs import Hardware, Workload
-from analytic.ttl import fifo_model, lru_model, no_eviction_ceiling
+from analytic.ttl import no_eviction_ceiling
 
 LLAMA8 = presets.model("llama-3.1-8b")
 A100 = Hardware(40.0, 1, gpu="a100-40gb")
@@ -147,38 +149,38 @@ def test_one_instance_gets_no_routing_advice(base_advice):
 # ----------------------------------------------------------------------------- kvsim calc --advise
 
 
-def advise_namespace(*argv):
-    from kvsim.cli import add_memory_args, add_model_args, add_workload_args
-    from kvsim.report import add_advise_args
+def advise_scenario(*argv):
+    """(scenario, target) of ``kvsim calc`` flags."""
+    from kvsim.cli import calc
+    from kvsim.cli.args import scenario_from_values
 
     p = argparse.ArgumentParser()
-    add_model_args(p)
-    add_memory_args(p)
-    add_workload_args(p)
-    add_advise_args(p)
-    return p.parse_args(list(argv))
+    calc.configure(p)
+    a = p.parse_args(list(argv))
+    return scenario_from_values(vars(a)), a.target_hit_rate
 
 
 def test_advice_lines():
-    from kvsim.report import advice_lines
+    from kvsim.cli.calc import advice_lines, scenario_advice
 
-    lines = advice_lines(advise_namespace("--advise"))
+    scenario, target = advise_scenario("--advise")
+    lines = advice_lines(scenario, scenario_advice(scenario, target))
     assert lines[0] == "advice (LRU model, token hit rate now 49.3%; each lever alone, the rest held):"
     assert any(line.startswith("  * fp8 KV cache: token hit rate 49% -> 75%") for line in lines)
     assert any(line.startswith("  - LRU eviction is the better policy") for line in lines)
 
 
 def test_advice_from_args_follows_the_flags():
-    from kvsim.report import advice_from_args
+    from kvsim.cli.calc import scenario_advice
 
-    d = by_id(advice_from_args(advise_namespace("--policy", "fifo", "--target-hit-rate", "0.6", "--gpu", "h100-80gb")))
+    d = by_id(scenario_advice(*advise_scenario("--policy", "fifo", "--target-hit-rate", "0.6", "--gpu", "h100-80gb")))
     assert d["policy"]["policy"] == "lru" and d["target"]["target"] == 0.6
     with pytest.raises(ValueError, match="^target-hit-rate"):
-        advice_from_args(advise_namespace("--target-hit-rate", "2"))
+        scenario_advice(*advise_scenario("--target-hit-rate", "2"))
 
 
 def test_kvsim_calc_advise_when_wired(capsys):
-    from kvsim.cli import main
+    from kvsim.cli.main import main
 
     code = main(["calc", "--advise"])
     out, err = capsys.readouterr()

@@ -13,10 +13,12 @@ import pytest
 from scipy import integrate, optimize, stats
 
 from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.fifo import fifo_model
 from analytic.fleet import FLEET_ROUTERS, FleetModelResult, capacity_to_match, fleet_model
+from analytic.lru import lru_model
 from analytic.specs import Workload
 from analytic.ttl import _table  # the size paths the per-path check evaluates by hand
-from analytic.ttl import fifo_model, lru_model, no_eviction_ceiling
+from analytic.ttl import no_eviction_ceiling
 
 
 def workload(L=5, u=200, r=300, S=0, think=None, rate=1.0, turns=None, drawn=False):

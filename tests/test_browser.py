@@ -47,11 +47,11 @@ TIMEOUT_MS = 30_000
 def _serve_command() -> list[str]:
     """``kvsim serve`` once wired into the CLI; the same handler through ``python -m kvsim.serve``
     until then."""
-    from kvsim.cli import build_parser
+    from kvsim.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     if "serve" in sub.choices:  # what the kvsim console script runs
-        run_cli = "import sys; from kvsim.cli import main; sys.exit(main())"
+        run_cli = "import sys; from kvsim.cli.main import main; sys.exit(main())"
         return [sys.executable, "-c", run_cli, "serve", "--port", "0"]
     return [sys.executable, "-m", "kvsim.serve", "--port", "0"]
 

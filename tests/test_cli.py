@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from kvsim.cli import main
+from kvsim.cli.main import main
 
 
 def run(capsys, *argv):
@@ -84,7 +84,7 @@ def test_console_script_exit_status():
 
 def test_plan_inverts_the_model(capsys):
     from analytic.specs import Workload
-    from analytic.ttl import lru_model
+    from analytic.lru import lru_model
 
     code, out, _ = run(capsys, "plan", "--target-hit-rate", "0.6", "--json")
     assert code == 0

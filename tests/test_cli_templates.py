@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kvsim.cli import main
+from kvsim.cli.main import main
 
 
 def conversation(path, times, block_size=16):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from analytic.empirical import TemplateProfile, TemplateRequest, ceiling_from_templates, lru_model_from_templates
+from analytic.lru import lru_model
 from analytic.specs import Workload
-from analytic.ttl import lru_model
 from kvsim.workload import synthetic_conversation
 
 

@@ -11,7 +11,7 @@ import pytest
 from analytic.distributions import ThinkTime, TokenCount, TurnCount
 from analytic.specs import Workload
 from kvsim.cache import PrefixCache
-from kvsim.cli import main
+from kvsim.cli.main import main
 from kvsim.engine import Counters, counting_server, drive, simulate
 from kvsim.fleet import AffinityRouter, CacheAwareRouter, Instance, ServiceModel, make_router, simulate_fleet
 from kvsim.workload import Turn, synthetic_conversation

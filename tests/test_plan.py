@@ -3,9 +3,11 @@
 import pytest
 
 from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.fifo import fifo_model
+from analytic.lru import lru_model
 from analytic.plan import capacity_for_target, hit_rate_curve, model
 from analytic.specs import Workload
-from analytic.ttl import fifo_model, lru_model, no_eviction_ceiling
+from analytic.ttl import no_eviction_ceiling
 
 SANITY = Workload()
 SYSTEM = Workload(

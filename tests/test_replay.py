@@ -7,20 +7,12 @@ import pytest
 
 from analytic.specs import Workload
 from kvsim.cache import ReferenceCache
-from kvsim.cli import Parser, UsageError
+from kvsim.cli.args import Parser, UsageError
 from kvsim.engine import simulate
-from kvsim.replay import (
-    cmd_export_trace,
-    cmd_replay,
-    configure_export_parser,
-    configure_replay_parser,
-    export_libcachesim_csv,
-    load_templates,
-    replay,
-    request_blocks,
-    template_source,
-    template_summary,
-)
+from kvsim.cli.replay import cmd_export_trace, cmd_replay, configure_export_parser, configure_replay_parser
+from kvsim.export import export_libcachesim_csv
+from kvsim.replay import replay, request_blocks
+from kvsim.templates import load_templates, template_source, template_summary
 from kvsim.traces import NAMESPACE_STRIDE, TraceError, read_conversation
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces"

@@ -1,5 +1,5 @@
 """Sensitivity: the +/-50% tornado rows and local elasticities (analytic.sensitivity), and
-``kvsim sensitivity`` (kvsim.report)."""
+``kvsim sensitivity`` (kvsim.cli.sensitivity)."""
 
 import argparse
 import json
@@ -12,10 +12,10 @@ import pytest
 
 from analytic import presets
 from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.lru import lru_model
 from analytic.sensitivity import PARAMETERS, Scenario, sensitivity
 from analytic.sizing import capacity_from_memory
 from analytic.specs import Hardware, Workload
-from analytic.ttl import lru_model
 
 LLAMA8 = presets.model("llama-3.1-8b")
 A100 = Hardware(40.0, 1, gpu="a100-40gb")
@@ -168,11 +168,10 @@ def test_analytic_never_imports_kvsim():
 
 
 def sensitivity_parser():
-    from kvsim.report import add_sensitivity_args, cmd_sensitivity
+    from kvsim.cli import sensitivity as command
 
     p = argparse.ArgumentParser()
-    add_sensitivity_args(p)
-    p.set_defaults(func=cmd_sensitivity)
+    command.configure(p)  # sets func=command.cmd
     return p
 
 
@@ -197,7 +196,7 @@ def test_cli_json_matches_the_module(capsys):
 
 
 def test_cli_bad_input_names_the_flag():
-    from kvsim.report import cmd_sensitivity
+    from kvsim.cli.sensitivity import cmd as cmd_sensitivity
 
     a = sensitivity_parser().parse_args(["--arrival-rate", "0"])
     with pytest.raises(ValueError, match="^arrival-rate"):
@@ -208,7 +207,7 @@ def test_cli_bad_input_names_the_flag():
 
 
 def test_kvsim_sensitivity_when_wired(tmp_path, capsys):
-    from kvsim.cli import build_parser, main
+    from kvsim.cli.main import build_parser, main
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     if "sensitivity" not in sub.choices:

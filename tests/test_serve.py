@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from kvsim import serve
-from kvsim.cli import main as cli_main
+from kvsim import page, serve
+from kvsim.cli.main import main as cli_main
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +122,14 @@ def test_calc_curve_is_the_memory_figure(server):
     body = request(server, "/api/calc", {})[2]
     c = body["curve"]
     assert c["here"] == 40.0 and c["x_label"].startswith("GPU memory per GPU (GiB)")
-    assert len(c["lru"]["x"]) >= serve.CURVE_MIN_POINTS and len(c["lru"]["x"]) <= serve.CURVE_POINTS
+    assert len(c["lru"]["x"]) >= page.CURVE_MIN_POINTS and len(c["lru"]["x"]) <= page.CURVE_POINTS
     assert c["lru"]["x"] == sorted(c["lru"]["x"]) and c["lru"]["x"][-1] == pytest.approx(80.0)
     assert all(0 <= v <= 1 for v in c["lru"]["token"] + c["lru"]["request"] + c["seed"]["request"])
     assert c["lru"]["token"][-1] > body["methods"]["lru"]["token_hit_rate"] > c["lru"]["token"][0]
     assert len(c["seed"]["x"]) == len(c["lru"]["x"])
     # what /api/calc left out, /api/curve completes
     status, _, fifo = request(server, "/api/curve", {"method": "fifo"})
-    assert status == 200 and len(fifo["fifo"]["x"]) >= serve.CURVE_MIN_POINTS
+    assert status == 200 and len(fifo["fifo"]["x"]) >= page.CURVE_MIN_POINTS
     status, _, bad = request(server, "/api/curve", {"method": "lfu"})
     assert status == 400 and bad["field"] == "method"
 
@@ -138,7 +138,7 @@ def test_calc_is_fast(server):
     """The analytic answers well under 200 ms (the curve stops refining at CURVE_BUDGET_S)."""
     body = request(server, "/api/calc", {"arrival-rate": "1.2345"})[2]  # nothing cached
     assert body["timing_ms"]["models"] < 200
-    assert body["timing_ms"]["total"] < 200 + 1000 * serve.CURVE_BUDGET_S
+    assert body["timing_ms"]["total"] < 200 + 1000 * page.CURVE_BUDGET_S
     start = time.perf_counter()
     request(server, "/api/calc", {"arrival-rate": "1.2345"})  # cached
     assert time.perf_counter() - start < 0.2
@@ -216,7 +216,7 @@ def test_advice_target_is_validated(server):
 
 
 def test_error_field():
-    f = serve.error_field
+    f = page.error_field
     assert f("sliding-layers must be <= layers (32) (got 40)") == "sliding-layers"
     assert f("--preset cannot be combined with --layers/--kv-heads/--head-dim") == "preset"
     assert f("give only one of --capacity-tokens and --capacity-gib") == "capacity-tokens"
@@ -306,7 +306,7 @@ def test_serve_command_prints_its_url_and_serves(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "kvsim.serve", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "kvsim.cli", "serve", "--port", "0"], stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         url = re.search(r"(http://127\.0\.0\.1:\d+/)", line).group(1)
@@ -318,7 +318,7 @@ def test_serve_command_prints_its_url_and_serves(tmp_path):
 
 
 def test_kvsim_serve_when_wired(capsys):
-    from kvsim.cli import build_parser
+    from kvsim.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     if "serve" not in sub.choices:
@@ -348,7 +348,7 @@ def _same_curves(a, b):
             continue
         pa, pb = (dict(zip(c[name]["x"], zip(*(c[name][m] for m in c[name] if m != "x")))) for c in (a, b))
         common = set(pa) & set(pb)
-        assert len(common) >= serve.CURVE_MIN_POINTS and all(pa[x] == pb[x] for x in common), name
+        assert len(common) >= page.CURVE_MIN_POINTS and all(pa[x] == pb[x] for x in common), name
 
 
 @pytest.mark.parametrize("fleet", [{"instances": 1}, {"instances": "1", "router": "random"},
@@ -373,7 +373,7 @@ def test_random_fleet_is_the_fleet_model(server):
     params = {"instances": "3", "router": "random"}
     status, _, body = request(server, "/api/calc", params)
     assert status == 200, body
-    _, s, capacity, _, _ = serve._scenario({})
+    _, s, capacity, _, _ = page._scenario({})
     model = fleet_model(s.workload, [capacity.capacity_blocks] * 3, "random", "lru", s.block_size)
     lru = body["methods"]["lru"]
     assert lru["token_hit_rate"] == pytest.approx(model.token_hit_rate, rel=1e-12)
@@ -385,7 +385,7 @@ def test_random_fleet_is_the_fleet_model(server):
     assert body["methods"]["seed"] is None and body["memory"] == request(server, "/api/calc", {})[2]["memory"]
     c = body["curve"]
     assert "fifo" not in c and "seed" not in c and c["x_label"].endswith("per instance, 3 instances")
-    assert c["here"] == 40.0 and len(c["lru"]["x"]) >= serve.CURVE_MIN_POINTS
+    assert c["here"] == 40.0 and len(c["lru"]["x"]) >= page.CURVE_MIN_POINTS
     status, _, bad = request(server, "/api/curve", {**params, "method": "fifo"})
     assert status == 400 and bad["field"] == "method"
     status, _, bad = request(server, "/api/calc", {**params, "policy": "fifo"})
@@ -397,7 +397,7 @@ def test_affinity_fleet_is_each_instance_at_its_share(server, capsys):
 
     status, _, body = request(server, "/api/calc", {"instances": "4", "capacity-tokens": "60000"})
     assert status == 200, body
-    _, s, capacity, _, _ = serve._scenario({"capacity-tokens": "60000"})
+    _, s, capacity, _, _ = page._scenario({"capacity-tokens": "60000"})
     for method in ("lru", "fifo"):
         model = fleet_model(s.workload, [capacity.capacity_blocks] * 4, "affinity", method, s.block_size)
         assert body["methods"][method]["token_hit_rate"] == pytest.approx(model.token_hit_rate, rel=1e-12)

@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from scipy import integrate
 
 from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.fifo import _det_pieces, _fifo_groups, _fifo_rates  # the hit patterns of FIFO with deterministic gaps
+from analytic.fifo import fifo_model
+from analytic.lru import lru_model
 from analytic.specs import Workload
-from analytic.ttl import ModelResult, closed_form_sums, fifo_model, lru_model, no_eviction_ceiling
+from analytic.ttl import ModelResult, closed_form_sums, no_eviction_ceiling
 from analytic.ttl import _table  # the numeric sums the closed forms are checked against
-from analytic.ttl import _det_pieces, _fifo_groups, _fifo_rates  # the hit patterns of FIFO with deterministic gaps
 
 
 def workload(L=5, u=200, r=300, S=0, think=None, rate=1.0, turns=None):

@@ -42,7 +42,7 @@ def test_summary_lines_and_resume(tmp_path, monkeypatch):
     first = real(points[0], 2, 1500, 0)
     (tmp_path / "points").mkdir()
     (tmp_path / "points" / f"{validate.point_id(points[0])}.json").write_text(json.dumps(first))
-    monkeypatch.setattr(validate, "executor_for", lambda args: ThreadPoolExecutor(1))  # run_point patched here
+    monkeypatch.setattr(validate, "executor", lambda workers, dask: ThreadPoolExecutor(1))  # run_point patched here
     assert validate.main(argv) == 0
     assert len(calls) == 1 and calls[0][0] == points[1]
     lines = (tmp_path / "summary.txt").read_text().splitlines()

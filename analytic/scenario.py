@@ -1,0 +1,145 @@
+"""The scenario: everything one question needs, as a value.
+
+A :class:`Scenario` is the model, the memory (GPUs, or the cache capacity directly), the
+workload (synthetic, or template conversations), the cache configuration and the fleet. The
+command line, the calculator page and ``kvsim sweep`` each build one from their inputs with the
+same function (``kvsim.cli.args.scenario_from_values``); the models, the advice, the sensitivity
+analysis and the simulator's commands take it. Frozen and validated: a bad value raises
+``ValueError`` naming the field by its flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from analytic.service import ServiceModel
+from analytic.sizing import Capacity, capacity_from_gib, capacity_from_memory, capacity_from_tokens
+from analytic.specs import DEFAULT_BLOCK_SIZE, DTYPE_BYTES, Hardware, ModelSpec, Workload, check_dtype, check_positive
+
+if TYPE_CHECKING:
+    from analytic.ttl import ModelResult
+
+Evaluate = Callable[[Workload, int, int, str], "ModelResult"]
+
+MODEL_POLICIES = ("lru", "fifo")  # the eviction policies the analytic models know
+
+
+def default_evaluate(workload: Workload, capacity_blocks: int, block_size: int, method: str) -> ModelResult:
+    """``analytic.plan.model``: what ``Scenario.evaluate`` calls unless given a cached one."""
+    from analytic.plan import model  # scipy-heavy: imported when a model is evaluated, not to build a scenario
+
+    return model(workload, capacity_blocks, block_size, method)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Serving instances behind a router, and the optional service time.
+
+    ``None`` means "not asked for": one instance, and the default router (affinity) if a fleet
+    is asked for at all. ``instance_capacity_tokens`` gives instances of different sizes; the
+    cache-aware router's thresholds are ``cache_threshold``, ``balance_abs``, ``balance_rel``.
+    """
+
+    instances: int | None = None
+    router: str | None = None
+    instance_capacity_tokens: tuple[int, ...] | None = None
+    cache_threshold: float | None = None
+    balance_abs: int | None = None
+    balance_rel: float | None = None
+    service: ServiceModel | None = None
+
+    def __post_init__(self) -> None:
+        if self.instances is not None:
+            check_positive("instances", self.instances, integer=True)
+        if self.instance_capacity_tokens is not None:
+            if self.instances is not None and self.instances != len(self.instance_capacity_tokens):
+                raise ValueError(f"--instances must equal the number of --instance-capacity-tokens "
+                                 f"({len(self.instance_capacity_tokens)}) (got {self.instances})")
+            for tokens in self.instance_capacity_tokens:
+                check_positive("instance-capacity-tokens", tokens, integer=True, allow_zero=True)
+
+    @property
+    def routed(self) -> bool:
+        """Whether instances or a router were asked for (the fleet models apply)."""
+        return self.instances is not None or self.router is not None
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the fleet simulator is needed (a fleet, or a service time)."""
+        return self.routed or self.instance_capacity_tokens is not None or self.service is not None
+
+    @property
+    def size(self) -> int:
+        if self.instance_capacity_tokens is not None:
+            return len(self.instance_capacity_tokens)
+        return 1 if self.instances is None else self.instances
+
+    def router_options(self) -> dict:
+        """The cache-aware router's keyword arguments that were given."""
+        names = ("cache_threshold", "balance_abs", "balance_rel")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One deployment and its workload: the inputs of ``kvsim calc`` and ``kvsim simulate`` as values.
+
+    The memory is ``hardware`` (GPU memory -> capacity) or the capacity directly
+    (``capacity_tokens`` or ``capacity_gib``): exactly one of the three. ``policy`` is the
+    engine's eviction policy for the models and the advice (lru or fifo; vLLM's prefix cache is
+    LRU). ``conversations`` are template conversation files that replace the synthetic turns
+    (then ``block_size`` is the templates' own unless given).
+    """
+
+    model: ModelSpec
+    workload: Workload
+    hardware: Hardware | None = None
+    kv_dtype: str = "bf16"
+    weight_dtype: str = "bf16"
+    block_size: int = DEFAULT_BLOCK_SIZE
+    model_size_gib: float | None = None
+    capacity_tokens: int | None = None
+    capacity_gib: float | None = None
+    policy: str = "lru"
+    fleet: Fleet = field(default_factory=Fleet)
+    conversations: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_dtype("kv-dtype", self.kv_dtype)
+        check_dtype("weight-dtype", self.weight_dtype)
+        given = [x is not None for x in (self.hardware, self.capacity_tokens, self.capacity_gib)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of GPU memory (hardware), capacity-tokens and capacity-gib")
+        if self.policy not in MODEL_POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(MODEL_POLICIES)} (got {self.policy!r})")
+
+    def capacity(self) -> Capacity:
+        if self.hardware is not None:
+            return capacity_from_memory(self.model, self.hardware, self.kv_dtype, self.weight_dtype,
+                                        self.block_size, model_size_gib=self.model_size_gib)
+        if self.capacity_tokens is not None:
+            return capacity_from_tokens(self.model, self.capacity_tokens, self.kv_dtype, self.block_size)
+        return capacity_from_gib(self.model, self.capacity_gib, self.kv_dtype, self.block_size)
+
+    def weights_gib(self) -> float:
+        """Weights in GiB: given, or parameters x weight-dtype bytes (the original tool's convention)."""
+        if self.model_size_gib is not None:
+            return self.model_size_gib
+        if self.model.params_b is None:
+            raise ValueError("--params-b or --model-size-gb is required with a custom model")
+        return self.model.params_b * DTYPE_BYTES[self.weight_dtype]
+
+    def instance_capacities(self) -> list[int]:
+        """Cache blocks of each instance: the memory's capacity on every instance, or the
+        per-instance token capacities."""
+        if self.fleet.instance_capacity_tokens is None:
+            return [self.capacity().capacity_blocks] * self.fleet.size
+        return [capacity_from_tokens(self.model, t, self.kv_dtype, self.block_size).capacity_blocks
+                for t in self.fleet.instance_capacity_tokens]
+
+    def evaluate(self, method: str | None = None, evaluate: Evaluate | None = None) -> ModelResult:
+        """The model (``method``, default the scenario's policy) at this scenario's capacity."""
+        capacity = self.capacity()
+        return (evaluate or default_evaluate)(self.workload, capacity.capacity_blocks, self.block_size, method or self.policy)

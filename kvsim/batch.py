@@ -1,0 +1,48 @@
+"""Many independent runs: an executor of local processes or of an existing Dask cluster, and
+files written atomically so that an interrupted batch loses no finished result.
+
+Shared by ``kvsim sweep`` and ``experiments/validate.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def executor(workers: int | None = None, dask_address: str | None = None) -> Iterator[Executor]:
+    """``workers`` local processes (None: one per core), or the workers of the Dask cluster at
+    ``dask_address`` (the optional ``dask`` extra); shut down (and the Dask client closed) on exit."""
+    if not dask_address:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            yield pool
+        return
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ValueError("--dask needs the optional extra: pip install 'kvsim[dask]'") from None
+    with Client(dask_address) as client, client.get_executor() as pool:
+        yield pool
+
+
+def write_atomic(path: Path | str, data: str | bytes) -> None:
+    """Write ``data`` through a temporary file in the same folder and a rename: a reader (or a
+    rerun after an interruption) never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -1,0 +1,296 @@
+"""The flags shared by the commands, and the one function that turns them into a Scenario.
+
+Every command's flags are defined here or in its own module; :func:`scenario_from_values` builds
+the :class:`~analytic.scenario.Scenario` from parsed flags (``vars(namespace)``), from the
+calculator page's fields and from a sweep's grid point alike. Nothing below the command line
+sees an argparse namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from analytic import presets
+from analytic.advice import DEFAULT_TARGET
+from analytic.distributions import THINK_KINDS, ThinkTime, TokenCount, TurnCount
+from analytic.scenario import MODEL_POLICIES, Fleet, Scenario
+from analytic.service import (DEFAULT_DECODE_PER_TOKEN, DEFAULT_MAX_RUNNING, DEFAULT_PREFILL_PER_TOKEN,
+                              DEFAULT_SERVICE_PRESET, ServiceModel)
+from analytic.specs import (
+    DEFAULT_ACTIVATION_RESERVE_GIB,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_MEMORY_UTILIZATION,
+    DTYPE_BYTES,
+    Hardware,
+    ModelSpec,
+    Workload,
+)
+from kvsim.fleet import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, ROUTERS
+
+DEFAULT_PRESET = "llama-3.1-8b"
+DEFAULT_GPU = "a100-40gb"
+SERVICE_FLAGS = ("prefill_per_token", "decode_per_token", "prefill_base", "max_running")
+
+
+class UsageError(Exception):
+    """Bad input from the command line: reported in one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message; one line is enough
+        raise UsageError(message)
+
+
+# ----------------------------------------------------------------------------- flag groups
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", help=f"model preset (see `kvsim presets`; default {DEFAULT_PRESET} "
+                                    "when no --layers is given)")
+    g.add_argument("--layers", type=int)
+    g.add_argument("--kv-heads", type=int)
+    g.add_argument("--head-dim", type=int)
+    g.add_argument("--kv-lora-rank", type=int, help="MLA latent rank (DeepSeek-V3: 512)")
+    g.add_argument("--qk-rope-head-dim", type=int, help="MLA rope key dim (DeepSeek-V3: 64)")
+    g.add_argument("--sliding-window", type=int, help="tokens kept by sliding-window layers")
+    g.add_argument("--sliding-layers", type=int, help="how many layers use the sliding window")
+    g.add_argument("--params-b", type=float, help="parameters in billions (weights = params x weight dtype)")
+    g.add_argument("--model-size-gb", type=float, help="weights in GiB, instead of --params-b")
+    g.add_argument("--kv-dtype", default="bf16", choices=list(DTYPE_BYTES), metavar="DTYPE",
+                   help=f"KV cache dtype: {', '.join(DTYPE_BYTES)} (default bf16)")
+    g.add_argument("--weight-dtype", default="bf16", choices=list(DTYPE_BYTES), metavar="DTYPE",
+                   help="weight dtype (default bf16)")
+
+
+def add_memory_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("memory (GPU memory, or the cache capacity directly)")
+    g.add_argument("--gpu", help=f"GPU preset: {', '.join(presets.GPUS)} (default {DEFAULT_GPU})")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs per instance (tensor parallel; default 1)")
+    g.add_argument("--gpu-memory-gb", type=float, help="memory per GPU in GiB, instead of --gpu")
+    g.add_argument("--memory-utilization", type=float, default=DEFAULT_MEMORY_UTILIZATION,
+                   help=f"fraction of GPU memory the engine may use (default {DEFAULT_MEMORY_UTILIZATION}, as vLLM)")
+    g.add_argument("--activation-reserve-gib", type=float, default=DEFAULT_ACTIVATION_RESERVE_GIB,
+                   help=f"memory kept for activations (default {DEFAULT_ACTIVATION_RESERVE_GIB} GiB)")
+    g.add_argument("--capacity-tokens", type=int, help="KV cache capacity in tokens")
+    g.add_argument("--capacity-gib", type=float, help="KV cache capacity in GiB")
+    g.add_argument("--block-size", type=int,
+                   help=f"tokens per KV block (default {DEFAULT_BLOCK_SIZE}, as vLLM; with --conversations, "
+                        "the templates' own)")
+
+
+def add_workload_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("workload (multi-turn conversations)")
+    g.add_argument("--arrival-rate", type=float, default=1.0, help="new conversations per second (default 1)")
+    g.add_argument("--turns", type=float, default=5, help="turns per conversation, or their mean (default 5)")
+    g.add_argument("--turns-dist", default="fixed", choices=["fixed", "geometric"])
+    g.add_argument("--think-time", type=float, default=30.0, help="mean think time in s (default 30)")
+    g.add_argument("--think-dist", default="exp", choices=[k for k in THINK_KINDS if k != "empirical"])
+    g.add_argument("--think-cv", type=float, default=1.0, help="think-time CV for lognormal and gamma (default 1)")
+    g.add_argument("--input-tokens", type=int, default=200, help="new user tokens per turn (default 200)")
+    g.add_argument("--output-tokens", type=int, default=300, help="response tokens per turn (default 300)")
+    g.add_argument("--input-cv", type=float, default=0.0, help="CV of input tokens (> 0: lognormal; default fixed)")
+    g.add_argument("--output-cv", type=float, default=0.0, help="CV of output tokens (> 0: lognormal)")
+    g.add_argument("--tokens-per-turn", type=int,
+                   help="the original tool's sequence length: same as --input-tokens N --output-tokens 0")
+    g.add_argument("--system-prompt-tokens", type=int, default=0, help="system prompt shared by all (default 0)")
+    g.add_argument("--conversations", metavar="PATH", nargs="+",
+                   help="template conversations (agentic-coding files, or Bailian jsonl chat chains; files or "
+                        "folders): each conversation replays one, drawn uniformly, instead of the synthetic "
+                        "turns, sizes and think times; --arrival-rate still sets how often they start")
+
+
+def add_scenario_args(p: argparse.ArgumentParser) -> None:
+    """Model, memory and workload: the flags every scenario command takes."""
+    add_model_args(p)
+    add_memory_args(p)
+    add_workload_args(p)
+
+
+def add_fleet_args(p: argparse.ArgumentParser, simulation: bool) -> None:
+    g = p.add_argument_group("fleet (several instances behind a router)")
+    g.add_argument("--instances", type=int, help="serving instances, each with the cache capacity above (default 1)")
+    if not simulation:
+        g.add_argument("--router", choices=["affinity", "random"],
+                       help="affinity (consistent hashing of the conversation) or random (default affinity)")
+        return
+    g.add_argument("--router", choices=[*ROUTERS, "all"], help="how requests pick an instance (default affinity)")
+    g.add_argument("--instance-capacity-tokens", metavar="T1,T2,...",
+                   help="a capacity per instance in tokens (instances of different sizes)")
+    g.add_argument("--cache-threshold", type=float,
+                   help=f"cache-aware: prefix share above which the best-matching instance wins (default "
+                        f"{CACHE_THRESHOLD}, SGLang's)")
+    g.add_argument("--balance-abs", type=int,
+                   help=f"cache-aware: outstanding-request gap that counts as imbalance (default {BALANCE_ABS_THRESHOLD})")
+    g.add_argument("--balance-rel", type=float,
+                   help=f"cache-aware: max/min outstanding ratio that counts as imbalance (default {BALANCE_REL_THRESHOLD})")
+    s = p.add_argument_group("service time (off by default: requests take no time)")
+    s.add_argument("--service", action="store_true",
+                   help=f"requests take time (defaults: {DEFAULT_SERVICE_PRESET} bf16 on one H100; any flag below "
+                        "also turns it on)")
+    s.add_argument("--prefill-per-token", type=float,
+                   help=f"s per uncached prompt token (default {DEFAULT_PREFILL_PER_TOKEN:.3g})")
+    s.add_argument("--decode-per-token", type=float, help=f"s per output token (default {DEFAULT_DECODE_PER_TOKEN:.3g})")
+    s.add_argument("--prefill-base", type=float, help="s per request on top (default 0)")
+    s.add_argument("--max-running", type=int,
+                   help=f"requests served at once per instance; the rest queue (default {DEFAULT_MAX_RUNNING})")
+
+
+def add_simulation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("simulation")
+    g.add_argument("--duration", type=float,
+                   help="seconds of arrivals (default: the warm-up + 3000 s measured)")
+    g.add_argument("--warmup", type=float,
+                   help="seconds not measured at the start (default: 5 mean conversation lifetimes, at least "
+                        "600 s; 600 s with --conversations)")
+    g.add_argument("--replications", type=int, default=5, help="independent runs (default 5)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def add_json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+# ----------------------------------------------------------------------------- values -> scenario
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """The simulation window: None for ``duration``/``warmup`` means the automatic one
+    (``kvsim.engine.run_window``)."""
+
+    duration: float | None = None
+    warmup: float | None = None
+    replications: int = 5
+    seed: int = 0
+
+
+def simulation_from_values(v: Mapping) -> SimulationSettings:
+    return SimulationSettings(v.get("duration"), v.get("warmup"), v.get("replications", 5), v.get("seed", 0))
+
+
+def _model(v: Mapping) -> ModelSpec:
+    custom = [v.get("layers"), v.get("kv_heads"), v.get("head_dim")]
+    if v.get("preset") and any(x is not None for x in custom):
+        raise UsageError("--preset cannot be combined with --layers/--kv-heads/--head-dim")
+    if any(x is not None for x in custom):
+        if any(x is None for x in custom):
+            raise UsageError("--layers, --kv-heads and --head-dim must be given together")
+        return ModelSpec(
+            layers=v["layers"], kv_heads=v["kv_heads"], head_dim=v["head_dim"], params_b=v.get("params_b"),
+            kv_lora_rank=v.get("kv_lora_rank") or 0, qk_rope_head_dim=v.get("qk_rope_head_dim") or 0,
+            sliding_window=v.get("sliding_window") or 0, sliding_layers=v.get("sliding_layers") or 0,
+        )
+    model = presets.model(v.get("preset") or DEFAULT_PRESET)
+    if v.get("params_b") is not None:
+        model = replace(model, params_b=v["params_b"])
+    return model
+
+
+def _hardware(v: Mapping) -> Hardware | None:
+    """The GPUs, or None when the capacity is given directly."""
+    direct = [x for x in ("capacity_tokens", "capacity_gib") if v.get(x) is not None]
+    if len(direct) > 1:
+        raise UsageError("give only one of --capacity-tokens and --capacity-gib")
+    if direct and (v.get("gpu") or v.get("gpu_memory_gb") is not None):
+        raise UsageError("give either GPU memory (--gpu/--gpu-memory-gb) or the capacity, not both")
+    if direct:
+        return None
+    if v.get("gpu") and v.get("gpu_memory_gb") is not None:
+        raise UsageError("give either --gpu or --gpu-memory-gb, not both")
+    if v.get("gpu_memory_gb") is not None:
+        return Hardware(v["gpu_memory_gb"], v["gpus"], v["memory_utilization"], v["activation_reserve_gib"])
+    gpu = v.get("gpu") or DEFAULT_GPU
+    return Hardware(presets.gpu_memory_gib(gpu), v["gpus"], v["memory_utilization"], v["activation_reserve_gib"],
+                    gpu=gpu)
+
+
+def _tokens(name: str, mean: int, cv: float) -> TokenCount:
+    if cv < 0:
+        raise UsageError(f"--{name}-cv must be >= 0 (got {cv})")
+    return TokenCount("lognormal", mean, cv, name=f"{name}-tokens") if cv > 0 else TokenCount(
+        "fixed", mean, name=f"{name}-tokens")
+
+
+def _workload(v: Mapping) -> Workload:
+    inp, out = v["input_tokens"], v["output_tokens"]
+    if v.get("tokens_per_turn") is not None:
+        inp, out = v["tokens_per_turn"], 0
+    return Workload(
+        arrival_rate=v["arrival_rate"],
+        turns=TurnCount(v["turns_dist"], v["turns"]),
+        think_time=ThinkTime(v["think_dist"], v["think_time"], v["think_cv"]),
+        input_tokens=_tokens("input", inp, v["input_cv"]),
+        output_tokens=_tokens("output", out, v["output_cv"]),
+        system_prompt_tokens=v["system_prompt_tokens"],
+    )
+
+
+def _instance_capacity_tokens(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise UsageError(f"--instance-capacity-tokens must be integers separated by commas (got {text!r})") from None
+
+
+def _fleet(v: Mapping) -> Fleet:
+    service_values = {f: v[f] for f in SERVICE_FLAGS if v.get(f) is not None}
+    service = ServiceModel(**service_values) if (v.get("service") or service_values) else None
+    return Fleet(instances=v.get("instances"), router=v.get("router"),
+                 instance_capacity_tokens=_instance_capacity_tokens(v.get("instance_capacity_tokens")),
+                 cache_threshold=v.get("cache_threshold"), balance_abs=v.get("balance_abs"),
+                 balance_rel=v.get("balance_rel"), service=service)
+
+
+@lru_cache(maxsize=8)
+def load_templates(paths: tuple[str, ...], block_size: int | None):
+    """The template conversations of ``--conversations`` (loaded once per process: the scenario
+    needs their block size, the command their requests)."""
+    from kvsim.templates import load_templates as load  # trace reading: only with --conversations
+
+    return load(list(paths), block_size)
+
+
+def scenario_from_values(v: Mapping) -> Scenario:
+    """The Scenario of the scenario flags, by argparse dest (``arrival_rate``): ``vars()`` of a
+    parsed command line, the page's fields, or a sweep's grid point. Missing optional flags
+    count as not given; ``policy`` is the engine's policy for the models when it is one they
+    know (lru or fifo), else lru."""
+    model = _model(v)
+    conversations = tuple(v["conversations"]) if v.get("conversations") else None
+    block_size = v.get("block_size")
+    if conversations is not None:
+        block_size = load_templates(conversations, block_size).block_size
+    elif block_size is None:
+        block_size = DEFAULT_BLOCK_SIZE
+    workload = _workload(v)
+    hardware = _hardware(v)
+    policy = v.get("policy")
+    return Scenario(
+        model=model, workload=workload, hardware=hardware, kv_dtype=v["kv_dtype"], weight_dtype=v["weight_dtype"],
+        block_size=block_size, model_size_gib=v.get("model_size_gb"),
+        capacity_tokens=v.get("capacity_tokens") if hardware is None else None,
+        capacity_gib=v.get("capacity_gib") if hardware is None else None,
+        policy=policy if policy in MODEL_POLICIES else "lru", fleet=_fleet(v), conversations=conversations,
+    )
+
+
+def synthetic_only(scenario: Scenario, what: str) -> None:
+    if scenario.conversations is not None:
+        raise UsageError(f"--conversations: {what}")
+
+
+def add_advise_args(p: argparse.ArgumentParser) -> None:
+    """``--advise``, ``--target-hit-rate`` and ``--policy`` for ``kvsim calc`` (and the page)."""
+    g = p.add_argument_group("advice")
+    g.add_argument("--advise", action="store_true",
+                   help="also print quantified recommendations (KV dtype, memory, GPUs, block size, policy)")
+    g.add_argument("--target-hit-rate", type=float, default=DEFAULT_TARGET,
+                   help=f"token hit rate the memory advice aims at (default {DEFAULT_TARGET:g})")
+    g.add_argument("--policy", default="lru", choices=list(MODEL_POLICIES),
+                   help="your engine's eviction policy, for the advice (default lru, as vLLM)")

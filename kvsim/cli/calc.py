@@ -1,0 +1,184 @@
+"""``kvsim calc``: sizing and the analytic models (one instance, a fleet, or template conversations)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from analytic.advice import DEFAULT_TARGET, advise, fleet_advise
+from analytic.calc import METHODS, calculate, inputs_summary
+from analytic.scenario import Scenario
+from kvsim.cli.args import (UsageError, add_advise_args, add_fleet_args, add_json_arg, add_scenario_args,
+                            load_templates, scenario_from_values)
+from kvsim.cli.text import describe, fmt
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    add_scenario_args(p)
+    p.add_argument("--method", default="all", choices=[*METHODS, "all"],
+                   help="seed (the original calculator), lru, fifo (characteristic-time models) or all")
+    add_json_arg(p)
+    add_fleet_args(p, simulation=False)
+    add_advise_args(p)
+    p.set_defaults(func=cmd)
+
+
+def cmd(a) -> int:
+    scenario = scenario_from_values(vars(a))
+    record = calc_record(scenario, a.method, advise=a.advise, target=a.target_hit_rate)
+    if a.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print("\n".join(calc_lines(scenario, record)))
+    return 0
+
+
+def calc_record(scenario: Scenario, method: str = "all", *, advise: bool = False, target: float | None = None) -> dict:
+    """What ``kvsim calc --json`` prints: ``{"inputs", "memory", "methods": {name: {...}}}`` (+ ``advice``)."""
+    if scenario.conversations is not None:
+        if advise:
+            raise UsageError("--advise works on synthetic workloads only, not with --conversations")
+        if scenario.fleet.routed:
+            raise UsageError("--instances/--router: the fleet models work on synthetic workloads only; "
+                             "use kvsim simulate --instances with --conversations")
+        return _templates_record(scenario, method)
+    if scenario.fleet.routed:
+        return _fleet_record(scenario, method, advise, target)
+    s = scenario
+    capacity = s.capacity()
+    methods = METHODS if method == "all" else (method,)
+    result = calculate(s.model, capacity, s.workload, kv_dtype=s.kv_dtype, model_size_gb=s.weights_gib(),
+                       methods=methods)
+    record = {"inputs": inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype),
+              **result}
+    if advise:
+        record["advice"] = scenario_advice(s, target)
+    return record
+
+
+def calc_lines(scenario: Scenario, record: dict) -> list[str]:
+    if scenario.conversations is not None:
+        return _templates_lines(scenario, record)
+    if scenario.fleet.routed:
+        return _fleet_lines(scenario, record)
+    s = scenario
+    lines = describe(s.model, record["memory"], s.workload, s.kv_dtype)
+    lines += ["", f"{'method':8} {'token_hit_rate':>15} {'request_hit_rate':>17}"]
+    for name, m in record["methods"].items():
+        lines.append(f"{name:8} {fmt(m['token_hit_rate']):>15} {fmt(m['request_hit_rate']):>17}")
+    if "seed" in record["methods"]:
+        lines.append("\nseed model (the original calculator's outputs):")
+        for key, value in record["methods"]["seed"].items():
+            if key not in ("token_hit_rate", "request_hit_rate"):
+                lines.append(f"  {key:26} {fmt(value)}")
+    if "advice" in record:
+        lines += ["", *advice_lines(s, record["advice"])]
+    return lines
+
+
+# ----------------------------------------------------------------------------- advice
+
+
+def scenario_advice(s: Scenario, target: float | None) -> list[dict]:
+    """``analytic.advice.advise`` at the target (default DEFAULT_TARGET)."""
+    return advise(s, target=DEFAULT_TARGET if target is None else target)
+
+
+def advice_lines(s: Scenario, advice: list[dict]) -> list[str]:
+    """The recommendations as text: '*' marks the levers worth at least half a point."""
+    now = advice[0]["token_hit_rate"]["now"] if advice else None
+    head = f"advice ({s.policy.upper()} model, token hit rate now {now:.1%}; each lever alone, the rest held):"
+    return [head, *(f"  {'*' if x['recommended'] else '-'} {x['text']}" for x in advice)]
+
+
+# ----------------------------------------------------------------------------- template conversations
+
+
+def _templates_record(s: Scenario, method: str) -> dict:
+    """The LRU and FIFO models fed from the templates, and the no-eviction ceiling."""
+    from analytic.empirical import ceiling_from_templates, fifo_model_from_templates, lru_model_from_templates
+    from analytic.specs import check_positive
+    from kvsim.templates import template_profile
+
+    if method not in ("lru", "fifo", "all"):
+        raise UsageError("with --conversations only --method lru, fifo or all is available: the seed model "
+                         "needs a parametric workload")
+    check_positive("arrival-rate", s.workload.arrival_rate)
+    templates = load_templates(s.conversations, s.block_size)
+    capacity = s.capacity()
+    profile = template_profile(templates)
+    solvers = {"lru": lru_model_from_templates, "fifo": fifo_model_from_templates}
+    methods = {name: solve(profile, s.workload.arrival_rate, capacity.capacity_blocks).as_dict()
+               for name, solve in solvers.items() if method in (name, "all")}
+    methods["ceiling"] = ceiling_from_templates(profile).as_dict()
+    return {"inputs": {"model": s.model.__dict__, "conversations": list(s.conversations),
+                       "templates": profile.templates, "arrival_rate": s.workload.arrival_rate,
+                       "kv_dtype": s.kv_dtype},
+            "memory": capacity.as_dict(), "methods": methods}
+
+
+def _templates_lines(s: Scenario, record: dict) -> list[str]:
+    memory = record["memory"]
+    requests = sum(len(t) for t in load_templates(s.conversations, s.block_size).templates)
+    lines = [f"templates {record['inputs']['templates']:,} conversations, {requests:,} requests, block "
+             f"size {s.block_size}; starting at {s.workload.arrival_rate:g}/s (Poisson)",
+             f"capacity  {memory['capacity_tokens']:,} tokens = {memory['capacity_blocks']:,} blocks",
+             f"\n{'method':8} {'token_hit_rate':>15} {'request_hit_rate':>17} {'T (s)':>10}"]
+    for name, m in record["methods"].items():
+        T = m["characteristic_time"]
+        lines.append(f"{name:8} {m['token_hit_rate']:>15.4f} {m['request_hit_rate']:>17.4f} "
+                     f"{'inf' if T is None else f'{T:,.1f}':>10}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- fleets
+
+
+def _fleet_record(s: Scenario, method: str, advise: bool, target: float | None) -> dict:
+    """``--instances N --router affinity|random``: the fleet models, and the other router's LRU."""
+    from analytic.fleet import fleet_model
+
+    instances, router = s.fleet.size, s.fleet.router or "affinity"
+    if method == "seed":
+        raise UsageError("--method seed has no fleet version: use lru or fifo with --instances/--router")
+    if router == "random" and method == "fifo":
+        raise UsageError("--method fifo has no model for --router random: use lru (or --router affinity)")
+    methods = ("lru", "fifo") if method == "all" and router == "affinity" else (
+        ("lru",) if method == "all" else (method,))
+    capacity = s.capacity()
+    capacities = [capacity.capacity_blocks] * instances
+    results = {m: fleet_model(s.workload, capacities, router, m, s.block_size) for m in methods}
+    other = "random" if router == "affinity" else "affinity"
+    contrast = fleet_model(s.workload, capacities, other, "lru", s.block_size)
+    record = {"inputs": {**inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype),
+                         "instances": instances, "router": router},
+              "memory": capacity.as_dict(),
+              "methods": {m: r.as_dict() for m, r in results.items()},
+              f"lru_{other}": contrast.as_dict()}
+    if advise:
+        record["advice"] = fleet_advise(s, instances, router, target=target or DEFAULT_TARGET)
+    return record
+
+
+def _fleet_lines(s: Scenario, record: dict) -> list[str]:
+    instances, router = record["inputs"]["instances"], record["inputs"]["router"]
+    other = "random" if router == "affinity" else "affinity"
+    blocks = record["memory"]["capacity_blocks"]
+    how = {"affinity": "every turn of a conversation on the same instance (consistent hashing)",
+           "random": "each request to an instance at random"}
+    lines = describe(s.model, record["memory"], s.workload, s.kv_dtype)
+    lines.append(f"fleet     {instances} instance{'s' if instances > 1 else ''} x {blocks:,} blocks, "
+                 f"router {router}: {how[router]}")
+    lines.append(f"\n{'method':8} {'token_hit_rate':>15} {'request_hit_rate':>17} {'T (s)':>10}")
+    for name, r in record["methods"].items():
+        T = r["per_instance"][0]["characteristic_time"]  # None: infinite (nothing is evicted)
+        lines.append(f"{name:8} {r['token_hit_rate']:>15.4f} {r['request_hit_rate']:>17.4f} "
+                     f"{'inf' if T is None else f'{T:,.1f}':>10}")
+    if "lru" in record["methods"]:
+        contrast = record[f"lru_{other}"]["token_hit_rate"]
+        gain = contrast - record["methods"]["lru"]["token_hit_rate"]
+        lines.append(f"\nwith router {other}, LRU would reach a token hit rate of {contrast:.4f} "
+                     f"({100 * gain:+.1f} points)")
+    if "advice" in record:
+        lines += ["", *advice_lines(s, record["advice"])]
+    return lines

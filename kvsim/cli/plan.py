@@ -1,0 +1,163 @@
+"""``kvsim plan``: the memory a target hit rate needs (the models inverted), one instance or a fleet."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+
+from analytic.calc import inputs_summary, seed_inputs
+from analytic.scenario import Scenario
+from analytic.sizing import GIB, memory_for_tokens
+from kvsim.cli.args import (SimulationSettings, UsageError, add_fleet_args, add_json_arg, add_scenario_args,
+                            add_simulation_args, scenario_from_values, simulation_from_values, synthetic_only)
+from kvsim.cli.text import ci, describe
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    add_scenario_args(p)
+    p.add_argument("--target-hit-rate", type=float, required=True, help="e.g. 0.8")
+    p.add_argument("--metric", default="token", choices=["token", "request"],
+                   help="token_hit_rate (default) or request_hit_rate")
+    p.add_argument("--method", default="lru", choices=["lru", "fifo"], help="model to invert (default lru)")
+    p.add_argument("--check", action="store_true",
+                   help="also simulate LRU at every capacity of the curve (one pass per replication)")
+    add_fleet_args(p, simulation=False)
+    add_simulation_args(p)
+    add_json_arg(p)
+    p.set_defaults(func=cmd)
+
+
+def cmd(a) -> int:
+    scenario = scenario_from_values(vars(a))
+    check = simulation_from_values(vars(a)) if a.check else None
+    record, lines = plan_record(scenario, a.target_hit_rate, a.metric, a.method, check)
+    if a.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def plan_record(scenario: Scenario, target: float, metric: str = "token", method: str = "lru",
+                check: SimulationSettings | None = None) -> tuple[dict, list[str]]:
+    """``kvsim plan``'s JSON record and text. ``check``: also simulate LRU along the curve."""
+    from analytic.plan import capacity_for_target, hit_rate_curve
+    from analytic.seed import seed_recommendation
+
+    s = scenario
+    synthetic_only(s, "kvsim plan works on synthetic workloads only; use kvsim calc or kvsim simulate with "
+                      "templates")
+    capacity = s.capacity()
+    header = describe(s.model, capacity.as_dict(), s.workload, s.kv_dtype)
+    if s.fleet.routed:
+        return _fleet_plan(s, target, metric, method, check, header[:1] + header[-1:])
+    hardware, bs = s.hardware, s.block_size
+    blocks = capacity_for_target(s.workload, target, metric, bs, method)
+    tokens = blocks * bs
+    plan = {"target_hit_rate": target, "metric": metric, "method": method,
+            "capacity_blocks": blocks, "capacity_tokens": tokens,
+            "kv_cache_gib": tokens * capacity.bytes_per_token / GIB}
+    if hardware is not None:
+        total = memory_for_tokens(s.model, tokens, s.kv_dtype, s.weight_dtype, hardware.memory_utilization,
+                                  hardware.activation_reserve_gib, s.model_size_gib)
+        plan["gpu_memory_gib_total"] = total
+        plan["gpu_memory_gib_per_gpu"] = total / hardware.gpus
+        if hardware.gpu != "custom":
+            plan["gpus_needed"] = math.ceil(total / hardware.gpu_memory_gib)
+            plan["gpu"] = hardware.gpu
+        plan["seed_recommendation"] = seed_recommendation(
+            memory_gb=hardware.gpu_memory_gib * hardware.gpus, target_hit_rate=target,
+            **seed_inputs(s.model, s.workload, s.kv_dtype, s.weights_gib()))
+    scale = np.geomspace(0.1, 3, 12)
+    capacities = sorted({max(1, int(blocks * f)) for f in scale} | {blocks})
+    curve = hit_rate_curve(s.workload, capacities, bs, methods=(method,))
+    if check is not None:  # simulated LRU at every capacity of the curve, from one pass per replication
+        from kvsim.curve import simulate_curve
+
+        simulated = simulate_curve(s.workload, capacities, block_size=bs, duration=check.duration,
+                                   warmup=check.warmup, replications=check.replications, seed=check.seed)
+        for row, sim in zip(curve, simulated):
+            row["simulated_lru"] = {"token_hit_rate": sim["token_hit_rate"],
+                                    "request_hit_rate": sim["request_hit_rate"]}
+    record = {"inputs": inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype),
+              "plan": plan, "curve": curve}
+    lines = header[:1] + header[-1:]
+    lines.append(f"\ntarget: {metric} hit rate >= {target:g} ({method.upper()} model)")
+    lines.append(f"needs   {tokens:,} tokens = {blocks:,} blocks of KV cache = {plan['kv_cache_gib']:.1f} GiB")
+    if hardware is not None:
+        line = (f"        {plan['gpu_memory_gib_total']:.1f} GiB of GPU memory in all "
+                f"(weights, {hardware.activation_reserve_gib:g} GiB activations, utilisation "
+                f"{hardware.memory_utilization:g})")
+        if "gpus_needed" in plan:
+            line += f": {plan['gpus_needed']} x {hardware.gpu}"
+        lines.append(line)
+        rec = plan["seed_recommendation"]
+        lines.append(f"seed    the original calculator recommends {rec['recommended_memory_gb']:.1f} GB"
+                     f" (its request hit rate now: {rec['current_hit_rate']:.3f})")
+    lines.append(f"\n{'capacity_tokens':>16} {'token_hit_rate':>15} {'request_hit_rate':>17}"
+                 + (f" {'simulated LRU token_hit_rate':>32}" if check else ""))
+    for row in curve:
+        mark = " <- plan" if row["capacity_blocks"] == blocks else ""
+        sim = f" {ci(row['simulated_lru']['token_hit_rate']):>32}" if check else ""
+        lines.append(f"{row['capacity_tokens']:>16,} {row['token_hit_rate']:>15.4f} {row['request_hit_rate']:>17.4f}"
+                     f"{sim}{mark}")
+    return record, lines
+
+
+def _fleet_plan(s: Scenario, target: float, metric: str, method: str, check, header: list[str]):
+    """``--instances N --router affinity|random``: cache per instance for a target, under both routers."""
+    from analytic.fleet import capacity_to_match, fleet_model
+
+    instances, router = s.fleet.size, s.fleet.router or "affinity"
+    hardware = s.hardware
+    bytes_per_token = s.capacity().bytes_per_token
+    if metric != "token":
+        raise UsageError("--metric request has no fleet version: the fleet plan targets the token hit rate")
+    if check is not None:
+        raise UsageError("--check simulates one instance: use kvsim simulate --instances/--router at the planned "
+                         "capacity")
+    if router == "random" and method == "fifo":
+        raise UsageError("--method fifo has no model for --router random: use lru (or --router affinity)")
+
+    def plan_for(r: str) -> dict:
+        try:
+            blocks = capacity_to_match(s.workload, target, instances, r, method, s.block_size)
+        except ValueError as e:
+            return {"router": r, "error": str(e)}
+        tokens = blocks * s.block_size
+        out = {"router": r, "capacity_blocks_per_instance": blocks, "capacity_tokens_per_instance": tokens,
+               "kv_cache_gib_per_instance": tokens * bytes_per_token / GIB,
+               "token_hit_rate": fleet_model(s.workload, [blocks] * instances, r, method, s.block_size).token_hit_rate}
+        if hardware is not None:
+            per_instance = memory_for_tokens(s.model, tokens, s.kv_dtype, s.weight_dtype, hardware.memory_utilization,
+                                             hardware.activation_reserve_gib, s.model_size_gib)
+            out["gpu_memory_gib_per_instance"] = per_instance
+            if hardware.gpu != "custom":
+                out["gpus_per_instance"] = math.ceil(per_instance / hardware.gpu_memory_gib)
+                out["gpu"] = hardware.gpu
+        return out
+
+    plans = [plan_for(router)]
+    other = "random" if router == "affinity" else "affinity"
+    if method == "lru":
+        plans.append(plan_for(other))
+    if "error" in plans[0]:
+        raise UsageError(plans[0]["error"])
+    inputs = {**inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype),
+              "instances": instances}
+    record = {"inputs": inputs, "target_hit_rate": target, "metric": "token", "method": method, "plans": plans}
+    lines = [*header, f"\ntarget: token hit rate >= {target:g} ({method.upper()} fleet model), {instances} instances"]
+    for plan in plans:
+        if "error" in plan:
+            lines.append(f"{plan['router']:9} {plan['error']}")
+            continue
+        line = (f"{plan['router']:9} {plan['capacity_tokens_per_instance']:,} tokens = "
+                f"{plan['capacity_blocks_per_instance']:,} blocks = {plan['kv_cache_gib_per_instance']:.1f} GiB of KV "
+                f"cache per instance ({instances * plan['kv_cache_gib_per_instance']:.1f} GiB in all)")
+        if "gpus_per_instance" in plan:
+            line += f"; {plan['gpus_per_instance']} x {plan['gpu']} per instance"
+        lines.append(line)
+    return record, lines

@@ -1,0 +1,186 @@
+"""The command line of ``kvsim replay`` (:func:`kvsim.replay.replay`) and ``kvsim export-trace``
+(:func:`kvsim.export.export_libcachesim_csv`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from kvsim.export import export_libcachesim_csv
+from kvsim.replay import POLICY_NAMES, policy_names, replay
+
+__all__ = ["cmd_export_trace", "cmd_replay", "configure_export_parser", "configure_replay_parser", "replay_kwargs"]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas (got {text!r})") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 0 separated by commas (got {text!r})")
+    return values
+
+
+def _policy_list(text: str) -> list[str]:
+    try:
+        return policy_names(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (got {text!r})")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number > 0 (got {text!r})")
+    return value
+
+
+def _add_reading_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("traces", nargs="+", metavar="TRACE",
+                   help="trace files (*.jsonl, *.json, optionally .gz) or directories of them")
+    g = p.add_argument_group("reading traces")
+    g.add_argument("--block-size", type=_positive_int,
+                   help="tokens per cache block (default: the traces' own; a multiple of it merges "
+                        "consecutive hash-id blocks, anything else is refused)")
+    g.add_argument("--trace-block-size", type=_positive_int,
+                   help="tokens per hash id in jsonl traces (default: blksz_N in the file name, else 16 "
+                        "with chat_id (Bailian), else 512 (Mooncake))")
+    g.add_argument("--time-unit", default="auto", choices=["auto", "ms", "s"],
+                   help="timestamps of jsonl traces (default auto: s with chat_id (Bailian), else ms)")
+    g.add_argument("--arrival-rate", type=_positive_float,
+                   help="start conversation files, in a random order, as a Poisson process of this "
+                        "many per second (default: all at time 0, as recorded)")
+    g.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of --arrival-rate (default 0)")
+    g.add_argument("--vllm", action="store_true",
+                   help="vLLM semantics: cache full blocks only, compute at least one prompt token "
+                        "(default: every listed block counts, as in the Mooncake papers)")
+    g.add_argument("--skip-bad", action="store_true", help="skip and count malformed records instead of stopping")
+    g.add_argument("--max-requests", type=_positive_int, help="stop after this many requests")
+
+
+def configure_replay_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``kvsim replay`` arguments to ``p`` (and ``func=cmd_replay``)."""
+    _add_reading_args(p)
+    g = p.add_argument_group("caches")
+    g.add_argument("--policy", type=_policy_list, default=["lru"],
+                   help=f"eviction policy: {', '.join(POLICY_NAMES)}, a comma list, or all (default lru)")
+    cap = g.add_mutually_exclusive_group()
+    cap.add_argument("--capacity-blocks", type=_int_list, metavar="N[,N...]", help="cache capacities in blocks")
+    cap.add_argument("--capacity-tokens", type=_int_list, metavar="N[,N...]",
+                     help="cache capacities in tokens (floor(N / block size) blocks)")
+    g.add_argument("--curve", action="store_true",
+                   help="LRU at every capacity from one pass (exact); with no capacity, a dense curve")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_replay)
+
+
+def replay_kwargs(a) -> dict:
+    return dict(block_size=a.block_size, trace_block_size=a.trace_block_size, time_unit=a.time_unit,
+                arrival_rate=a.arrival_rate, seed=a.seed, vllm=a.vllm, skip_bad=a.skip_bad,
+                max_requests=a.max_requests)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def cmd_replay(a) -> int:
+    if a.curve and "lru" not in a.policy:
+        raise ValueError("--curve computes LRU: use it with --policy lru (or a list with lru)")
+    record = replay(a.traces, a.policy, a.capacity_blocks or [], capacities_tokens=a.capacity_tokens,
+                    curve=a.curve, **replay_kwargs(a))
+    if a.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    files = record["inputs"]["traces"] or []
+    tr = record["trace"]
+    bs = record["inputs"]["block_size"]
+    kinds = {}
+    for info in files:
+        key = (info["format"], info["block_size"], info.get("time_unit"))
+        kinds[key] = kinds.get(key, 0) + 1
+    desc = "; ".join(f"{n} {fmt} file{'s' if n > 1 else ''} ({b}-token hash blocks"
+                     + (f", timestamps in {u})" if u else ")") for (fmt, b, u), n in kinds.items())
+    print(f"traces    {desc}")
+    conversations = sum(info["format"] == "conversation" for info in files)
+    if conversations > 1:
+        print("          " + (f"conversations start as a Poisson process, {a.arrival_rate:g}/s (seed {a.seed})"
+                              if a.arrival_rate else
+                              f"all {conversations} conversations start at t=0 (use --arrival-rate to stagger them)"))
+    span = (tr["last_time_s"] - tr["first_time_s"]) if tr["requests"] else 0.0
+    print(f"requests  {tr['requests']:,} over {span:,.0f} s; {tr['input_tokens']:,} input tokens in "
+          f"{tr['listed_blocks']:,} blocks of {bs} tokens ({tr['distinct_blocks']:,} distinct)")
+    print(f"semantics {record['inputs']['semantics']}")
+    print(f"ideal     block_hit_rate {_pct(record['ideal_block_hit_rate'])}, token_hit_rate "
+          f"{_pct(record['ideal_token_hit_rate'])} (infinite cache)")
+    if record["results"]:
+        print()
+        print(f"{'policy':6} {'capacity_blocks':>15} {'capacity_tokens':>15} {'block_hit_rate':>14} "
+              f"{'token_hit_rate':>14} {'request_hit_rate':>16} {'evictions':>11} {'oversized':>9}")
+        for r in record["results"]:
+            print(f"{r['policy']:6} {r['capacity_blocks']:>15,} {r['capacity_tokens']:>15,} "
+                  f"{_pct(r['block_hit_rate']):>14} {_pct(r['token_hit_rate']):>14} "
+                  f"{_pct(r['request_hit_rate']):>16} {r['evictions']:>11,} {r['oversized']:>9,}")
+    print()
+    rate = record["requests_per_s"]
+    print(f"replayed in {record['elapsed_s']:.2f} s" + (f" ({rate:,.0f} requests/s)" if rate else ""))
+    _report_skips(record)
+    return 0
+
+
+def _report_skips(record: dict) -> None:
+    if record["skipped"] or record["skipped_files"]:
+        print(f"skipped {record['skipped']:,} malformed records and {record['skipped_files']:,} unreadable files, "
+              f"e.g.:")
+        for message in record.get("skip_examples", []):
+            print(f"  {message}")
+
+
+def configure_export_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``kvsim export-trace`` arguments to ``p`` (and ``func=cmd_export_trace``)."""
+    _add_reading_args(p)
+    p.add_argument("--format", default="libcachesim-csv", choices=["libcachesim-csv"],
+                   help="output format (default libcachesim-csv: time,obj_id,obj_size,request)")
+    p.add_argument("-o", "--output", required=True, help="file to write (replaced atomically)")
+    p.add_argument("--bytes-per-token", type=_positive_int,
+                   help="write obj_size in bytes (block size x this) instead of tokens")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_export_trace)
+
+
+def cmd_export_trace(a) -> int:
+    summary = export_libcachesim_csv(a.traces, a.output, bytes_per_token=a.bytes_per_token, **replay_kwargs(a))
+    if a.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"wrote {summary['rows']:,} block accesses of {summary['requests']:,} requests to {summary['output']} "
+          f"(obj_size {summary['obj_size']} {summary['obj_size_unit']})")
+    print(f"libCacheSim: {summary['libcachesim_command']}")
+    if summary["skipped"] or summary["skipped_files"]:
+        print(f"skipped {summary['skipped']:,} malformed records and {summary['skipped_files']:,} unreadable files")
+    return 0

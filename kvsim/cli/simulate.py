@@ -1,0 +1,159 @@
+"""``kvsim simulate``: the discrete-event simulation, one instance or a fleet behind routers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from analytic.calc import inputs_summary
+from analytic.scenario import Scenario
+from kvsim.cli.args import (SimulationSettings, UsageError, add_fleet_args, add_json_arg, add_scenario_args,
+                            add_simulation_args, load_templates, scenario_from_values, simulation_from_values)
+from kvsim.cli.text import ci, describe, seconds
+from kvsim.fleet import ROUTERS
+from kvsim.policies import POLICIES
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    add_scenario_args(p)
+    p.add_argument("--policy", default="lru", choices=[*POLICIES, "all"], help="eviction policy (default lru)")
+    add_fleet_args(p, simulation=True)
+    add_simulation_args(p)
+    add_json_arg(p)
+    p.set_defaults(func=cmd)
+
+
+def cmd(a) -> int:
+    scenario = scenario_from_values(vars(a))
+    record, lines = simulate_record(scenario, a.policy, simulation_from_values(vars(a)), progress=None)
+    if a.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def simulate_record(scenario: Scenario, policy: str, settings: SimulationSettings,
+                    progress: bool | None = None) -> tuple[dict, list[str]]:
+    """``kvsim simulate``'s JSON record and its text: one result per policy (and router), under
+    ``results`` when there are several."""
+    from kvsim.engine import run_window, simulate
+
+    s = scenario
+    capacity = s.capacity()
+    source = None
+    if s.conversations is not None:
+        from kvsim.templates import template_source
+
+        source, _ = template_source(load_templates(s.conversations, s.block_size))
+    duration, warmup = run_window(s.workload, settings.duration, settings.warmup, source)
+    window = SimulationSettings(duration, warmup, settings.replications, settings.seed)
+    policies = tuple(POLICIES) if policy == "all" else (policy,)
+    inputs = inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype,
+                            duration=duration, warmup=warmup, seed=settings.seed,
+                            capacity_tokens=capacity.capacity_tokens,
+                            conversations=list(s.conversations) if s.conversations else None)
+    header = describe(s.model, capacity.as_dict(), s.workload, s.kv_dtype)
+    if s.conversations is not None:
+        header[-1] = (f"workload  {s.workload.arrival_rate:g} conversations/s, each replaying one of "
+                      f"{len(load_templates(s.conversations, s.block_size).templates):,} template conversations "
+                      f"({', '.join(s.conversations)})")
+    if s.fleet.simulated:
+        results = _fleet_results(s, source, policies, window, progress)
+    else:
+        results = [simulate(s.workload, capacity.capacity_blocks, p, block_size=s.block_size, duration=duration,
+                            warmup=warmup, replications=settings.replications, seed=settings.seed, source=source,
+                            progress=progress).as_dict()
+                   for p in policies]
+    record = {"inputs": inputs, **results[0]} if len(results) == 1 else {"inputs": inputs, "results": results}
+    lines = header + (_fleet_lines(s, results, window) if s.fleet.simulated else _lines(results, window))
+    return record, lines
+
+
+def _window_line(w: SimulationSettings) -> str:
+    return (f"simulated {w.duration:g} s of arrivals, warm-up {w.warmup:g} s, {w.replications} replications, "
+            f"seed {w.seed}; mean [95% CI]\n")
+
+
+def _lines(results: list[dict], window: SimulationSettings) -> list[str]:
+    lines = [_window_line(window),
+             f"{'policy':6} {'token_hit_rate':>26} {'request_hit_rate':>26} {'evictions':>10} {'oversized':>9} "
+             f"{'requests':>9}"]
+    for r in results:
+        lines.append(f"{r['policy']:6} {ci(r['token_hit_rate']):>26} {ci(r['request_hit_rate']):>26} "
+                     f"{r['evictions']:>10,} {r['oversized']:>9,} {r['requests_measured']:>9,}")
+    lines.append("\nhit probability by turn:")
+    for r in results:
+        turns = "  ".join(f"{k}:{p:.3f}" for k, p in list(r["per_turn_hit"].items())[:12])
+        lines.append(f"{r['policy']:6} {turns}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- fleets
+
+
+def _fleet_results(s: Scenario, source, policies, w: SimulationSettings, progress) -> list[dict]:
+    """``--instances`` / ``--router`` / service flags: the fleet simulator, with its model beside."""
+    from kvsim.fleet import simulate_fleet
+
+    capacities = s.instance_capacities()
+    routers = tuple(ROUTERS) if s.fleet.router == "all" else (s.fleet.router or "affinity",)
+    options = s.fleet.router_options()
+    if options and "cache-aware" not in routers:
+        raise UsageError("--cache-threshold, --balance-abs and --balance-rel apply to --router cache-aware only")
+    results = []
+    for policy in policies:
+        for router in routers:
+            result = simulate_fleet(s.workload, capacities, router=router, policy=policy, service=s.fleet.service,
+                                    block_size=s.block_size, duration=w.duration, warmup=w.warmup,
+                                    replications=w.replications, seed=w.seed, source=source,
+                                    router_options=options if router == "cache-aware" else None, progress=progress)
+            record = result.as_dict()
+            record["model"] = _fleet_prediction(s, capacities, router, policy, source)
+            results.append(record)
+    return results
+
+
+def _fleet_prediction(s: Scenario, capacities, router, policy, source) -> dict | None:
+    """The fleet model of this router and policy, if there is one (synthetic workloads: affinity
+    with LRU or FIFO, random with LRU; the models take no service time)."""
+    from analytic.fleet import FLEET_ROUTERS, fleet_model
+
+    if source is not None or router not in FLEET_ROUTERS or policy not in ("lru", "fifo") or (
+            router == "random" and policy != "lru"):
+        return None
+    m = fleet_model(s.workload, capacities, router, policy, s.block_size)
+    return {"token_hit_rate": m.token_hit_rate, "request_hit_rate": m.request_hit_rate, "variant": m.variant}
+
+
+def _fleet_lines(s: Scenario, results: list[dict], window: SimulationSettings) -> list[str]:
+    capacities = s.instance_capacities()
+    service = s.fleet.service
+    same = len(set(capacities)) == 1
+    fleet = (f"{len(capacities)} instance{'s' if len(capacities) > 1 else ''} x {capacities[0]:,} blocks" if same
+             else f"{len(capacities)} instances of {', '.join(f'{c:,}' for c in capacities)} blocks")
+    lines = [f"fleet     {fleet}; " + ("no service time (requests take no time)" if service is None else
+             f"service {service.prefill_per_token:.3g} s/uncached prompt token + {service.decode_per_token:.3g} "
+             f"s/output token, {service.max_running} at once per instance"),
+             _window_line(window),
+             f"{'policy':6} {'router':12} {'token_hit_rate':>26} {'request_hit_rate':>26} {'imbalance':>9} "
+             f"{'model token / request':>22}"]
+    for r in results:
+        m = r["model"]
+        predicted = f"{m['token_hit_rate']:.4f} / {m['request_hit_rate']:.4f}" if m else "-"
+        lines.append(f"{r['policy']:6} {r['router']:12} {ci(r['token_hit_rate']):>26} "
+                     f"{ci(r['request_hit_rate']):>26} {r['load_imbalance']['mean']:>9.3f} {predicted:>22}")
+    lines.append("\ntoken hit rate by instance (share of requests):")
+    for r in results:
+        parts = "  ".join(f"{i['token_hit_rate']['mean']:.3f} ({i['request_share']:.2f})" for i in r["per_instance"][:8])
+        more = " ..." if len(r["per_instance"]) > 8 else ""
+        lines.append(f"{r['policy']:6} {r['router']:12} {parts}{more}")
+    if service is not None:
+        lines.append(f"\nlatency (s)         {'queue mean':>10} {'queue p99':>10} {'TTFT mean':>10} {'TTFT p50':>10} "
+                     f"{'TTFT p99':>10} {'waiting at end':>15}")
+        for r in results:
+            q, t = r["queue_delay_s"], r["ttft_s"]
+            cells = (q["mean"]["mean"], q["p99"], t["mean"]["mean"], t["p50"], t["p99"])
+            lines.append(f"{r['policy']:6} {r['router']:12} " + " ".join(seconds(x) for x in cells)
+                         + f" {r['waiting_at_end']:>15,}")
+    return lines

@@ -1,0 +1,610 @@
+"""The calculator page's computations: what each endpoint of ``kvsim serve`` answers.
+
+The page's inputs are the ``kvsim calc`` flags, made into a Scenario by the same function as the
+command line's (``kvsim.cli.args.scenario_from_values``). The HTTP server is ``kvsim.serve``.
+Endpoints (JSON; the inputs are the ``kvsim calc`` flags by name, e.g. ``{"preset": "llama-3.1-70b", "gpu": "h100-80gb", "gpus": 2,
+"arrival-rate": 2}``, as a POST body or a GET query string):
+
+* ``GET /api/presets`` - models, GPUs, dtypes, choices and defaults of every field.
+* ``/api/calc`` - bytes/token, capacity, the seed/LRU/FIFO models, and the hit-rate-vs-memory
+  curves of ``kvsim compare``'s figure (``curve``), as many points as fit in ~90 ms.
+* ``/api/curve`` - one method's curve refined (``"method": "fifo"``) when ``/api/calc`` flagged it
+  ``incomplete`` (FIFO points of slow workloads cost up to ~100 ms each).
+* ``/api/sensitivity`` - the +/-50% tornado rows and elasticities (``analytic.sensitivity``).
+* ``/api/advice`` - the quantified recommendations (``analytic.advice``).
+* ``POST /api/simulate`` starts a short simulation in a background thread (202); while one runs,
+  another gets 409 and a polite message. ``GET /api/simulate`` reports its progress and points.
+
+Fleets: ``instances`` (default 1) and ``router`` (affinity or random, default affinity), with the
+memory inputs per instance. With more than one instance the hit rates and the curves are the
+fleet models' (``analytic.fleet.fleet_model``; affinity: LRU and FIFO, random: LRU only), the seed
+model is left out (it knows one instance only), the advice adds the routing lever (with affinity,
+the other levers at arrival rate / instances, as ``kvsim calc --instances --advise``) and the
+simulation is ``kvsim.fleet.simulate_fleet``. The sensitivity stays single-instance.
+
+Bad input gets HTTP 400 ``{"error": message, "field": flag, "errors": {flag: message}}``: the
+specs' own ValueErrors, which name the field by its flag, mapped to the page's fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import threading
+import time
+import traceback
+from dataclasses import replace
+from functools import lru_cache
+
+import numpy as np
+
+from analytic import presets
+from analytic.advice import DEFAULT_TARGET, advise, fleet_advise
+from analytic.calc import calculate
+from analytic.scenario import Scenario
+from analytic.seed import seed_model
+from analytic.sensitivity import sensitivity
+from analytic.sizing import GIB, Capacity, bytes_per_token, capacity_from_memory, capacity_from_tokens
+from analytic.specs import DEFAULT_BLOCK_SIZE, DTYPE_BYTES, Workload
+from analytic.ttl import ModelResult
+from kvsim.cli.args import (DEFAULT_GPU, DEFAULT_PRESET, add_advise_args, add_fleet_args, add_scenario_args,
+                            scenario_from_values)
+from kvsim.cli.text import describe
+
+
+CURVE_POINTS = 40  # points of the hit-rate-vs-memory curves ...
+CURVE_MIN_POINTS = 9  # ... at least this many, whatever the time
+CURVE_GOOD_POINTS = 20  # fewer: the curve is flagged incomplete and /api/curve refines it
+CURVE_REFINE_BUDGET_S = 0.25
+CURVE_BUDGET_S = 0.09  # /api/calc stops refining the curves this long after it started (LRU first)
+
+# The FIFO model's cost grows with the square of the longest possible conversation (its turn
+# support): ~50 ms at 540 turns (geometric, mean 20), ~0.6 s at 1,400, ~12 s at 5,500, and
+# gigabytes beyond. The page evaluates it up to this many turns, and says so past it.
+FIFO_MAX_TURNS = 700
+# The LRU model's cost and memory grow with the turn support times the sampled size paths (up to
+# 2,000 when token counts are drawn): the page takes conversations of at most this many turns.
+MAX_TURNS = {"fixed sizes": 20_000, "drawn sizes": 2_000}
+
+# Fields the page may not set (files on the server's disk).
+EXCLUDED_FIELDS = {"conversations", "help"}
+
+# The short simulation behind the page's button.
+SIM_POINTS = 4  # memory points besides the scenario's own (x LRU and FIFO)
+SIM_POLICIES = ("lru", "fifo")
+SIM_REPLICATIONS = 3
+SIM_MEASURED_REQUESTS = 10_000  # per replication: sets the measured window, within the bounds below
+SIM_WINDOW_S = (300.0, 3600.0)
+SIM_WARMUP_S = (300.0, 3600.0)
+SIM_LIMITS = {"duration": 50_000.0, "replications": 10, "points": 9}
+SIM_MAX_REQUESTS = 3_000_000  # in all (runs x replications): about a minute
+
+
+class FieldError(ValueError):
+    """A value the API could not even read (not a number, not one of the choices)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+# ----------------------------------------------------------------------------- fields
+
+
+@lru_cache(maxsize=1)
+def _fields() -> dict[str, argparse.Action]:
+    """Flag name (no dashes) -> its argparse action, from the same helpers as ``kvsim calc``."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_scenario_args(p)
+    add_advise_args(p)
+    add_fleet_args(p, simulation=False)
+    out = {}
+    for action in p._actions:
+        if not action.option_strings:
+            continue
+        flag = action.option_strings[0].lstrip("-")
+        if flag not in EXCLUDED_FIELDS and flag != "advise":
+            out[flag] = action
+    return out
+
+
+def field_defaults() -> dict:
+    return {flag: action.default for flag, action in _fields().items()}
+
+
+def _convert(flag: str, action: argparse.Action, raw):
+    if action.type in (int, float):
+        whole = action.type is int
+        what = "a whole number" if whole else "a number"
+        if isinstance(raw, bool):
+            raise FieldError(flag, f"{flag} must be {what} (got {raw!r})")
+        if isinstance(raw, str):
+            text = raw.strip().replace("_", "")
+            try:
+                value = float(text)
+            except ValueError:
+                raise FieldError(flag, f"{flag} must be {what} (got {raw!r})") from None
+        elif isinstance(raw, (int, float)):
+            value = float(raw)
+        else:
+            raise FieldError(flag, f"{flag} must be {what} (got {raw!r})")
+        if not math.isfinite(value):
+            raise FieldError(flag, f"{flag} must be a finite number (got {raw!r})")
+        if whole:
+            if value != int(value):
+                raise FieldError(flag, f"{flag} must be a whole number (got {raw!r})")
+            return int(value)
+        return value
+    value = str(raw).strip()
+    if action.choices is not None and value not in action.choices:
+        raise FieldError(flag, f"{flag} must be one of {', '.join(map(str, action.choices))} (got {value!r})")
+    return value
+
+
+def values_from_params(params: dict) -> dict:
+    """The values of the ``kvsim calc`` flags by dest (``arrival_rate``), from API parameters: what
+    ``kvsim.cli.args.scenario_from_values`` takes.
+
+    Keys are flags (``arrival-rate``) or their dests (``arrival_rate``); values are numbers or
+    strings. A missing key takes the flag's default; an empty string does too when the default is
+    None (an optional field left blank), and is an error otherwise (a required field cleared).
+    """
+    if not isinstance(params, dict):
+        raise FieldError("", "the request must be a JSON object of the calc flags")
+    fields = _fields()
+    values = field_defaults()
+    for key, raw in params.items():
+        flag = str(key).replace("_", "-")
+        if flag not in fields:
+            raise FieldError(flag, f"unknown field {key!r} (known: {', '.join(sorted(fields))})")
+        action = fields[flag]
+        if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+            if action.default is None:
+                values[flag] = None
+                continue
+            raise FieldError(flag, f"{flag} is required")
+        values[flag] = _convert(flag, action, raw)
+    return {**{fields[f].dest: v for f, v in values.items()}, "conversations": None}
+
+
+def error_field(message: str) -> str | None:
+    """The field a spec's error message names (messages start with the flag, as the CLI's do)."""
+    text = message.strip().lstrip("-")
+    flags = sorted(_fields(), key=len, reverse=True)
+    def ends_word(s: str, end: int) -> bool:
+        return end == len(s) or not (s[end].isalnum() or s[end] == "-")
+
+    for flag in flags:
+        if text.startswith(flag) and ends_word(text, len(flag)):
+            return flag
+    found = []  # "give either --gpu or --gpu-memory-gb": the first flag mentioned
+    for flag in flags:
+        for prefix in ("--", " "):
+            i = message.find(prefix + flag)
+            end = i + len(prefix) + len(flag)
+            if i >= 0 and ends_word(message, end):
+                found.append((i, -len(flag), flag))
+    if found:
+        return min(found)[2]
+    return None
+
+
+# ----------------------------------------------------------------------------- models (cached)
+
+
+@lru_cache(maxsize=4096)
+def _model(workload: Workload, capacity_blocks: int, block_size: int, method: str) -> ModelResult:
+    from analytic.plan import model
+
+    return model(workload, capacity_blocks, block_size, method)
+
+
+def cached_evaluate(workload: Workload, capacity_blocks: int, block_size: int, method: str) -> ModelResult:
+    """``analytic.plan.model`` behind a cache: the page asks the same questions again and again."""
+    return _model(workload, int(capacity_blocks), int(block_size), method)
+
+
+@lru_cache(maxsize=1024)
+def _fleet_model(workload: Workload, capacity_blocks: int, instances: int, router: str, method: str, block_size: int):
+    from analytic.fleet import fleet_model
+
+    return fleet_model(workload, [capacity_blocks] * instances, router, method, block_size)
+
+
+def cached_fleet(workload: Workload, capacity_blocks: int, instances: int, router: str, method: str,
+                 block_size: int):
+    """``analytic.fleet.fleet_model`` of ``instances`` equal instances, behind a cache."""
+    return _fleet_model(workload, int(capacity_blocks), int(instances), router, method, int(block_size))
+
+
+def fleet_of(s: Scenario) -> tuple[int, str]:
+    """(instances, router) of the scenario: (1, "affinity") unless given."""
+    return s.fleet.size, s.fleet.router or "affinity"
+
+
+def fleet_methods(instances: int, router: str, note: str | None) -> tuple[str, ...]:
+    """The methods the page evaluates: FIFO only where it has a model and is affordable."""
+    return ("lru",) if note or (instances > 1 and router == "random") else ("lru", "fifo")
+
+
+RANDOM_FIFO_NOTE = "no FIFO model for random routing"
+
+
+def _coarse_to_fine(n: int) -> list[int]:
+    """0, n-1, then the grid refined by halving strides: a curve cut short is still spread out."""
+    order = [0, n - 1] if n > 1 else [0]
+    seen = set(order)
+    stride = 1 << max(0, (n - 1).bit_length() - 1)
+    while stride >= 1:
+        for i in range(0, n, stride):
+            if i not in seen:
+                seen.add(i)
+                order.append(i)
+        stride //= 2
+    return order
+
+
+def memory_axis(scenario: Scenario, capacity: Capacity, n: int, instances: int = 1):
+    """(xs, capacity_at(x), x_label, here): GPU memory per GPU (GiB) from just above what the
+    weights and the reserve need to twice the scenario's (as ``kvsim compare``'s figure), or the
+    KV cache GiB when the capacity was given directly (per instance in a fleet)."""
+    hw, bs = scenario.hardware, scenario.block_size
+    model = scenario.model
+    if hw is not None:
+        floor = (capacity.weights_gib + hw.activation_reserve_gib) / hw.memory_utilization / hw.gpus
+        lo, hi = floor * 1.02, max(2 * hw.gpu_memory_gib, floor * 1.5)
+
+        def cap_at(x):
+            return capacity_from_memory(model, replace(hw, gpu_memory_gib=float(x)), scenario.kv_dtype,
+                                        scenario.weight_dtype, bs, model_size_gib=capacity.weights_gib)
+
+        label = f"GPU memory per GPU (GiB), {hw.gpus} GPU{'s' if hw.gpus > 1 else ''}"
+        here = hw.gpu_memory_gib
+    else:
+        lo, hi = 0.02 * capacity.kv_cache_gib, 2 * capacity.kv_cache_gib
+
+        def cap_at(x):
+            return capacity_from_tokens(model, max(1, int(x * GIB / capacity.bytes_per_token)), scenario.kv_dtype, bs)
+
+        label = "KV cache (GiB)" if instances == 1 else "KV cache per instance (GiB)"
+        here = capacity.kv_cache_gib
+    if instances > 1:
+        label += f"{' per instance' if hw is not None else ''}, {instances} instances"
+    return np.linspace(lo, hi, n), cap_at, label, here
+
+
+def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *, methods=("lru", "fifo"),
+                 points: int = CURVE_POINTS, budget_s: float = CURVE_BUDGET_S, min_points=None,
+                 start: float | None = None, instances: int = 1, router: str = "affinity") -> dict:
+    """The curves of ``kvsim compare``'s figure: token and request hit rate of the LRU and FIFO
+    models, and the seed model's request hit rate at the same capacity, against memory.
+
+    Points are computed coarse to fine, each method until its share of the time budget is spent
+    (LRU first, then FIFO with what is left) but at least ``min_points[method]`` (default
+    CURVE_MIN_POINTS for LRU, 0 for FIFO, whose points cost 5-100 ms each). A curve with fewer
+    than CURVE_GOOD_POINTS points is flagged in ``incomplete``: ``/api/curve`` refines it (the
+    points already computed are cached). The seed curve is drawn at the LRU points (it is free).
+
+    A fleet (``instances`` > 1): memory per instance; affinity evaluates each instance's model
+    (the workload at arrival rate / instances), random the LRU fleet model; no seed curve.
+    """
+    start = time.perf_counter() if start is None else start
+    mins = {"lru": CURVE_MIN_POINTS, "fifo": 0, **(min_points or {})}
+    xs, cap_at, label, here = memory_axis(scenario, capacity, points, instances)
+    w, bs = scenario.workload, scenario.block_size
+    if instances > 1 and router == "affinity":  # each instance is one cache at arrival rate / instances
+        w = replace(w, arrival_rate=w.arrival_rate / instances)
+
+    def evaluate(workload, blocks, block_size, method):
+        if instances > 1 and router == "random":
+            return cached_fleet(workload, blocks, instances, router, method, block_size)
+        return cached_evaluate(workload, blocks, block_size, method)
+    caps = {}
+    out = {"x_label": label, "here": here, "incomplete": []}
+    shares = {"lru": 0.5, "fifo": 1.0} if len(methods) > 1 else {m: 1.0 for m in methods}
+    for method in methods:
+        deadline = start + budget_s * shares[method]
+        done = []
+        for n, i in enumerate(_coarse_to_fine(len(xs))):
+            if n >= mins[method] and time.perf_counter() > deadline:
+                break
+            if i not in caps:
+                caps[i] = cap_at(xs[i])
+            r = evaluate(w, caps[i].capacity_blocks, bs, method)
+            done.append((float(xs[i]), r.token_hit_rate, r.request_hit_rate))
+        done.sort()
+        out[method] = {"x": [d[0] for d in done], "token": [d[1] for d in done], "request": [d[2] for d in done]}
+        if len(done) < min(CURVE_GOOD_POINTS, len(xs)):
+            out["incomplete"].append(method)
+    if "lru" in methods and instances == 1:
+        seed_kw = dict(memory_per_token_bytes=capacity.bytes_per_token, model_size_gb=model_size_gb,
+                       turns=w.turns.mean, arrival_rate=w.arrival_rate, interval=w.think_time.mean,
+                       seq_len=w.tokens_per_turn)
+        seed_x = sorted(i for i in caps)
+        out["seed"] = {"x": [float(xs[i]) for i in seed_x],
+                       "request": [seed_model(cached_tokens=caps[i].capacity_tokens, **seed_kw)["hit_rate"]
+                                   for i in seed_x]}
+    out["ms"] = 1000 * (time.perf_counter() - start)
+    return out
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def check_page_limits(workload: Workload) -> None:
+    """Refuse (as a field error) conversations too long for an interactive answer."""
+    longest = int(np.max(workload.turns.support[0]))
+    drawn = not (workload.input_tokens.is_fixed and workload.output_tokens.is_fixed)
+    kind = "drawn sizes" if drawn else "fixed sizes"
+    if longest > MAX_TURNS[kind]:
+        what = "token counts drawn (input-cv or output-cv > 0)" if drawn else "fixed token counts"
+        raise FieldError("turns", f"turns: conversations that reach {longest:,} turns ({workload.turns.kind}, mean "
+                                  f"{workload.turns.mean:g}) are too long for this page, which takes up to "
+                                  f"{MAX_TURNS[kind]:,} with {what}; kvsim calc computes them")
+
+
+def _scenario(params: dict):
+    """(field values, scenario, capacity, weights GiB, describe) of the page's inputs."""
+    values = values_from_params(params)
+    scenario = scenario_from_values(values)
+    check_page_limits(scenario.workload)
+    capacity = scenario.capacity()
+    return values, scenario, capacity, scenario.weights_gib(), describe
+
+
+def fifo_note(workload: Workload) -> str | None:
+    """None when the page can afford the FIFO model for this workload, else why not."""
+    longest = int(np.max(workload.turns.support[0]))
+    if longest <= FIFO_MAX_TURNS:
+        return None
+    return (f"FIFO model not evaluated here: conversations reach {longest:,} turns ({workload.turns.kind}, mean "
+            f"{workload.turns.mean:g}) and its cost grows with the square of that (it is fine up to "
+            f"{FIFO_MAX_TURNS}); kvsim calc --method fifo computes it")
+
+
+def _check_policy(s: Scenario, note: str | None, router: str = "affinity") -> None:
+    if note and s.policy == "fifo":
+        raise FieldError("policy", f"policy fifo: {note}")
+    if router == "random" and s.policy == "fifo":
+        raise FieldError("policy", f"policy fifo: {RANDOM_FIFO_NOTE}; use lru (or router affinity)")
+
+
+def calc(params: dict, *, curve: bool = True) -> dict:
+    """What the page shows for one set of inputs (everything but sensitivity and advice)."""
+    start = time.perf_counter()
+    a, s, capacity, size_gb, describe = _scenario(params)
+    instances, router = fleet_of(s)
+    note = fifo_note(s.workload)
+    _check_policy(s, note, router if instances > 1 else "affinity")
+    seed = calculate(s.model, capacity, s.workload, kv_dtype=s.kv_dtype, model_size_gb=size_gb, methods=("seed",))
+    methods = {"seed": seed["methods"]["seed"], "fifo": None}
+    if instances == 1:
+        for method in ("lru",) if note else ("lru", "fifo"):
+            methods[method] = cached_evaluate(s.workload, capacity.capacity_blocks, s.block_size, method).as_dict()
+    else:
+        methods["seed"] = None
+        for method in fleet_methods(instances, router, note):
+            r = cached_fleet(s.workload, capacity.capacity_blocks, instances, router, method, s.block_size)
+            methods[method] = {**r.as_dict(), "characteristic_time": r.per_instance[0].characteristic_time}
+    models_ms = 1000 * (time.perf_counter() - start)
+    out = {
+        "model": {**s.model.__dict__, "attention": s.model.attention},
+        "kv_dtype": s.kv_dtype,
+        "policy": s.policy,
+        "memory": seed["memory"],
+        "summary": describe(s.model, seed["memory"], s.workload, s.kv_dtype),
+        "methods": methods,
+        "notes": [note] if note else [],
+    }
+    if instances > 1:
+        out["fleet"] = {"instances": instances, "router": router}
+        out["method_notes"] = {"seed": "single instance only"}
+        if router == "random":
+            out["method_notes"]["fifo"] = RANDOM_FIFO_NOTE
+        out["notes"].append(f"{instances} instances behind {router} routing, each with the memory above: fleet "
+                            "models (characteristic time per instance); the seed model knows one instance only.")
+    if curve:
+        out["curve"] = memory_curve(s, capacity, size_gb, methods=fleet_methods(instances, router, note), start=start,
+                                    instances=instances, router=router)
+    out["timing_ms"] = {"models": models_ms, "total": 1000 * (time.perf_counter() - start)}
+    return out
+
+
+def curve_response(params: dict) -> dict:
+    """One method's curve refined (``{"method": "fifo", ...inputs}``): what ``/api/calc`` left
+    incomplete (a slow workload, or a busy server). At least CURVE_GOOD_POINTS points for LRU,
+    CURVE_MIN_POINTS for FIFO, more while CURVE_REFINE_BUDGET_S lasts."""
+    params = dict(params)
+    method = str(params.pop("method", "fifo"))
+    if method not in ("lru", "fifo"):
+        raise FieldError("method", f"method must be one of lru, fifo (got {method!r})")
+    a, s, capacity, size_gb, _ = _scenario(params)
+    instances, router = fleet_of(s)
+    note = fifo_note(s.workload)
+    if method == "fifo" and note:
+        raise FieldError("method", note)
+    if method == "fifo" and instances > 1 and router == "random":
+        raise FieldError("method", RANDOM_FIFO_NOTE)
+    return memory_curve(s, capacity, size_gb, methods=(method,), budget_s=CURVE_REFINE_BUDGET_S,
+                        min_points={method: CURVE_GOOD_POINTS if method == "lru" else CURVE_MIN_POINTS},
+                        instances=instances, router=router)
+
+
+def sensitivity_response(params: dict) -> dict:
+    start = time.perf_counter()
+    _, s, _, _, _ = _scenario(params)
+    out = sensitivity(s, method="lru", evaluate=cached_evaluate)
+    out["timing_ms"] = {"total": 1000 * (time.perf_counter() - start)}
+    return out
+
+
+def advice_response(params: dict) -> dict:
+    start = time.perf_counter()
+    a, s, _, _, _ = _scenario(params)
+    instances, router = fleet_of(s)
+    note = fifo_note(s.workload)
+    _check_policy(s, note, router if instances > 1 else "affinity")
+    target = a["target_hit_rate"] if a["target_hit_rate"] is not None else DEFAULT_TARGET
+    out = {"target": target, "notes": [note] if note else []}
+    if instances == 1:
+        out["advice"] = advise(s, target=target, evaluate=cached_evaluate, compare_policies=note is None)
+    else:
+        out["advice"] = fleet_advise(s, instances, router, target=target, evaluate=cached_evaluate,
+                                     compare_policies=note is None)
+    out["timing_ms"] = {"total": 1000 * (time.perf_counter() - start)}
+    return out
+
+
+def presets_response() -> dict:
+    models = {n: {**m.__dict__, "attention": m.attention, "bytes_per_token_bf16": bytes_per_token(m)}
+              for n, m in presets.models().items()}
+    fields = _fields()
+    defaults = field_defaults()
+    defaults.update(preset=DEFAULT_PRESET, gpu=DEFAULT_GPU, instances=1, router="affinity",
+                    **{"block-size": defaults.get("block-size") or DEFAULT_BLOCK_SIZE})
+    return {
+        "models": models,
+        "gpus": dict(presets.GPUS),
+        "dtypes": list(DTYPE_BYTES),
+        "defaults": defaults,
+        "choices": {f: list(a.choices) for f, a in fields.items() if a.choices is not None},
+        "help": {f: a.help for f, a in fields.items() if a.help},
+    }
+
+
+# ----------------------------------------------------------------------------- simulation job
+
+
+def simulation_settings(scenario: Scenario, params: dict, policies=SIM_POLICIES) -> dict:
+    """Warm-up, duration, replications and points of the page's short simulation.
+
+    Warm-up: two conversation lifetimes (turns x think time), within 300-3600 s. Measured window:
+    about SIM_MEASURED_REQUESTS requests per replication, within 300-3600 s. The API may override
+    ``duration``, ``warmup``, ``replications`` and ``points`` (bounded).
+    """
+    w = scenario.workload
+    warmup = min(max(2 * w.turns.mean * w.think_time.mean, SIM_WARMUP_S[0]), SIM_WARMUP_S[1])
+    window = min(max(SIM_MEASURED_REQUESTS / w.requests_per_second, SIM_WINDOW_S[0]), SIM_WINDOW_S[1])
+    settings = {"warmup": warmup, "duration": warmup + window, "replications": SIM_REPLICATIONS,
+                "points": SIM_POINTS, "seed": 0}
+    for key, kind in (("duration", float), ("warmup", float), ("replications", int), ("points", int), ("seed", int)):
+        if key not in params:
+            continue
+        raw = params[key]
+        try:
+            value = kind(raw)
+            ok = math.isfinite(value) and value == float(raw)
+        except (TypeError, ValueError):
+            ok = False
+        limit = SIM_LIMITS.get(key, 2**31)
+        low = 0 if key in ("warmup", "seed") else (1 if kind is int else 1e-9)
+        if not ok or not (low <= value <= limit):
+            raise FieldError(key, f"{key} must be {'a whole number' if kind is int else 'a number'} in "
+                                  f"[{low:g}, {limit:g}] (got {raw!r})")
+        settings[key] = value
+    if settings["warmup"] >= settings["duration"]:
+        raise FieldError("warmup", f"warmup must be shorter than duration ({settings['duration']:g} s) "
+                                   f"(got {settings['warmup']:g})")
+    runs = (settings["points"] + 1) * len(policies) * settings["replications"]
+    requests = runs * w.requests_per_second * settings["duration"]
+    if requests > SIM_MAX_REQUESTS:
+        raise FieldError("arrival-rate", f"arrival-rate: the short simulation would serve {requests:,.0f} requests "
+                                         f"({w.requests_per_second:g}/s for {settings['duration']:,.0f} s, {runs} runs); "
+                                         f"the page runs at most {SIM_MAX_REQUESTS:,}: use kvsim simulate")
+    settings["requests"] = requests
+    return settings
+
+
+class SimulationJob:
+    """One background simulation at a time: LRU and FIFO at a few memory points (a fleet: the
+    page's router over its instances; random routing: LRU only)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._status = {"state": "idle", "done": 0, "total": 0, "points": []}
+
+    def status(self) -> dict:
+        with self._lock:
+            s = dict(self._status)
+            s["points"] = list(s["points"])
+            if s.get("started") is not None:
+                s["elapsed_s"] = (s.get("finished") or time.time()) - s["started"]
+            return s
+
+    def running(self) -> bool:
+        with self._lock:
+            return self._status["state"] == "running"
+
+    def start(self, params: dict) -> tuple[int, dict]:
+        """(HTTP status, body): 202 started, 409 one is running already (bad input raises)."""
+        sim_keys = ("duration", "warmup", "replications", "points", "seed")
+        model_params = {k: v for k, v in params.items() if k not in sim_keys}
+        _, scenario, capacity, _, _ = _scenario(model_params)
+        instances, router = fleet_of(scenario)
+        policies = SIM_POLICIES if fleet_methods(instances, router, None) == SIM_POLICIES else ("lru",)
+        settings = simulation_settings(scenario, params, policies)
+        xs, cap_at, label, here = memory_axis(scenario, capacity, settings["points"] + 2, instances)
+        xs = sorted({float(x) for x in xs[1:-1]} | {float(here)})
+        runs = [(x, policy) for x in xs for policy in policies]
+        with self._lock:
+            if self._status["state"] == "running":
+                s = self._status
+                return 409, {
+                    "error": f"A simulation is already running ({s['done']} of {s['total']} runs done). "
+                             "Please wait for it to finish, then try again.",
+                    "state": "running",
+                }
+            self._cancel.clear()
+            self._status = {"state": "running", "done": 0, "total": len(runs), "points": [], "params": model_params,
+                            "settings": settings, "x_label": label, "here": here, "started": time.time(),
+                            "finished": None, "error": None}
+            self._thread = threading.Thread(target=self._run,
+                                            args=(scenario, runs, cap_at, settings, instances, router),
+                                            name="kvsim-simulation", daemon=True)
+            self._thread.start()
+            return 202, self.status_unlocked()
+
+    def status_unlocked(self) -> dict:
+        s = dict(self._status)
+        s["points"] = list(s["points"])
+        return s
+
+    def _run(self, scenario: Scenario, runs, cap_at, settings, instances: int = 1, router: str = "affinity") -> None:
+        from kvsim.engine import simulate
+        from kvsim.fleet import simulate_fleet
+
+        try:
+            for x, policy in runs:
+                if self._cancel.is_set():
+                    with self._lock:
+                        self._status.update(state="cancelled", finished=time.time())
+                    return
+                cap = cap_at(x)
+                window = dict(block_size=scenario.block_size, duration=settings["duration"], warmup=settings["warmup"],
+                              replications=settings["replications"], seed=settings["seed"], progress=False)
+                if instances == 1:
+                    r = simulate(scenario.workload, cap.capacity_blocks, policy, **window)
+                else:
+                    r = simulate_fleet(scenario.workload, cap.capacity_blocks, instances, router, policy,
+                                       **window).fleet
+                d = r.as_dict()
+                point = {"policy": policy, "x": x, "capacity_blocks": cap.capacity_blocks,
+                         "token_hit_rate": d["token_hit_rate"], "request_hit_rate": d["request_hit_rate"],
+                         "requests": d.get("requests_measured")}
+                with self._lock:
+                    self._status["points"].append(point)
+                    self._status["done"] += 1
+            with self._lock:
+                self._status.update(state="done", finished=time.time())
+        except Exception as e:  # reported to the page, never lost in a thread
+            traceback.print_exc()
+            with self._lock:
+                self._status.update(state="error", error=f"simulation failed: {e}", finished=time.time())
+
+    def cancel(self, wait: float = 0.0) -> None:
+        self._cancel.set()
+        thread = self._thread
+        if wait and thread is not None:
+            thread.join(wait)

@@ -1,0 +1,96 @@
+"""Eviction policies of the block-level prefix cache.
+
+A policy owns the set of cached block keys and their eviction order; the
+:class:`~kvsim.cache.PrefixCache` owns the capacity and drives a policy with
+three calls per served request:
+
+1. :meth:`~EvictionPolicy.acquire` looks the request up and pins its cached blocks,
+2. :meth:`~EvictionPolicy.evict` removes unpinned victims (only if room is needed),
+3. :meth:`~EvictionPolicy.release` touches the hit prefix, (re)inserts the rest
+   and unpins everything.
+
+Keys are ints. A request is given as *runs*: ``(first_key, count)`` pairs for
+the keys ``first_key .. first_key + count - 1``, head first; the key at depth
+``j`` of the request is its ``j``-th key in that order.
+
+Ordering: a request's blocks are updated at the same instant, the tail (deepest)
+block ranking as the oldest of them. The block at depth ``j`` of the ``s``-th
+served request therefore has the age ``(s, -j)``; smaller is evicted first.
+
+* LRU -- age of the last access.
+* FIFO -- age of the insertion; a hit does not refresh it.
+* LFU -- (access count, age of the last access); an insertion counts 1, each
+  hit adds 1.
+
+Two implementations of each, with identical results:
+
+* :class:`LRUPolicy`, :class:`FIFOPolicy`, :class:`LFUPolicy` (the default,
+  :data:`POLICIES`) work per run: the cached keys are *pieces*, runs of
+  consecutive keys of one request that share an eviction rank, and each
+  request costs O(log n) per piece it meets, whatever the number of blocks.
+* :class:`BlockLRU`, :class:`BlockFIFO`, :class:`BlockLFU`
+  (:data:`BLOCK_POLICIES`) work per block, with ordered dicts: simple, and the
+  oracle the run-based ones are tested against.
+
+Modules:
+
+* :mod:`~kvsim.policies.base` -- the :class:`EvictionPolicy` protocol, the
+  :data:`Runs` and :data:`Pinned` types and their helpers (:func:`pinned_parts`),
+  and the pieces/groups/key-index machinery shared by the run-based policies.
+* :mod:`~kvsim.policies.lru`, :mod:`~kvsim.policies.fifo`,
+  :mod:`~kvsim.policies.lfu` -- one run-based policy each.
+* :mod:`~kvsim.policies.reference` -- the per-block policies.
+* this package -- the registry (:data:`POLICIES`, :data:`BLOCK_POLICIES`,
+  :func:`make_policy`) and the public names.
+
+Adding a policy (S3-FIFO, ARC, ...) is one new module beside these, importing
+only :mod:`~kvsim.policies.base` (a class that follows :class:`EvictionPolicy`),
+and one line in :data:`POLICIES` below; the cache and the engine do not change.
+"""
+
+from __future__ import annotations
+
+from kvsim.policies.base import EvictionPolicy, Pinned, Runs, pinned_parts
+from kvsim.policies.fifo import FIFOPolicy
+from kvsim.policies.lfu import LFUPolicy
+from kvsim.policies.lru import LRUPolicy
+from kvsim.policies.reference import BlockFIFO, BlockLFU, BlockLRU
+
+__all__ = [
+    "BLOCK_POLICIES",
+    "BlockFIFO",
+    "BlockLFU",
+    "BlockLRU",
+    "EvictionPolicy",
+    "FIFOPolicy",
+    "LFUPolicy",
+    "LRUPolicy",
+    "POLICIES",
+    "Pinned",
+    "Runs",
+    "make_policy",
+    "pinned_parts",
+]
+
+POLICIES: dict[str, type[EvictionPolicy]] = {
+    "lru": LRUPolicy,
+    "fifo": FIFOPolicy,
+    "lfu": LFUPolicy,
+}
+"""Policy classes by name: the run-based ones, the default."""
+
+BLOCK_POLICIES: dict[str, type[EvictionPolicy]] = {
+    "lru": BlockLRU,
+    "fifo": BlockFIFO,
+    "lfu": BlockLFU,
+}
+"""The per-block implementations of the same policies, by name."""
+
+
+def make_policy(name: str, per_block: bool = False) -> EvictionPolicy:
+    """Return a new, empty policy called ``name`` (one of :data:`POLICIES`);
+    ``per_block`` picks the per-block implementation."""
+    cls = (BLOCK_POLICIES if per_block else POLICIES).get(name.lower()) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)} (got {name!r})")
+    return cls()
