@@ -34,11 +34,10 @@ from dataclasses import replace
 from analytic.plan import capacity_for_target
 from analytic.scenario import Evaluate, Scenario, default_evaluate
 from analytic.sizing import GIB, memory_for_tokens
-from analytic.specs import DTYPE_BYTES
+from analytic.specs import DEFAULT_TARGET, DTYPE_BYTES
 from analytic.ttl import no_eviction_ceiling
 
 MIN_GAIN_POINTS = 0.5  # a lever is recommended when it gains at least this many points
-DEFAULT_TARGET = 0.8
 HIGH_UTILIZATION = 0.95
 BLOCK_SIZES = (8, 16, 32)
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from analytic import seed
 from analytic.fifo import fifo_model
 from analytic.lru import lru_model
+from analytic.scenario import METHODS
 from analytic.sizing import GIB, Capacity, bytes_for_sequence
 from analytic.specs import DTYPE_BYTES, ModelSpec, Workload
 
-METHODS = ("seed", "lru", "fifo")
 
 
 def mean_prompt_tokens(workload: Workload) -> float:
@@ -38,6 +36,9 @@ def memory_summary(model: ModelSpec, capacity: Capacity, workload: Workload, kv_
 
 def seed_inputs(model: ModelSpec, workload: Workload, kv_dtype: str, model_size_gb: float) -> dict:
     """The original calculator's inputs for this scenario (its own per-token formula included)."""
+    if workload.tokens_per_turn <= 0:  # it divides by the tokens a turn adds
+        raise ValueError("input-tokens + output-tokens must be >= 1 for the seed model, which divides by the tokens "
+                         "a turn adds; use --method lru or fifo")
     return {
         "memory_per_token_bytes": seed.memory_per_token(model.layers, model.kv_heads, model.head_dim,
                                                         DTYPE_BYTES[kv_dtype]),
@@ -82,28 +83,4 @@ def calculate(
     return out
 
 
-def inputs_summary(model: ModelSpec, workload: Workload, **extra) -> dict:
-    """Every input, JSON-ready, so a result can be reproduced from its own record."""
-    return {"model": asdict(model), "workload": workload_dict(workload), **extra}
-
-
-def workload_dict(workload: Workload) -> dict:
-    def dist(d) -> dict:
-        out = {k: v for k, v in asdict(d).items() if k not in ("samples", "pmf_pairs", "name")}
-        if getattr(d, "samples", ()):
-            out["samples"] = len(d.samples)
-        if getattr(d, "pmf_pairs", ()):
-            out["pmf"] = {str(v): p for v, p in d.pmf_pairs}
-        return out
-
-    return {
-        "arrival_rate": workload.arrival_rate,
-        "turns": dist(workload.turns),
-        "think_time": dist(workload.think_time),
-        "input_tokens": dist(workload.input_tokens),
-        "output_tokens": dist(workload.output_tokens),
-        "system_prompt_tokens": workload.system_prompt_tokens,
-    }
-
-
-__all__ = ["calculate", "inputs_summary", "memory_summary", "GIB"]
+__all__ = ["calculate", "memory_summary", "GIB"]

@@ -2,7 +2,8 @@
 
 Each is a small frozen dataclass that the simulator samples and the models integrate. Sampling
 uses numpy ``Generator`` methods directly (a scipy ``rvs`` call costs ~20 µs, too much per
-conversation); CDFs and partial expectations come from ``scipy.stats`` where it has them.
+conversation); CDFs and partial expectations come from ``scipy.stats`` where it has them (imported where used:
+it costs half a second, and building a workload needs none of it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from scipy import integrate, special, stats
 
 THINK_KINDS = ("exp", "det", "lognormal", "gamma", "empirical")
 TURN_KINDS = ("fixed", "geometric", "empirical")
@@ -20,11 +20,25 @@ TOKEN_KINDS = ("fixed", "lognormal", "empirical")
 
 # A geometric pmf is cut where its tail mass drops below this; the models sum over the support.
 GEOMETRIC_TAIL = 1e-12
+# Longest conversation the models take (turns reached, the geometric support included): the LRU
+# model's tables grow linearly with it (0.25 s at 100,000 fixed turns), the FIFO model's with its
+# square (see analytic.fifo.FIFO_MAX_TURNS).
+MAX_TURNS = 100_000
+# Coefficients of variation above this are refused: a lognormal of cv 100 already puts half its
+# mass below 1/10,000 of the mean, and larger ones overflow in the moments.
+MAX_CV = 100.0
+MAX_TOKENS = 10_000_000  # tokens of one message: the longest context of any model (Llama 4 Scout, 10M)
+MAX_SECONDS = 1e9  # a think time beyond 30 years is a typo
 
 
 def _positive(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive number (got {value!r})")
+
+
+def _cv(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= MAX_CV):
+        raise ValueError(f"{name} must be a number in (0, {MAX_CV:g}] (got {value!r})")
 
 
 def _kind(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -59,9 +73,10 @@ class ThinkTime:
             object.__setattr__(self, "mean", float(np.mean(self.samples)))
             object.__setattr__(self, "cv", float(np.std(self.samples) / self.mean) if self.mean else 0.0)
             return
-        _positive("think-time", self.mean)
+        if not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean) and 0 < self.mean <= MAX_SECONDS):
+            raise ValueError(f"think-time must be a number in (0, {MAX_SECONDS:g}] s (got {self.mean!r})")
         if self.kind in ("lognormal", "gamma"):
-            _positive("think-cv", self.cv)
+            _cv("think-cv", self.cv)
         elif self.kind == "exp":
             object.__setattr__(self, "cv", 1.0)
         else:
@@ -75,6 +90,8 @@ class ThinkTime:
     @cached_property
     def scipy(self):
         """The frozen ``scipy.stats`` distribution (None for det and empirical)."""
+        from scipy import stats
+
         if self.kind == "exp":
             return stats.expon(scale=self.mean)
         if self.kind == "gamma":
@@ -112,6 +129,8 @@ class ThinkTime:
 
     def limited_mean(self, t: float) -> float:
         """m(t) = E[min(G, t)] = integral_0^t (1 - F(x)) dx (DESIGN.md §5)."""
+        from scipy import stats
+
         if t <= 0:
             return 0.0
         if self.kind == "exp":
@@ -132,10 +151,14 @@ class ThinkTime:
 
     def limited_mean_numeric(self, t: float) -> float:
         """m(t) by quadrature of the survival function; the closed forms are checked against it."""
+        from scipy import integrate
+
         return integrate.quad(lambda x: 1.0 - float(self.cdf(x)), 0.0, t, limit=200)[0]
 
     def limited_means(self, t) -> np.ndarray:
         """m(t) for an array of t (the vectorised twin of ``limited_mean``)."""
+        from scipy import stats
+
         t = np.maximum(np.asarray(t, dtype=float), 0.0)
         if self.kind == "exp":
             return self.mean * -np.expm1(-t / self.mean)
@@ -173,6 +196,8 @@ class ThinkTime:
         the shape, det -> a step at n * mean. lognormal and empirical have none: they go through
         ``convolution_lattice`` on [0, max t] (1024 cells; error O(cell width)).
         """
+        from scipy import special
+
         n = np.asarray(n)
         t = np.asarray(t, dtype=float)
         if self.kind in ("lognormal", "empirical"):
@@ -266,23 +291,37 @@ class TurnCount:
         if self.kind == "empirical":
             values = [v for v, _ in self.pmf_pairs]
             probs = [p for _, p in self.pmf_pairs]
-            if not values or any(int(v) != v or v < 1 for v in values) or any(p < 0 for p in probs):
-                raise ValueError("turns pmf must list whole turn counts >= 1 with probabilities >= 0")
+            if not values or any(int(v) != v or not 1 <= v <= MAX_TURNS for v in values) or any(
+                    not p >= 0 for p in probs):
+                raise ValueError(f"turns pmf must list whole turn counts in [1, {MAX_TURNS:,}] with probabilities "
+                                 ">= 0")
             total = sum(probs)
             if not math.isclose(total, 1.0, rel_tol=1e-6):
                 raise ValueError(f"turns pmf probabilities must sum to 1 (got {total})")
             object.__setattr__(self, "mean", float(sum(v * p for v, p in self.pmf_pairs)))
             return
-        if self.kind == "fixed":
-            if not (isinstance(self.mean, (int, float)) and self.mean >= 1 and int(self.mean) == self.mean):
-                raise ValueError(f"turns must be a whole number >= 1 for fixed turns (got {self.mean!r})")
-        elif not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean) and self.mean >= 1):
+        if not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean) and self.mean >= 1):
             raise ValueError(f"turns must be a number >= 1 (got {self.mean!r})")
+        if self.kind == "fixed" and int(self.mean) != self.mean:
+            raise ValueError(f"turns must be a whole number >= 1 for fixed turns (got {self.mean!r})")
+        if self.longest > MAX_TURNS:
+            reach = "" if self.kind == "fixed" else f" (geometric with mean {self.mean:g} reaches {self.longest:,})"
+            raise ValueError(f"turns must be at most {MAX_TURNS:,} per conversation{reach} (got {self.mean:g})")
 
     @property
     def continuation(self) -> float:
         """q, the probability of one more turn, for the geometric kind."""
         return 1.0 - 1.0 / self.mean
+
+    @property
+    def longest(self) -> int:
+        """The most turns a conversation reaches (the end of ``support``), without building it."""
+        if self.kind == "fixed":
+            return int(self.mean)
+        if self.kind == "empirical":
+            return max(int(v) for v, p in self.pmf_pairs if p > 0)
+        q = self.continuation
+        return 1 if q == 0 else int(math.ceil(math.log(GEOMETRIC_TAIL) / math.log(q))) + 1
 
     @cached_property
     def support(self) -> tuple[np.ndarray, np.ndarray]:
@@ -297,9 +336,9 @@ class TurnCount:
         q = self.continuation
         if q == 0:
             return np.array([1]), np.array([1.0])
-        n = int(math.ceil(math.log(GEOMETRIC_TAIL) / math.log(q))) + 1
-        values = np.arange(1, n + 1)
-        return values, stats.geom.pmf(values, 1.0 - q)
+        values = np.arange(1, self.longest + 1)
+        p = 1.0 - q
+        return values, np.power(1 - p, values - 1) * p  # scipy.stats.geom.pmf's own formula, without its import
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         if self.kind == "fixed":
@@ -327,13 +366,15 @@ class TokenCount:
                 raise ValueError(f"{self.name} samples must be whole numbers >= 0")
             object.__setattr__(self, "mean", float(np.mean(self.samples)))
             return
-        if not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean) and self.mean >= 0):
-            raise ValueError(f"{self.name} must be a number >= 0 (got {self.mean!r})")
+        if not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean) and 0 <= self.mean <= MAX_TOKENS):
+            raise ValueError(f"{self.name} must be a number in [0, {MAX_TOKENS:,}] (got {self.mean!r})")
         if self.kind == "fixed":
             if int(self.mean) != self.mean:
                 raise ValueError(f"{self.name} must be a whole number (got {self.mean!r})")
+            if self.cv != 0:
+                raise ValueError(f"{self.name}-cv must be 0 for a fixed count (got {self.cv!r})")
         else:
-            _positive(f"{self.name}-cv", self.cv)
+            _cv(f"{self.name}-cv", self.cv)
             _positive(self.name, self.mean)
 
     @property

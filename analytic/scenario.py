@@ -11,7 +11,7 @@ analysis and the simulator's commands take it. Frozen and validated: a bad value
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from analytic.service import ServiceModel
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 Evaluate = Callable[[Workload, int, int, str], "ModelResult"]
 
+MAX_INSTANCES = 10_000  # a fleet simulation keeps a cache per instance: beyond this it is a typo
 MODEL_POLICIES = ("lru", "fifo")  # the eviction policies the analytic models know
+METHODS = ("seed", *MODEL_POLICIES)  # what kvsim calc computes: the original calculator and the models
 
 
 def default_evaluate(workload: Workload, capacity_blocks: int, block_size: int, method: str) -> ModelResult:
@@ -52,8 +54,11 @@ class Fleet:
 
     def __post_init__(self) -> None:
         if self.instances is not None:
-            check_positive("instances", self.instances, integer=True)
+            check_positive("instances", self.instances, integer=True, at_most=MAX_INSTANCES)
         if self.instance_capacity_tokens is not None:
+            if not 1 <= len(self.instance_capacity_tokens) <= MAX_INSTANCES:
+                raise ValueError(f"instance-capacity-tokens must list 1 to {MAX_INSTANCES:,} capacities "
+                                 f"(got {len(self.instance_capacity_tokens):,})")
             if self.instances is not None and self.instances != len(self.instance_capacity_tokens):
                 raise ValueError(f"--instances must equal the number of --instance-capacity-tokens "
                                  f"({len(self.instance_capacity_tokens)}) (got {self.instances})")
@@ -143,3 +148,27 @@ class Scenario:
         """The model (``method``, default the scenario's policy) at this scenario's capacity."""
         capacity = self.capacity()
         return (evaluate or default_evaluate)(self.workload, capacity.capacity_blocks, self.block_size, method or self.policy)
+
+
+def inputs_summary(model: ModelSpec, workload: Workload, **extra) -> dict:
+    """Every input, JSON-ready, so a result can be reproduced from its own record."""
+    return {"model": asdict(model), "workload": workload_dict(workload), **extra}
+
+
+def workload_dict(workload: Workload) -> dict:
+    def dist(d) -> dict:
+        out = {k: v for k, v in asdict(d).items() if k not in ("samples", "pmf_pairs", "name")}
+        if getattr(d, "samples", ()):
+            out["samples"] = len(d.samples)
+        if getattr(d, "pmf_pairs", ()):
+            out["pmf"] = {str(v): p for v, p in d.pmf_pairs}
+        return out
+
+    return {
+        "arrival_rate": workload.arrival_rate,
+        "turns": dist(workload.turns),
+        "think_time": dist(workload.think_time),
+        "input_tokens": dist(workload.input_tokens),
+        "output_tokens": dist(workload.output_tokens),
+        "system_prompt_tokens": workload.system_prompt_tokens,
+    }

@@ -41,10 +41,11 @@ class ServiceModel:
     max_running: int = DEFAULT_MAX_RUNNING
 
     def __post_init__(self) -> None:
-        check_positive("prefill-per-token", self.prefill_per_token, allow_zero=True)
-        check_positive("decode-per-token", self.decode_per_token, allow_zero=True)
-        check_positive("prefill-base", self.prefill_base, allow_zero=True)
-        check_positive("max-running", self.max_running, integer=True)
+        # Bounds that catch typos: a second per token is a thousand times today's slowest GPUs.
+        check_positive("prefill-per-token", self.prefill_per_token, allow_zero=True, at_most=1.0)
+        check_positive("decode-per-token", self.decode_per_token, allow_zero=True, at_most=1.0)
+        check_positive("prefill-base", self.prefill_base, allow_zero=True, at_most=3600.0)
+        check_positive("max-running", self.max_running, integer=True, at_most=1_000_000)
 
     def prefill(self, uncached_tokens: int) -> float:
         return self.prefill_base + self.prefill_per_token * uncached_tokens

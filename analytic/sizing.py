@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 from analytic.specs import DEFAULT_BLOCK_SIZE, DTYPE_BYTES, Hardware, ModelSpec, check_dtype, check_positive
 
 GIB = 1024**3
+# A trillion tokens (~100 PiB of KV at Llama-3.1-8B's 131 KB/token) is more than any deployment
+# holds: a capacity beyond it is a typo, and would overflow the simulator's integer block counts.
+MAX_CAPACITY_TOKENS = 10**12
+SOURCE_FLAGS = {"gpu-memory": "gpu-memory-gb", "capacity-tokens": "capacity-tokens", "capacity-gib": "capacity-gib"}
 
 
 def bytes_per_token(model: ModelSpec, kv_dtype: str = "bf16") -> float:
@@ -55,7 +58,12 @@ class Capacity:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def _from_tokens(bpt: float, tokens: int, block_size: int, source: str, **extra) -> Capacity:
+def _from_tokens(bpt: float, tokens: float, block_size: int, source: str, **extra) -> Capacity:
+    """``tokens`` (a float from memory sizes is floored) in blocks of ``block_size``."""
+    if not tokens <= MAX_CAPACITY_TOKENS:
+        raise ValueError(f"{SOURCE_FLAGS[source]}: a cache of {tokens:.3g} tokens is more than the "
+                         f"{MAX_CAPACITY_TOKENS:.0e} kvsim takes")
+    tokens = int(tokens)
     blocks = tokens // block_size
     return Capacity(bpt, tokens, blocks, block_size, tokens * bpt / GIB, source, **extra)
 
@@ -92,7 +100,7 @@ def capacity_from_memory(
             f"activation reserve ({hardware.activation_reserve_gib} GiB); use more or larger GPUs"
         )
     return _from_tokens(
-        bpt, int(kv_bytes // bpt), block_size, "gpu-memory",
+        bpt, kv_bytes // bpt, block_size, "gpu-memory",
         gpu_memory_gib=total / GIB, usable_gib=usable / GIB, weights_gib=weights / GIB,
         activation_reserve_gib=hardware.activation_reserve_gib,
     )
@@ -102,7 +110,7 @@ def capacity_from_tokens(model: ModelSpec, tokens: int, kv_dtype: str = "bf16",
                          block_size: int = DEFAULT_BLOCK_SIZE) -> Capacity:
     check_positive("capacity-tokens", tokens, integer=True)
     check_positive("block-size", block_size, integer=True)
-    return _from_tokens(bytes_per_token(model, kv_dtype), int(tokens), block_size, "capacity-tokens")
+    return _from_tokens(bytes_per_token(model, kv_dtype), tokens, block_size, "capacity-tokens")
 
 
 def capacity_from_gib(model: ModelSpec, gib: float, kv_dtype: str = "bf16",
@@ -110,7 +118,7 @@ def capacity_from_gib(model: ModelSpec, gib: float, kv_dtype: str = "bf16",
     check_positive("capacity-gib", gib)
     check_positive("block-size", block_size, integer=True)
     bpt = bytes_per_token(model, kv_dtype)
-    return _from_tokens(bpt, int(math.floor(gib * GIB / bpt)), block_size, "capacity-gib")
+    return _from_tokens(bpt, gib * GIB / bpt, block_size, "capacity-gib")
 
 
 def memory_for_tokens(model: ModelSpec, tokens: int, kv_dtype: str = "bf16", weight_dtype: str = "bf16",

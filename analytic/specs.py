@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.distributions import MAX_TOKENS, ThinkTime, TokenCount, TurnCount
 
 # Bytes per element of each KV-cache / weight dtype; int4 packs two values per byte.
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -19,17 +19,25 @@ DEFAULT_MEMORY_UTILIZATION = 0.9  # vLLM's --gpu-memory-utilization default
 # max_num_batched_tokens, sampler, CUDA graphs). It is typically 1-3 GiB for 7-70B models at
 # vLLM's default batch-token budgets; 2 GiB per deployment is our documented middle value.
 DEFAULT_ACTIVATION_RESERVE_GIB = 2.0
+# Bounds that catch typos before they overflow: 100 TiB per GPU (a B200 has 180 GiB), 100,000 GPUs.
+MAX_GPU_MEMORY_GIB = 100_000.0
+MAX_GPUS = 100_000
+MAX_ARRIVAL_RATE = 1e6  # conversations per second: a thousand times the busiest public services
+DEFAULT_TARGET = 0.8  # token hit rate the advice and the page aim at unless told
 
 
-def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False) -> None:
+def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False,
+                   at_most: float | None = None) -> None:
+    """A finite number > 0 (>= 0 with ``allow_zero``), whole if ``integer``, at most ``at_most``."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if ok and integer:
         ok = int(value) == value
+    what = "a whole number" if integer else "a number"
     if not ok:
-        what = "a whole number" if integer else "a number"
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {what} {bound} (got {value!r})")
+        raise ValueError(f"{name} must be {what} {'>= 0' if allow_zero else '> 0'} (got {value!r})")
+    if at_most is not None and value > at_most:
+        raise ValueError(f"{name} must be {what} <= {at_most:,g} (got {value!r})")
 
 
 def check_dtype(name: str, value: str) -> None:
@@ -96,8 +104,8 @@ class Hardware:
     gpu: str = "custom"
 
     def __post_init__(self) -> None:
-        check_positive("gpu-memory-gb", self.gpu_memory_gib)
-        check_positive("gpus", self.gpus, integer=True)
+        check_positive("gpu-memory-gb", self.gpu_memory_gib, at_most=MAX_GPU_MEMORY_GIB)
+        check_positive("gpus", self.gpus, integer=True, at_most=MAX_GPUS)
         if not (isinstance(self.memory_utilization, (int, float)) and 0 < self.memory_utilization <= 1):
             raise ValueError(f"memory-utilization must be in (0, 1] (got {self.memory_utilization!r})")
         check_positive("activation-reserve-gib", self.activation_reserve_gib, allow_zero=True)
@@ -121,8 +129,9 @@ class Workload:
     system_prompt_tokens: int = 0
 
     def __post_init__(self) -> None:
-        check_positive("arrival-rate", self.arrival_rate)
-        check_positive("system-prompt-tokens", self.system_prompt_tokens, integer=True, allow_zero=True)
+        check_positive("arrival-rate", self.arrival_rate, at_most=MAX_ARRIVAL_RATE)
+        check_positive("system-prompt-tokens", self.system_prompt_tokens, integer=True, allow_zero=True,
+                       at_most=MAX_TOKENS)
         if self.input_tokens.is_fixed and self.input_tokens.mean < 1 and self.system_prompt_tokens == 0:
             raise ValueError("input-tokens must be >= 1 when there is no system prompt")
 

@@ -6,10 +6,10 @@
 """
 
 from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.service import ServiceModel
 from analytic.specs import Workload
 from kvsim.cache import PrefixCache, ReferenceCache, ServeResult
 from kvsim.engine import Estimate, SimulationResult, simulate
-from analytic.service import ServiceModel
 from kvsim.fleet import FleetResult, simulate_fleet
 
 __all__ = [

@@ -16,17 +16,19 @@ from analytic.lru import lru_model
 from analytic.seed import seed_model
 from analytic.sizing import GIB, Capacity, capacity_from_memory, capacity_from_tokens
 from analytic.specs import Hardware, ModelSpec, Workload
-from kvsim.engine import simulate
+from kvsim.engine import DEFAULT_MAX_EVENTS, simulate
 
 SIM_POLICIES = ("lru", "fifo", "lfu")
 
 
 def compare(model: ModelSpec, capacity: Capacity, workload: Workload, *, kv_dtype: str, model_size_gb: float,
-            duration: float, warmup: float, replications: int, seed: int) -> dict:
+            duration: float, warmup: float, replications: int, seed: int,
+            max_events: int | None = DEFAULT_MAX_EVENTS) -> dict:
     out = calculate(model, capacity, workload, kv_dtype=kv_dtype, model_size_gb=model_size_gb)
     out["simulated"] = {
         policy: simulate(workload, capacity.capacity_blocks, policy, block_size=capacity.block_size,
-                         duration=duration, warmup=warmup, replications=replications, seed=seed).as_dict()
+                         duration=duration, warmup=warmup, replications=replications, seed=seed,
+                         max_events=max_events).as_dict()
         for policy in SIM_POLICIES
     }
     return out
@@ -34,7 +36,8 @@ def compare(model: ModelSpec, capacity: Capacity, workload: Workload, *, kv_dtyp
 
 def memory_figure(path, model: ModelSpec, capacity: Capacity, workload: Workload, *, kv_dtype: str,
                   weight_dtype: str, hardware: Hardware | None, model_size_gb: float, duration: float,
-                  warmup: float, replications: int, seed: int, sim_points: int = 5) -> None:
+                  warmup: float, replications: int, seed: int, sim_points: int = 5,
+                  max_events: int | None = DEFAULT_MAX_EVENTS) -> None:
     """Token and request hit rate against GPU memory per GPU (or KV cache GiB when the capacity was
     given directly): models as lines, simulated LRU and FIFO as points with 95% CIs."""
     import matplotlib
@@ -80,7 +83,7 @@ def memory_figure(path, model: ModelSpec, capacity: Capacity, workload: Workload
         c = cap_at(x)
         for policy, color in (("lru", "C0"), ("fifo", "C1")):
             r = simulate(workload, c.capacity_blocks, policy, block_size=bs, duration=duration, warmup=warmup,
-                         replications=replications, seed=seed, progress=False)
+                         replications=replications, seed=seed, progress=False, max_events=max_events)
             for ax, est in ((ax1, r.token_hit_rate), (ax2, r.request_hit_rate)):
                 lo, hi = est.ci95 or (est.mean, est.mean)
                 ax.errorbar(x, est.mean, yerr=[[est.mean - lo], [hi - est.mean]], fmt="o", color=color, ms=4,

@@ -40,7 +40,7 @@ import numpy as np
 
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload
 from kvsim.cache import PrefixCache, check_runs, runs_of
-from kvsim.engine import ConversationSource, Estimate, checked_source, drive, run_window
+from kvsim.engine import DEFAULT_MAX_EVENTS, ConversationSource, Estimate, checked_source, drive, run_window
 from kvsim.policies import LRUPolicy, Runs
 
 __all__ = ["CurvePoint", "LRUCurve", "lru_curve", "simulate_curve"]
@@ -433,7 +433,8 @@ def lru_curve(requests: Iterable[tuple[Sequence, int, int, int]], capacities_blo
 
 def simulate_curve(workload: Workload, capacities_blocks: Iterable[int], *,
                    block_size: int = DEFAULT_BLOCK_SIZE, duration: float | None = None, warmup: float | None = None,
-                   replications: int = 5, seed: int = 0, source: ConversationSource | None = None) -> list[dict]:
+                   replications: int = 5, seed: int = 0, source: ConversationSource | None = None,
+                   max_events: int | None = DEFAULT_MAX_EVENTS) -> list[dict]:
     """LRU results of ``workload`` at every capacity from one simulation per replication.
 
     Arguments as :func:`~kvsim.engine.simulate`; one dict per capacity, in the order given, with
@@ -443,7 +444,7 @@ def simulate_curve(workload: Workload, capacities_blocks: Iterable[int], *,
     """
     capacities = list(capacities_blocks)
     duration, warmup = run_window(workload, duration, warmup, source)
-    source = checked_source(workload, source, block_size, duration, warmup, replications, seed)
+    source = checked_source(workload, source, block_size, duration, warmup, replications, seed, max_events)
     runs = []  # per replication: its points, and the measured prompt tokens and blocks
     for r in range(replications):
         curve = LRUCurve(capacities, block_size)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
-from scipy import stats
 
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 from kvsim.cache import PrefixCache
@@ -202,6 +201,8 @@ class Estimate:
         mean = float(np.mean(values))
         if len(values) < 2:
             return cls(mean, None)
+        from scipy import stats  # half a second to import: only when an interval is computed
+
         sem = stats.sem(values)
         if sem == 0:
             return cls(mean, (mean, mean))
@@ -277,6 +278,11 @@ class SimulationResult:
         }
 
 
+# Requests one simulation may serve unless told otherwise (``max_events``): about 3-5 minutes on
+# one core at this project's 60-130k turns/s; above it a run is refused before it starts, with
+# the estimate, so that a typo (a duration of 1e308 s, a rate of 1e9/s) does not run for ever.
+DEFAULT_MAX_EVENTS = 20_000_000
+MAX_DURATION = 1e12  # seconds of arrivals (30,000 years): beyond it SimPy's clock loses its resolution
 MIN_WARMUP = 600.0  # seconds
 WARMUP_LIFETIMES = 5  # automatic warm-up: this many mean conversation lifetimes, at least MIN_WARMUP
 MEASURED_WINDOW = 3000.0  # automatic duration: the warm-up plus this many seconds measured
@@ -300,16 +306,47 @@ def run_window(workload: Workload, duration: float | None, warmup: float | None,
     return duration, warmup
 
 
+def expected_requests(workload: Workload, duration: float, replications: int,
+                      source: ConversationSource | None = None) -> float | None:
+    """Requests a simulation will serve, on average: conversations started (arrival rate x
+    duration) x requests per conversation (the turns, or a source's ``mean_requests``) x
+    replications. None for a source that does not say how many requests it makes."""
+    per_conversation = workload.turns.mean if source is None else getattr(source, "mean_requests", None)
+    if per_conversation is None:
+        return None
+    return workload.arrival_rate * duration * per_conversation * replications
+
+
+def check_events(requests: float | None, max_events: int | None, mean_blocks: float | None = None) -> None:
+    """Refuse a run above ``max_events`` requests (None: no limit), before it starts."""
+    if max_events is None or requests is None or requests <= max_events:
+        return
+    blocks = f" of {mean_blocks:,.0f} blocks each on average" if mean_blocks is not None else ""
+    raise ValueError(f"max-events: this simulation would serve about {requests:,.3g} requests{blocks}, above the "
+                     f"limit of {max_events:,}; shorten --duration, lower --replications or --arrival-rate, or raise "
+                     "--max-events")
+
+
 def checked_source(workload: Workload, source: ConversationSource | None, block_size: int, duration: float,
-                   warmup: float, replications: int, seed: int) -> ConversationSource:
-    """Check the run arguments of :func:`simulate`; return ``source`` or the synthetic one."""
+                   warmup: float, replications: int, seed: int,
+                   max_events: int | None = DEFAULT_MAX_EVENTS) -> ConversationSource:
+    """Check the run arguments of :func:`simulate` (its size included: at most ``max_events``
+    requests); return ``source`` or the synthetic one."""
     check_positive("block-size", block_size, integer=True)
-    check_positive("duration", duration)
+    check_positive("duration", duration, at_most=MAX_DURATION)
     check_positive("warmup", warmup, allow_zero=True)
     check_positive("replications", replications, integer=True)
     check_positive("seed", seed, integer=True, allow_zero=True)
+    if max_events is not None:
+        check_positive("max-events", max_events, integer=True)
     if warmup >= duration:
         raise ValueError(f"warmup must be shorter than duration ({duration:g} s) (got {warmup:g})")
+    mean_blocks = None
+    if source is None:
+        w = workload
+        mean_prompt = w.system_prompt_tokens + w.input_tokens.mean + (w.turns.mean - 1) / 2 * w.tokens_per_turn
+        mean_blocks = mean_prompt / block_size
+    check_events(expected_requests(workload, duration, replications, source), max_events, mean_blocks)
     if source is None:
         def source(rng, cid):
             return synthetic_conversation(workload, block_size, rng, cid)
@@ -339,6 +376,7 @@ def simulate(
     seed: int = 0,
     source: ConversationSource | None = None,
     progress: bool | None = None,
+    max_events: int | None = DEFAULT_MAX_EVENTS,
 ) -> SimulationResult:
     """Simulate ``workload`` through a prefix cache of ``capacity_blocks`` blocks.
 
@@ -348,11 +386,12 @@ def simulate(
 
     ``source`` replaces the synthetic conversations (e.g. trace templates); arrivals stay
     Poisson at ``workload.arrival_rate``. ``progress`` shows a tqdm bar on stderr (default: when
-    stderr is a terminal).
+    stderr is a terminal). A run above ``max_events`` requests (:func:`expected_requests`) is
+    refused with ``ValueError`` before it starts; None lifts the limit.
     """
     check_positive("capacity-blocks", capacity_blocks, integer=True, allow_zero=True)
     duration, warmup = run_window(workload, duration, warmup, source)
-    source = checked_source(workload, source, block_size, duration, warmup, replications, seed)
+    source = checked_source(workload, source, block_size, duration, warmup, replications, seed, max_events)
     bar = progress_bar(progress, duration * replications, f"simulate {policy}")
     runs = []
     try:

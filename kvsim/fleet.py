@@ -32,7 +32,7 @@ import simpy
 from analytic.service import ServiceModel
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 from kvsim.cache import PrefixCache
-from kvsim.engine import (ConversationSource, Counters, Estimate, SimulationResult, checked_source,
+from kvsim.engine import (DEFAULT_MAX_EVENTS, ConversationSource, Counters, Estimate, SimulationResult, checked_source,
                           counting_server, drive, progress_bar, run_arrivals,
                           run_window)
 from kvsim.workload import Turn
@@ -409,17 +409,18 @@ def simulate_fleet(
     source: ConversationSource | None = None,
     router_options: dict | None = None,
     progress: bool | None = None,
+    max_events: int | None = DEFAULT_MAX_EVENTS,
 ) -> FleetResult:
     """Simulate ``workload`` over ``instances`` instances of ``capacity_blocks`` blocks each (or
     one instance per entry of a list of capacities) behind ``router`` (one of :data:`ROUTERS`).
 
     ``service=None``: zero service time (a fleet of one equals :func:`kvsim.engine.simulate`).
     The window, ``source`` and seeds are as in :func:`kvsim.engine.simulate`; the router draws
-    from its own stream, so every router sees the same conversations.
+    from its own stream, so every router sees the same conversations. ``max_events``: as there.
     """
     capacities = _capacities(capacity_blocks, instances)
     duration, warmup = run_window(workload, duration, warmup, source)
-    source = checked_source(workload, source, block_size, duration, warmup, replications, seed)
+    source = checked_source(workload, source, block_size, duration, warmup, replications, seed, max_events)
     options = dict(router_options or {})
     if router == "cache-aware":
         options.setdefault("block_size", block_size)

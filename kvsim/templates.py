@@ -164,6 +164,8 @@ def template_source(paths_or_templates, block_size: int | None = None, **kwargs)
     def source(rng: np.random.Generator, conversation_id: int) -> Iterator[Turn]:
         return _turns(templates[int(rng.integers(len(templates)))], conversation_id, bs, vllm)
 
+    source.mean_requests = sum(len(t) for t in templates) / len(templates)  # sizes the run (engine.expected_requests)
+
     info = {
         "templates": len(templates),
         "names": [t.name for t in templates],

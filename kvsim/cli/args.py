@@ -9,12 +9,12 @@ sees an argparse namespace.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from analytic import presets
-from analytic.advice import DEFAULT_TARGET
 from analytic.distributions import THINK_KINDS, ThinkTime, TokenCount, TurnCount
 from analytic.scenario import MODEL_POLICIES, Fleet, Scenario
 from analytic.service import (DEFAULT_DECODE_PER_TOKEN, DEFAULT_MAX_RUNNING, DEFAULT_PREFILL_PER_TOKEN,
@@ -23,16 +23,20 @@ from analytic.specs import (
     DEFAULT_ACTIVATION_RESERVE_GIB,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_MEMORY_UTILIZATION,
+    DEFAULT_TARGET,
     DTYPE_BYTES,
     Hardware,
     ModelSpec,
     Workload,
 )
+from kvsim.engine import DEFAULT_MAX_EVENTS
 from kvsim.fleet import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, ROUTERS
 
 DEFAULT_PRESET = "llama-3.1-8b"
 DEFAULT_GPU = "a100-40gb"
 SERVICE_FLAGS = ("prefill_per_token", "decode_per_token", "prefill_base", "max_running")
+# Geometry flags of a custom model: with a preset they would be ignored, so they are refused.
+CUSTOM_MODEL_FLAGS = ("kv_lora_rank", "qk_rope_head_dim", "sliding_window", "sliding_layers")
 
 
 class UsageError(Exception):
@@ -148,6 +152,9 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
                         "600 s; 600 s with --conversations)")
     g.add_argument("--replications", type=int, default=5, help="independent runs (default 5)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--max-events", type=int, default=DEFAULT_MAX_EVENTS,
+                   help=f"refuse a simulation that would serve more requests than this, before it starts (default "
+                        f"{DEFAULT_MAX_EVENTS:,}: minutes on one core)")
 
 
 def add_json_arg(p: argparse.ArgumentParser) -> None:
@@ -166,16 +173,39 @@ class SimulationSettings:
     warmup: float | None = None
     replications: int = 5
     seed: int = 0
+    max_events: int | None = DEFAULT_MAX_EVENTS
 
 
 def simulation_from_values(v: Mapping) -> SimulationSettings:
-    return SimulationSettings(v.get("duration"), v.get("warmup"), v.get("replications", 5), v.get("seed", 0))
+    check_finite(v)
+    return SimulationSettings(v.get("duration"), v.get("warmup"), v.get("replications", 5), v.get("seed", 0),
+                              v.get("max_events", DEFAULT_MAX_EVENTS))
+
+
+def check_finite(values: Mapping) -> None:
+    """Every number given is finite: NaN and infinities are refused by the flag's name."""
+    for dest, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{dest.replace('_', '-')} must be a finite number (got {value})")
+
+
+def _named(flag: str, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise UsageError(f"--{flag} must name one (it is empty); leave the flag out for the default")
+    return value
 
 
 def _model(v: Mapping) -> ModelSpec:
     custom = [v.get("layers"), v.get("kv_heads"), v.get("head_dim")]
-    if v.get("preset") and any(x is not None for x in custom):
+    preset = _named("preset", v.get("preset"))
+    if preset and any(x is not None for x in custom):
         raise UsageError("--preset cannot be combined with --layers/--kv-heads/--head-dim")
+    if not any(x is not None for x in custom):
+        extra = [f for f in CUSTOM_MODEL_FLAGS if v.get(f) is not None]
+        if extra:
+            flag = extra[0].replace("_", "-")
+            raise UsageError(f"--{flag} describes a custom model: give it with --layers, --kv-heads and --head-dim "
+                             "(a preset has its own geometry)")
     if any(x is not None for x in custom):
         if any(x is None for x in custom):
             raise UsageError("--layers, --kv-heads and --head-dim must be given together")
@@ -184,7 +214,7 @@ def _model(v: Mapping) -> ModelSpec:
             kv_lora_rank=v.get("kv_lora_rank") or 0, qk_rope_head_dim=v.get("qk_rope_head_dim") or 0,
             sliding_window=v.get("sliding_window") or 0, sliding_layers=v.get("sliding_layers") or 0,
         )
-    model = presets.model(v.get("preset") or DEFAULT_PRESET)
+    model = presets.model(preset or DEFAULT_PRESET)
     if v.get("params_b") is not None:
         model = replace(model, params_b=v["params_b"])
     return model
@@ -199,6 +229,7 @@ def _hardware(v: Mapping) -> Hardware | None:
         raise UsageError("give either GPU memory (--gpu/--gpu-memory-gb) or the capacity, not both")
     if direct:
         return None
+    _named("gpu", v.get("gpu"))
     if v.get("gpu") and v.get("gpu_memory_gb") is not None:
         raise UsageError("give either --gpu or --gpu-memory-gb, not both")
     if v.get("gpu_memory_gb") is not None:
@@ -261,6 +292,7 @@ def scenario_from_values(v: Mapping) -> Scenario:
     parsed command line, the page's fields, or a sweep's grid point. Missing optional flags
     count as not given; ``policy`` is the engine's policy for the models when it is one they
     know (lru or fifo), else lru."""
+    check_finite(v)
     model = _model(v)
     conversations = tuple(v["conversations"]) if v.get("conversations") else None
     block_size = v.get("block_size")

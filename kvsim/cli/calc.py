@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from analytic.advice import DEFAULT_TARGET, advise, fleet_advise
-from analytic.calc import METHODS, calculate, inputs_summary
-from analytic.scenario import Scenario
+from analytic.scenario import METHODS, Scenario, inputs_summary
+from analytic.specs import DEFAULT_TARGET
 from kvsim.cli.args import (UsageError, add_advise_args, add_fleet_args, add_json_arg, add_scenario_args,
                             load_templates, scenario_from_values)
 from kvsim.cli.text import describe, fmt
@@ -44,6 +43,8 @@ def calc_record(scenario: Scenario, method: str = "all", *, advise: bool = False
         return _templates_record(scenario, method)
     if scenario.fleet.routed:
         return _fleet_record(scenario, method, advise, target)
+    from analytic.calc import calculate
+
     s = scenario
     capacity = s.capacity()
     methods = METHODS if method == "all" else (method,)
@@ -81,6 +82,8 @@ def calc_lines(scenario: Scenario, record: dict) -> list[str]:
 
 def scenario_advice(s: Scenario, target: float | None) -> list[dict]:
     """``analytic.advice.advise`` at the target (default DEFAULT_TARGET)."""
+    from analytic.advice import advise
+
     return advise(s, target=DEFAULT_TARGET if target is None else target)
 
 
@@ -136,6 +139,7 @@ def _templates_lines(s: Scenario, record: dict) -> list[str]:
 
 def _fleet_record(s: Scenario, method: str, advise: bool, target: float | None) -> dict:
     """``--instances N --router affinity|random``: the fleet models, and the other router's LRU."""
+    from analytic.advice import fleet_advise
     from analytic.fleet import fleet_model
 
     instances, router = s.fleet.size, s.fleet.router or "affinity"

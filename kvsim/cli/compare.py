@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from analytic.calc import inputs_summary
-from analytic.scenario import Scenario
+from analytic.scenario import Scenario, inputs_summary
 from kvsim.cli.args import (SimulationSettings, add_json_arg, add_scenario_args, add_simulation_args,
                             scenario_from_values, simulation_from_values, synthetic_only)
 from kvsim.cli.text import ci, describe, fmt
@@ -41,10 +40,11 @@ def compare_record(scenario: Scenario, settings: SimulationSettings, figure: str
     size_gb = s.weights_gib()
     duration, warmup = run_window(s.workload, settings.duration, settings.warmup, None)
     sim = dict(duration=duration, warmup=warmup, replications=settings.replications, seed=settings.seed)
-    result = compare(s.model, capacity, s.workload, kv_dtype=s.kv_dtype, model_size_gb=size_gb, **sim)
+    result = compare(s.model, capacity, s.workload, kv_dtype=s.kv_dtype, model_size_gb=size_gb,
+                     max_events=settings.max_events, **sim)
     if figure:
         memory_figure(figure, s.model, capacity, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype,
-                      hardware=s.hardware, model_size_gb=size_gb, **sim)
+                      hardware=s.hardware, model_size_gb=size_gb, max_events=settings.max_events, **sim)
     record = {"inputs": inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype, **sim),
               **result}
     lines = describe(s.model, result["memory"], s.workload, s.kv_dtype)

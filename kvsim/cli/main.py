@@ -6,14 +6,16 @@ Bad input gets one line on stderr naming the flag and what is allowed, and exit 
 from __future__ import annotations
 
 import sys
+from importlib.metadata import version
 
 from kvsim.cli import calc, compare, plan, presets, sensitivity, serve, simulate, sweep
-from kvsim.cli.args import Parser, UsageError
+from kvsim.cli.args import Parser, UsageError, check_finite
 from kvsim.cli.replay import configure_export_parser, configure_replay_parser
 
 
 def build_parser() -> Parser:
     p = Parser(prog="kvsim", description="Prefix-cache hit rates of LLM serving: models and simulation.")
+    p.add_argument("--version", action="version", version=f"kvsim {version('kvsim')}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     calc.configure(sub.add_parser("calc", help="sizing and the analytic hit-rate models"))
     simulate.configure(sub.add_parser("simulate", help="discrete-event simulation through a block-level prefix cache"))
@@ -32,6 +34,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        check_finite(vars(args))
         return args.func(args)
     except (UsageError, ValueError) as e:
         print(f"kvsim: error: {e}", file=sys.stderr)

@@ -8,8 +8,7 @@ import math
 
 import numpy as np
 
-from analytic.calc import inputs_summary, seed_inputs
-from analytic.scenario import Scenario
+from analytic.scenario import Scenario, inputs_summary
 from analytic.sizing import GIB, memory_for_tokens
 from kvsim.cli.args import (SimulationSettings, UsageError, add_fleet_args, add_json_arg, add_scenario_args,
                             add_simulation_args, scenario_from_values, simulation_from_values, synthetic_only)
@@ -44,6 +43,7 @@ def cmd(a) -> int:
 def plan_record(scenario: Scenario, target: float, metric: str = "token", method: str = "lru",
                 check: SimulationSettings | None = None) -> tuple[dict, list[str]]:
     """``kvsim plan``'s JSON record and text. ``check``: also simulate LRU along the curve."""
+    from analytic.calc import seed_inputs
     from analytic.plan import capacity_for_target, hit_rate_curve
     from analytic.seed import seed_recommendation
 
@@ -78,7 +78,8 @@ def plan_record(scenario: Scenario, target: float, metric: str = "token", method
         from kvsim.curve import simulate_curve
 
         simulated = simulate_curve(s.workload, capacities, block_size=bs, duration=check.duration,
-                                   warmup=check.warmup, replications=check.replications, seed=check.seed)
+                                   warmup=check.warmup, replications=check.replications, seed=check.seed,
+                                   max_events=check.max_events)
         for row, sim in zip(curve, simulated):
             row["simulated_lru"] = {"token_hit_rate": sim["token_hit_rate"],
                                     "request_hit_rate": sim["request_hit_rate"]}

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from analytic.calc import inputs_summary
-from analytic.scenario import Scenario
+from analytic.scenario import Scenario, inputs_summary
 from kvsim.cli.args import (SimulationSettings, UsageError, add_fleet_args, add_json_arg, add_scenario_args,
                             add_simulation_args, load_templates, scenario_from_values, simulation_from_values)
 from kvsim.cli.text import ci, describe, seconds
@@ -47,7 +46,7 @@ def simulate_record(scenario: Scenario, policy: str, settings: SimulationSetting
 
         source, _ = template_source(load_templates(s.conversations, s.block_size))
     duration, warmup = run_window(s.workload, settings.duration, settings.warmup, source)
-    window = SimulationSettings(duration, warmup, settings.replications, settings.seed)
+    window = SimulationSettings(duration, warmup, settings.replications, settings.seed, settings.max_events)
     policies = tuple(POLICIES) if policy == "all" else (policy,)
     inputs = inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype,
                             duration=duration, warmup=warmup, seed=settings.seed,
@@ -63,11 +62,22 @@ def simulate_record(scenario: Scenario, policy: str, settings: SimulationSetting
     else:
         results = [simulate(s.workload, capacity.capacity_blocks, p, block_size=s.block_size, duration=duration,
                             warmup=warmup, replications=settings.replications, seed=settings.seed, source=source,
-                            progress=progress).as_dict()
+                            progress=progress, max_events=settings.max_events).as_dict()
                    for p in policies]
     record = {"inputs": inputs, **results[0]} if len(results) == 1 else {"inputs": inputs, "results": results}
     lines = header + (_fleet_lines(s, results, window) if s.fleet.simulated else _lines(results, window))
     return record, lines
+
+
+def check_size(scenario: Scenario, settings: SimulationSettings) -> None:
+    """Refuse, before any work, a synthetic simulation above ``settings.max_events`` requests
+    (what ``simulate_record`` would refuse when it starts)."""
+    from kvsim.engine import checked_source, run_window
+
+    if scenario.conversations is None:
+        duration, warmup = run_window(scenario.workload, settings.duration, settings.warmup, None)
+        checked_source(scenario.workload, None, scenario.block_size, duration, warmup, settings.replications,
+                       settings.seed, settings.max_events)
 
 
 def _window_line(w: SimulationSettings) -> str:
@@ -107,7 +117,8 @@ def _fleet_results(s: Scenario, source, policies, w: SimulationSettings, progres
             result = simulate_fleet(s.workload, capacities, router=router, policy=policy, service=s.fleet.service,
                                     block_size=s.block_size, duration=w.duration, warmup=w.warmup,
                                     replications=w.replications, seed=w.seed, source=source,
-                                    router_options=options if router == "cache-aware" else None, progress=progress)
+                                    router_options=options if router == "cache-aware" else None, progress=progress,
+                                    max_events=w.max_events)
             record = result.as_dict()
             record["model"] = _fleet_prediction(s, capacities, router, policy, source)
             results.append(record)
@@ -124,6 +135,10 @@ def _fleet_prediction(s: Scenario, capacities, router, policy, source) -> dict |
         return None
     m = fleet_model(s.workload, capacities, router, policy, s.block_size)
     return {"token_hit_rate": m.token_hit_rate, "request_hit_rate": m.request_hit_rate, "variant": m.variant}
+
+
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"  # None: an instance that served no measured request
 
 
 def _fleet_lines(s: Scenario, results: list[dict], window: SimulationSettings) -> list[str]:
@@ -145,7 +160,8 @@ def _fleet_lines(s: Scenario, results: list[dict], window: SimulationSettings) -
                      f"{ci(r['request_hit_rate']):>26} {r['load_imbalance']['mean']:>9.3f} {predicted:>22}")
     lines.append("\ntoken hit rate by instance (share of requests):")
     for r in results:
-        parts = "  ".join(f"{i['token_hit_rate']['mean']:.3f} ({i['request_share']:.2f})" for i in r["per_instance"][:8])
+        parts = "  ".join(f"{_rate(i['token_hit_rate']['mean'])} ({i['request_share']:.2f})"
+                          for i in r["per_instance"][:8])
         more = " ..." if len(r["per_instance"]) > 8 else ""
         lines.append(f"{r['policy']:6} {r['router']:12} {parts}{more}")
     if service is not None:

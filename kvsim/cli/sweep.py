@@ -27,7 +27,7 @@ from pathlib import Path
 
 from kvsim.batch import executor, write_atomic
 from kvsim.cli import calc, plan, simulate
-from kvsim.cli.args import Parser, UsageError, scenario_from_values, simulation_from_values
+from kvsim.cli.args import Parser, UsageError, check_finite, scenario_from_values, simulation_from_values
 from kvsim.cli.replay import configure_replay_parser, replay_kwargs
 from kvsim.replay import replay
 
@@ -150,8 +150,12 @@ def load_grid(path: str) -> Grid:
 
 def check_point(g: Grid, point: tuple) -> None:
     a = command_parser(g.command).parse_args(g.argv(point))
+    check_finite(vars(a))
     if g.command != "replay":
-        scenario_from_values(vars(a)).capacity()
+        scenario = scenario_from_values(vars(a))
+        scenario.capacity()
+        if g.command == "simulate":
+            simulate.check_size(scenario, simulation_from_values(vars(a)))
 
 
 # ----------------------------------------------------------------------------- one point
