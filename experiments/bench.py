@@ -1,6 +1,7 @@
-"""Simulator speed: the run-based caches against the per-block ones, the simulation, the LRU curve.
+"""Simulator speed: the run-based caches against the per-block ones, the simulation, the LRU curve,
+start-up, trace reading against libCacheSim, and the analytic models.
 
-    python experiments/bench.py [--json] [--profile]
+    python experiments/bench.py [--json] [--profile] [--traces DIR] [--only SECTION,...]
 
 Everything is measured side by side in one process, as CPU time of the process (the machine is
 shared: its load moves wall time by 2x or more, CPU time much less); each figure is the best of
@@ -24,6 +25,21 @@ three runs. Compare ratios rather than absolute figures across runs.
   whose replay does the work of the curve's stack.
 * ``reference``: the min()-scan ``ReferenceCache`` oracle on a short default stream, for
   information.
+* ``startup``: whole processes, interleaved (``STARTUP_RUNS`` of each in turn), medians:
+  ``python -c "import numpy, simpy"`` (the floor any simulator command pays), ``kvsim --help``
+  and ``kvsim calc``, as ratios to that floor (targets: ``--help`` <= 1.5x, ``calc`` <= 3x).
+* ``reading``: ``kvsim replay`` of the Mooncake conversation trace at one LRU capacity (20,000
+  blocks) against libCacheSim's ``process_trace`` (LRU, 20,000 objects) on the CSV that
+  ``kvsim export-trace`` writes for it (288,500 accesses), both whole processes, interleaved:
+  ``replay_vs_libcachesim`` (CPU time; target <= 1.5x), and the peak RSS of the replay at the
+  full trace and at a copy of its first half (streaming: the peak must not grow with length).
+  Skipped when libcachesim or the trace is absent.
+* ``models``: the wall-clock checks tests used to make, as figures: one LRU / FIFO model
+  evaluation (median over 5 capacities; target < 50 ms) and the fleet model of 8 instances
+  (geometric conversations of mean 10 turns; target < 0.5 s).
+
+Whole processes are timed with ``os.wait4``: the counters of ``getrusage(RUSAGE_CHILDREN)``,
+but per child, so that ``ru_maxrss`` is that process's own peak.
 """
 
 from __future__ import annotations
@@ -36,7 +52,12 @@ import math
 import os
 import platform
 import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +77,29 @@ LONG = Workload(arrival_rate=0.05, turns=TurnCount("fixed", 40), think_time=Thin
                 input_tokens=TokenCount("fixed", 2000), output_tokens=TokenCount("fixed", 500))
 LONG_CAPACITY = 2_000_000 // 16
 LONG_STREAM_CAPACITY = 800_000 // 16
-MOONCAKE = Path(__file__).resolve().parents[2] / "shared/traces/mooncake/conversation_trace.jsonl"
+TRACES = Path(__file__).resolve().parents[2] / "shared/traces"
+MOONCAKE_NAME = "mooncake/conversation_trace.jsonl"
 MOONCAKE_BLOCK = 512
 MOONCAKE_CAPACITY = 20_000
 CURVE_POINTS = 50
+STARTUP_RUNS = 7
+READING_RUNS = 5
+STARTUP_TARGETS = {"help": 1.5, "calc": 3.0}  # times the numpy + simpy floor
+READING_TARGET = 1.5  # kvsim replay / libCacheSim process_trace
+MODEL_TARGET_S = 0.05
+FLEET_TARGET_S = 0.5
+SECTIONS = ("simulation", "streams", "mooncake", "startup", "reading", "models")
+
+# libCacheSim's LRU over the exported CSV, as one process: argv = csv, capacity in objects.
+LIBCACHESIM_SCRIPT = """
+import sys
+import libcachesim as lcs
+params = lcs.ReaderInitParam(has_header=True, has_header_set=True, delimiter=",", obj_id_is_num=True,
+                             obj_id_is_num_set=True, ignore_obj_size=True)
+params.time_field, params.obj_id_field, params.obj_size_field = 1, 2, 3
+reader = lcs.TraceReader(sys.argv[1], lcs.TraceType.CSV_TRACE, params)
+print(lcs.LRU(cache_size=int(sys.argv[2])).process_trace(reader))
+"""
 
 
 def cpu_model() -> str:
@@ -190,6 +230,109 @@ def reference(stream, capacity: int) -> dict:
             "speedup": oracle / fast}
 
 
+def run_process(cmd: list[str]) -> dict:
+    """Run ``cmd`` to completion (output discarded): wall s, CPU s (user + system) and peak RSS
+    (MiB) of that process alone (``os.wait4``)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    error = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {error.strip()[-500:]}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_mib": usage.ru_maxrss / 1024}
+
+
+def interleaved(commands: dict[str, list[str]], runs: int) -> dict[str, dict]:
+    """Each command ``runs`` times, in turn (a, b, c, a, b, c, ...: the machine's load falls on
+    all alike); the median wall and CPU time and the peak RSS of each."""
+    samples: dict[str, list[dict]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            samples[name].append(run_process(cmd))
+    return {name: {"runs": runs, "wall_s": statistics.median(r["wall_s"] for r in rs),
+                   "cpu_s": statistics.median(r["cpu_s"] for r in rs),
+                   "max_rss_mib": max(r["max_rss_mib"] for r in rs)} for name, rs in samples.items()}
+
+
+def kvsim_command() -> list[str]:
+    """The ``kvsim`` console script beside this interpreter, else ``python -m kvsim.cli``."""
+    script = Path(sys.executable).with_name("kvsim")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kvsim.cli"]
+
+
+def startup() -> dict:
+    kvsim = kvsim_command()
+    out = interleaved({"numpy_simpy": [sys.executable, "-c", "import numpy, simpy"],
+                       "help": kvsim + ["--help"], "calc": kvsim + ["calc"]}, STARTUP_RUNS)
+    base = out["numpy_simpy"]
+    for name, target in STARTUP_TARGETS.items():
+        out[name].update(ratio_cpu=out[name]["cpu_s"] / base["cpu_s"], ratio_wall=out[name]["wall_s"] / base["wall_s"],
+                         target=target)
+    return out
+
+
+def reading(trace: Path) -> dict:
+    """``kvsim replay`` vs libCacheSim's ``process_trace``, whole processes; the replay's peak RSS
+    at the full trace and at its first half."""
+    if not trace.exists():
+        return {"skipped": f"{trace} is absent"}
+    if find_spec("libcachesim") is None:
+        return {"skipped": "libcachesim is not installed (pip install libcachesim)"}
+    from kvsim.export import export_libcachesim_csv
+
+    kvsim = kvsim_command()
+    with tempfile.TemporaryDirectory(prefix="kvsim-bench-") as tmp:
+        csv = Path(tmp) / "mooncake.csv"
+        rows = export_libcachesim_csv(trace, csv)["rows"]
+        half = Path(tmp) / "half.jsonl"  # a jsonl trace: its first half of the lines
+        with open(trace) as f:
+            lines = f.readlines()
+        half.write_text("".join(lines[:len(lines) // 2]))
+        del lines
+        capacity = str(MOONCAKE_CAPACITY)
+        out = interleaved({
+            "replay": kvsim + ["replay", str(trace), "--capacity-blocks", capacity],
+            "libcachesim": [sys.executable, "-c", LIBCACHESIM_SCRIPT, str(csv), capacity],
+            "replay_half": kvsim + ["replay", str(half), "--capacity-blocks", capacity],
+        }, READING_RUNS)
+    out.update(rows=rows, capacity_blocks=MOONCAKE_CAPACITY, target=READING_TARGET,
+               ratio_cpu=out["replay"]["cpu_s"] / out["libcachesim"]["cpu_s"],
+               ratio_wall=out["replay"]["wall_s"] / out["libcachesim"]["wall_s"],
+               rss_growth=out["replay"]["max_rss_mib"] / out["replay_half"]["max_rss_mib"])
+    return out
+
+
+def models() -> dict:
+    """CPU time of one LRU / FIFO model evaluation and of the fleet model of 8 instances (the
+    figures tests/test_ttl.py and tests/test_analytic_fleet.py used to assert)."""
+    from analytic.fifo import fifo_model
+    from analytic.fleet import fleet_model
+    from analytic.lru import lru_model
+
+    w = Workload(turns=TurnCount("geometric", 5))
+    out = {}
+    for name, model in (("lru", lru_model), ("fifo", fifo_model)):
+        model(w, 5000)  # the workload's tables, once
+        times = []
+        for capacity in (3000, 6000, 9000, 12000, 15000):
+            start = time.process_time()
+            model(w, capacity)
+            times.append(time.process_time() - start)
+        out[name] = {"median_s": statistics.median(times), "target_s": MODEL_TARGET_S}
+    fw = Workload(turns=TurnCount("geometric", 10), think_time=ThinkTime("lognormal", 30.0, 1.5),
+                  input_tokens=TokenCount("lognormal", 200, 1.0, name="input-tokens"),
+                  output_tokens=TokenCount("lognormal", 300, 0.7, name="output-tokens"))
+    fleet_model(fw, [20000], "random")  # draws the size paths once
+    start = time.process_time()
+    fleet = fleet_model(fw, [20000, 40000] * 4, "random")
+    out["fleet"] = {"instances": 8, "seconds": time.process_time() - start, "target_s": FLEET_TARGET_S,
+                    "token_hit_rate": fleet.token_hit_rate}
+    return out
+
+
 def profile(fn, lines: int = 14) -> str:
     profiler = cProfile.Profile()
     profiler.runcall(fn)
@@ -198,35 +341,67 @@ def profile(fn, lines: int = 14) -> str:
     return out.getvalue()
 
 
+def sections(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"sections are {', '.join(SECTIONS)} (got {text!r})")
+    return names
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--trace", type=Path, default=MOONCAKE, help=f"the Mooncake trace (default {MOONCAKE})")
+    ap.add_argument("--traces", type=Path, default=TRACES, help=f"the shared traces (default {TRACES})")
+    ap.add_argument("--trace", type=Path, help=f"the Mooncake trace (default TRACES/{MOONCAKE_NAME})")
+    ap.add_argument("--only", type=sections, default=list(SECTIONS), metavar="SECTION,...",
+                    help=f"run only these sections ({', '.join(SECTIONS)}; default all)")
     ap.add_argument("--profile", action="store_true",
                     help="also print where the time goes (cProfile) in the simulation and the curve")
     args = ap.parse_args(argv)
+    trace = args.trace or args.traces / MOONCAKE_NAME
+    run = set(args.only)
     out = {"machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.machine()}, "
                       f"{platform.python_implementation()} {platform.python_version()}",
            "load_average": os.getloadavg()}
-    out["default"] = [simulation(DEFAULT, DEFAULT_CAPACITY, p, per_block, 3600.0)
-                      for p in POLICIES for per_block in (False, True)]
-    out["long_context"] = [simulation(LONG, LONG_CAPACITY, p, False, 3600.0) for p in POLICIES]
-    out["long_context"].append(simulation(LONG, LONG_CAPACITY, "lru", True, 3600.0))
-    out["default_stream"] = fast_vs_per_block(request_stream(DEFAULT, 3000), DEFAULT_CAPACITY)
-    out["long_context_stream"] = fast_vs_per_block(request_stream(LONG, 24), LONG_STREAM_CAPACITY)
-    out["reference"] = reference(request_stream(DEFAULT, 60), 600)
-    requests = mooncake_requests(args.trace) if args.trace.exists() else None
-    out["mooncake"] = mooncake(requests) if requests else None
-    out["curve"] = curve(requests) if requests else None
-
-    out["default_turns_per_s"] = out["default"][0]["turns_per_s"]
-    out["default_speedup"] = out["default_stream"]["lru"]["speedup"]
-    out["long_context_speedup"] = out["long_context_stream"]["lru"]["speedup"]
-    out["long_context_turns_per_s"] = out["long_context"][0]["turns_per_s"]
-    out["trace_blocks_per_s"] = out["mooncake"]["lru"]["fast_lists_blocks_per_s"] if requests else None
-    out["curve_cost_ratio"] = out["curve"]["cost_ratio"] if requests else None
+    if "simulation" in run:
+        out["default"] = [simulation(DEFAULT, DEFAULT_CAPACITY, p, per_block, 3600.0)
+                          for p in POLICIES for per_block in (False, True)]
+        out["long_context"] = [simulation(LONG, LONG_CAPACITY, p, False, 3600.0) for p in POLICIES]
+        out["long_context"].append(simulation(LONG, LONG_CAPACITY, "lru", True, 3600.0))
+        out["default_turns_per_s"] = out["default"][0]["turns_per_s"]
+        out["long_context_turns_per_s"] = out["long_context"][0]["turns_per_s"]
+    if "streams" in run:
+        out["default_stream"] = fast_vs_per_block(request_stream(DEFAULT, 3000), DEFAULT_CAPACITY)
+        out["long_context_stream"] = fast_vs_per_block(request_stream(LONG, 24), LONG_STREAM_CAPACITY)
+        out["reference"] = reference(request_stream(DEFAULT, 60), 600)
+        out["default_speedup"] = out["default_stream"]["lru"]["speedup"]
+        out["long_context_speedup"] = out["long_context_stream"]["lru"]["speedup"]
+    requests = None
+    if "mooncake" in run:
+        requests = mooncake_requests(trace) if trace.exists() else None
+        out["mooncake"] = mooncake(requests) if requests else None
+        out["curve"] = curve(requests) if requests else None
+        out["trace_blocks_per_s"] = out["mooncake"]["lru"]["fast_lists_blocks_per_s"] if requests else None
+        out["curve_cost_ratio"] = out["curve"]["cost_ratio"] if requests else None
+    if "startup" in run:
+        out["startup"] = startup()
+        out["startup_help_ratio"] = out["startup"]["help"]["ratio_cpu"]
+        out["startup_calc_ratio"] = out["startup"]["calc"]["ratio_cpu"]
+    if "reading" in run:
+        out["reading"] = reading(trace)
+        ok = "skipped" not in out["reading"]
+        out["replay_vs_libcachesim"] = out["reading"]["ratio_cpu"] if ok else None
+        out["replay_max_rss_mib"] = out["reading"]["replay"]["max_rss_mib"] if ok else None
+        out["replay_half_max_rss_mib"] = out["reading"]["replay_half"]["max_rss_mib"] if ok else None
+    if "models" in run:
+        out["models"] = models()
+        out["model_evaluation_s"] = max(out["models"]["lru"]["median_s"], out["models"]["fifo"]["median_s"])
+        out["fleet_model_s"] = out["models"]["fleet"]["seconds"]
     if args.profile:
-        out["profile_default_simulation"] = profile(lambda: simulation(DEFAULT, DEFAULT_CAPACITY, "lru", False, 3600.0))
+        if "simulation" in run:
+            out["profile_default_simulation"] = profile(
+                lambda: simulation(DEFAULT, DEFAULT_CAPACITY, "lru", False, 3600.0))
         if requests:
             stream = [(runs_of(ids), h, a, p) for ids, h, a, p in requests]
             caps = [out["curve"]["max_capacity"] * (i + 1) // CURVE_POINTS for i in range(CURVE_POINTS)]
@@ -234,48 +409,81 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    report(out, args.trace)
+    report(out, trace)
     return 0
 
 
 def report(out: dict, trace: Path) -> None:
     print(f"{out['machine']}; load average {', '.join(f'{x:.1f}' for x in out['load_average'])}; CPU time")
     for name in ("default", "long_context"):
-        for r in out[name]:
+        for r in out.get(name, ()):
             kind = "per-block" if r["per_block"] else "run-based"
             print(f"simulation {name:12} {r['policy']:4} {kind:9} {r['turns']:>7,} turns in {r['cpu_s']:6.2f} s = "
                   f"{r['turns_per_s']:>9,.0f} turns/s  (token hit rate {r['token_hit_rate']:.3f})")
     for name in ("default_stream", "long_context_stream"):
+        if name not in out:
+            continue
         s = out[name]
         for p in POLICIES:
             r = s[p]
             print(f"cache alone {name:19} {p:4} {s['requests']:>6,} requests, {s['blocks']:>11,} blocks: "
                   f"run-based {r['fast_s']:.3f} s, per-block {r['per_block_s']:.3f} s = {r['speedup']:,.1f}x")
-    r = out["reference"]
-    print(f"ReferenceCache (min scan) lru, {r['requests']} default requests at {r['capacity_blocks']} blocks: "
-          f"{r['reference_s']:.2f} s vs run-based {r['fast_s']:.4f} s = {r['speedup']:,.0f}x")
-    m = out["mooncake"]
-    if m is None:
-        print(f"mooncake: skipped, {trace} is absent")
-    else:
-        for p in POLICIES:
-            r = m[p]
-            print(f"mooncake {p:4} {m['requests']:,} requests, {m['blocks']:,} blocks, {m['capacity_blocks']:,}-block "
-                  f"cache: run-based {r['fast_lists_blocks_per_s'] / 1e6:.2f} M blocks/s from lists, "
-                  f"{r['fast_runs_blocks_per_s'] / 1e6:.2f} M from runs; per-block "
-                  f"{r['per_block_blocks_per_s'] / 1e6:.2f} M ({r['speedup']:.1f}x)")
-        lcs = m["libcachesim_lru"]
-        print("mooncake libCacheSim LRU, one request per block: "
-              + (f"{lcs['blocks_per_s'] / 1e6:.2f} M blocks/s" if lcs else "not installed (pip install libcachesim)"))
-        c = out["curve"]
-        print(f"curve: {c['capacities']} capacities ({c['min_capacity']:,} .. {c['max_capacity']:,} blocks) in "
-              f"{c['curve_s']:.3f} s; one replay {c['replay_median_capacity_s']:.3f} s at the median capacity, "
-              f"{c['replay_max_capacity_s']:.3f} s at the largest: {c['cost_ratio']:.2f}x, "
-              f"{c['cost_ratio_vs_max_capacity']:.2f}x")
-    print(f"default_turns_per_s {out['default_turns_per_s']:,.0f}  default_speedup {out['default_speedup']:.1f}x  "
-          f"long_context_speedup {out['long_context_speedup']:.1f}x  trace_blocks_per_s "
-          + (f"{out['trace_blocks_per_s']:,.0f}  curve_cost_ratio {out['curve_cost_ratio']:.2f}"
-             if out["trace_blocks_per_s"] else "-"))
+    if "reference" in out:
+        r = out["reference"]
+        print(f"ReferenceCache (min scan) lru, {r['requests']} default requests at {r['capacity_blocks']} blocks: "
+              f"{r['reference_s']:.2f} s vs run-based {r['fast_s']:.4f} s = {r['speedup']:,.0f}x")
+    if "mooncake" in out:
+        m = out["mooncake"]
+        if m is None:
+            print(f"mooncake: skipped, {trace} is absent")
+        else:
+            for p in POLICIES:
+                r = m[p]
+                print(f"mooncake {p:4} {m['requests']:,} requests, {m['blocks']:,} blocks, {m['capacity_blocks']:,}-block "
+                      f"cache: run-based {r['fast_lists_blocks_per_s'] / 1e6:.2f} M blocks/s from lists, "
+                      f"{r['fast_runs_blocks_per_s'] / 1e6:.2f} M from runs; per-block "
+                      f"{r['per_block_blocks_per_s'] / 1e6:.2f} M ({r['speedup']:.1f}x)")
+            lcs = m["libcachesim_lru"]
+            print("mooncake libCacheSim LRU, one request per block: "
+                  + (f"{lcs['blocks_per_s'] / 1e6:.2f} M blocks/s" if lcs else "not installed (pip install libcachesim)"))
+            c = out["curve"]
+            print(f"curve: {c['capacities']} capacities ({c['min_capacity']:,} .. {c['max_capacity']:,} blocks) in "
+                  f"{c['curve_s']:.3f} s; one replay {c['replay_median_capacity_s']:.3f} s at the median capacity, "
+                  f"{c['replay_max_capacity_s']:.3f} s at the largest: {c['cost_ratio']:.2f}x, "
+                  f"{c['cost_ratio_vs_max_capacity']:.2f}x")
+    if "startup" in out:
+        st = out["startup"]
+        base = st["numpy_simpy"]
+        print(f"start-up, median of {base['runs']} interleaved processes: import numpy, simpy "
+              f"{base['cpu_s']:.3f} s CPU ({base['wall_s']:.3f} s wall)")
+        for name, label in (("help", "kvsim --help"), ("calc", "kvsim calc")):
+            r = st[name]
+            print(f"start-up {label:12} {r['cpu_s']:.3f} s CPU ({r['wall_s']:.3f} s wall) = {r['ratio_cpu']:.2f}x "
+                  f"the numpy+simpy floor ({r['ratio_wall']:.2f}x wall); target <= {r['target']:g}x")
+    if "reading" in out:
+        rd = out["reading"]
+        if "skipped" in rd:
+            print(f"trace reading: skipped, {rd['skipped']}")
+        else:
+            kv, lc, half = rd["replay"], rd["libcachesim"], rd["replay_half"]
+            print(f"trace reading, median of {kv['runs']} interleaved processes, {rd['capacity_blocks']:,}-block LRU: "
+                  f"kvsim replay {kv['cpu_s']:.2f} s CPU ({kv['wall_s']:.2f} s wall), libCacheSim process_trace "
+                  f"on the exported CSV ({rd['rows']:,} rows) {lc['cpu_s']:.2f} s CPU ({lc['wall_s']:.2f} s wall) "
+                  f"= {rd['ratio_cpu']:.2f}x ({rd['ratio_wall']:.2f}x wall); target <= {rd['target']:g}x")
+            print(f"trace reading peak RSS of kvsim replay: {kv['max_rss_mib']:.1f} MiB (full trace), "
+                  f"{half['max_rss_mib']:.1f} MiB (its first half) = {rd['rss_growth']:.2f}x")
+    if "models" in out:
+        md = out["models"]
+        print(f"models: one evaluation (median of 5 capacities) lru {md['lru']['median_s'] * 1e3:.1f} ms, "
+              f"fifo {md['fifo']['median_s'] * 1e3:.1f} ms (target < {MODEL_TARGET_S * 1e3:g} ms); fleet model of "
+              f"{md['fleet']['instances']} instances {md['fleet']['seconds']:.3f} s (target < {FLEET_TARGET_S:g} s)")
+    summary = [("default_turns_per_s", "{:,.0f}"), ("default_speedup", "{:.1f}x"), ("long_context_speedup", "{:.1f}x"),
+               ("trace_blocks_per_s", "{:,.0f}"), ("curve_cost_ratio", "{:.2f}"), ("startup_help_ratio", "{:.2f}x"),
+               ("startup_calc_ratio", "{:.2f}x"), ("replay_vs_libcachesim", "{:.2f}x"),
+               ("replay_max_rss_mib", "{:.1f}"), ("replay_half_max_rss_mib", "{:.1f}"),
+               ("model_evaluation_s", "{:.4f}"), ("fleet_model_s", "{:.3f}")]
+    print("  ".join(f"{key} " + ("-" if out[key] is None else fmt.format(out[key]))
+                    for key, fmt in summary if key in out))
     for key in ("profile_default_simulation", "profile_curve"):
         if key in out:
             print(f"\n{key}:\n{out[key]}")

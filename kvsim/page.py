@@ -15,6 +15,17 @@ Endpoints (JSON; the inputs are the ``kvsim calc`` flags by name, e.g. ``{"prese
 * ``POST /api/simulate`` starts a short simulation in a background thread (202); while one runs,
   another gets 409 and a polite message. ``GET /api/simulate`` reports its progress and points.
 
+Every answer's work is bounded. ``/api/calc`` and ``/api/curve`` stop refining their curves after
+CURVE_BUDGET_S / CURVE_REFINE_BUDGET_S (past a minimum of points). ``/api/sensitivity`` and
+``/api/advice`` evaluate dozens of models (the advice's memory-for-a-target search bisects on
+the model): each request may spend SENSITIVITY_BUDGET_S / ADVICE_BUDGET_S on new model evaluations
+(at least one), answers from the cache are free. When the budget runs out the answer is
+``{"incomplete": true, ...}`` without rows or levers: what was computed stays cached, so the same
+request asked again goes further (the page asks again until it is complete). The conversations'
+length (MAX_TURNS, FIFO_MAX_TURNS) and the fleet's size (MAX_INSTANCES) are bounded so that one
+model evaluation is too; the simulation serves at most SIM_MAX_REQUESTS requests in all. The
+budgets read the module's ``CLOCK`` (``time.perf_counter``), which tests replace.
+
 Fleets: ``instances`` (default 1) and ``router`` (affinity or random, default affinity), with the
 memory inputs per instance. With more than one instance the hit rates and the curves are the
 fleet models' (``analytic.fleet.fleet_model``; affinity: LRU and FIFO, random: LRU only), the seed
@@ -29,6 +40,9 @@ specs' own ValueErrors, which name the field by its flag, mapped to the page's f
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
+import functools
 import math
 import threading
 import time
@@ -57,6 +71,12 @@ CURVE_MIN_POINTS = 9  # ... at least this many, whatever the time
 CURVE_GOOD_POINTS = 20  # fewer: the curve is flagged incomplete and /api/curve refines it
 CURVE_REFINE_BUDGET_S = 0.25
 CURVE_BUDGET_S = 0.09  # /api/calc stops refining the curves this long after it started (LRU first)
+SENSITIVITY_BUDGET_S = 1.0  # new model evaluations of one /api/sensitivity request (then: incomplete)
+ADVICE_BUDGET_S = 1.0  # ... of one /api/advice request
+
+# The clock of every time budget above: time.perf_counter; tests replace it (monkeypatch
+# kvsim.page.CLOCK) to run a budget out without measuring time.
+CLOCK = time.perf_counter
 
 # The FIFO model's cost grows with the square of the longest possible conversation (its turn
 # support): ~50 ms at 540 turns (geometric, mean 20), ~0.6 s at 1,400, ~12 s at 5,500, and
@@ -65,6 +85,8 @@ FIFO_MAX_TURNS = 700
 # The LRU model's cost and memory grow with the turn support times the sampled size paths (up to
 # 2,000 when token counts are drawn): the page takes conversations of at most this many turns.
 MAX_TURNS = {"fixed sizes": 20_000, "drawn sizes": 2_000}
+# The fleet models' cost grows with the instances (~1 s at 10,000): the page takes this many.
+MAX_INSTANCES = 1_000
 
 # Fields the page may not set (files on the server's disk).
 EXCLUDED_FIELDS = {"conversations", "help"}
@@ -189,14 +211,102 @@ def error_field(message: str) -> str | None:
     return None
 
 
+# ----------------------------------------------------------------------------- time budgets
+
+
+def _now() -> float:
+    return CLOCK()
+
+
+class BudgetSpent(Exception):
+    """A request's time budget ran out before its answer was complete. Not a ValueError: the
+    analytic code takes those for inputs the specs reject."""
+
+
+class Budget:
+    """``seconds`` of new (uncached) model evaluations, but at least ``min_new`` of them: a request
+    asked again after running out goes further, as the evaluations done are cached."""
+
+    def __init__(self, seconds: float, min_new: int = 1):
+        self.deadline = _now() + seconds
+        self.min_new = min_new
+        self.new = 0  # new model evaluations so far
+        self.spent = False
+
+    def charge(self) -> None:
+        """Before one new model evaluation: raises BudgetSpent when the time is up."""
+        if self.spent or (self.new >= self.min_new and _now() > self.deadline):
+            self.spent = True
+            raise BudgetSpent(f"time budget spent after {self.new} new model evaluations")
+        self.new += 1
+
+
+_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("kvsim_page_budget", default=None)
+_plain_model = None  # analytic.plan.model before _hook_plan_model
+_hook_lock = threading.Lock()
+
+
+def _charge() -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.charge()
+
+
+def _plan_model():
+    """``analytic.plan.model`` itself (not the hook)."""
+    if _plain_model is not None:
+        return _plain_model
+    from analytic.plan import model
+
+    return model
+
+
+def _hook_plan_model() -> None:
+    """Send ``analytic.plan.model`` calls made under a budget (in this thread) through the page's
+    cache and budget; calls made outside one go straight through, unchanged.
+
+    ``analytic.advice``'s memory-for-a-target lever searches by ``capacity_for_target``, which calls
+    ``analytic.plan.model`` directly rather than the ``evaluate`` given to ``advise``: up to ~50
+    model evaluations (~17 s of FIFO model for 600 turns) that no ``evaluate`` would bound or cache.
+    Installed by the first budgeted request, once (``kvsim serve``; no other command).
+    """
+    global _plain_model
+    import analytic.plan as plan
+
+    with _hook_lock:
+        if _plain_model is not None:
+            return
+        plain = plan.model
+
+        @functools.wraps(plain)
+        def model(workload, capacity_blocks, block_size=DEFAULT_BLOCK_SIZE, method="lru", variant=None):
+            if _BUDGET.get() is None or variant is not None or method not in ("lru", "fifo"):
+                return plain(workload, capacity_blocks, block_size, method, variant)
+            return cached_evaluate(workload, capacity_blocks, block_size, method)
+
+        _plain_model = plain
+        plan.model = model
+
+
+@contextlib.contextmanager
+def budget(seconds: float, min_new: int = 1):
+    """The models evaluated in this block (this thread) charge a Budget of ``seconds``."""
+    _hook_plan_model()
+    b = Budget(seconds, min_new)
+    token = _BUDGET.set(b)
+    try:
+        yield b
+    finally:
+        _BUDGET.reset(token)
+
+
 # ----------------------------------------------------------------------------- models (cached)
 
 
 @lru_cache(maxsize=4096)
 def _model(workload: Workload, capacity_blocks: int, block_size: int, method: str) -> ModelResult:
-    from analytic.plan import model
-
-    return model(workload, capacity_blocks, block_size, method)
+    _charge()  # a cache miss: a new evaluation (raises if a budget ran out; then nothing is cached)
+    return _plan_model()(workload, capacity_blocks, block_size, method)
 
 
 def cached_evaluate(workload: Workload, capacity_blocks: int, block_size: int, method: str) -> ModelResult:
@@ -208,6 +318,7 @@ def cached_evaluate(workload: Workload, capacity_blocks: int, block_size: int, m
 def _fleet_model(workload: Workload, capacity_blocks: int, instances: int, router: str, method: str, block_size: int):
     from analytic.fleet import fleet_model
 
+    _charge()
     return fleet_model(workload, [capacity_blocks] * instances, router, method, block_size)
 
 
@@ -288,7 +399,7 @@ def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *
     A fleet (``instances`` > 1): memory per instance; affinity evaluates each instance's model
     (the workload at arrival rate / instances), random the LRU fleet model; no seed curve.
     """
-    start = time.perf_counter() if start is None else start
+    start = _now() if start is None else start
     mins = {"lru": CURVE_MIN_POINTS, "fifo": 0, **(min_points or {})}
     xs, cap_at, label, here = memory_axis(scenario, capacity, points, instances)
     w, bs = scenario.workload, scenario.block_size
@@ -306,7 +417,7 @@ def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *
         deadline = start + budget_s * shares[method]
         done = []
         for n, i in enumerate(_coarse_to_fine(len(xs))):
-            if n >= mins[method] and time.perf_counter() > deadline:
+            if n >= mins[method] and _now() > deadline:
                 break
             if i not in caps:
                 caps[i] = cap_at(xs[i])
@@ -324,15 +435,19 @@ def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *
         out["seed"] = {"x": [float(xs[i]) for i in seed_x],
                        "request": [seed_model(cached_tokens=caps[i].capacity_tokens, **seed_kw)["hit_rate"]
                                    for i in seed_x]}
-    out["ms"] = 1000 * (time.perf_counter() - start)
+    out["ms"] = 1000 * (_now() - start)
     return out
 
 
 # ----------------------------------------------------------------------------- requests
 
 
-def check_page_limits(workload: Workload) -> None:
-    """Refuse (as a field error) conversations too long for an interactive answer."""
+def check_page_limits(workload: Workload, instances: int = 1) -> None:
+    """Refuse (as a field error) conversations too long, or fleets too large, for an interactive
+    answer."""
+    if instances > MAX_INSTANCES:
+        raise FieldError("instances", f"instances: {instances:,} instances are too many for this page, which takes up "
+                                      f"to {MAX_INSTANCES:,}; kvsim calc computes them")
     longest = int(np.max(workload.turns.support[0]))
     drawn = not (workload.input_tokens.is_fixed and workload.output_tokens.is_fixed)
     kind = "drawn sizes" if drawn else "fixed sizes"
@@ -347,7 +462,7 @@ def _scenario(params: dict):
     """(field values, scenario, capacity, weights GiB, describe) of the page's inputs."""
     values = values_from_params(params)
     scenario = scenario_from_values(values)
-    check_page_limits(scenario.workload)
+    check_page_limits(scenario.workload, scenario.fleet.size)
     capacity = scenario.capacity()
     return values, scenario, capacity, scenario.weights_gib(), describe
 
@@ -371,7 +486,7 @@ def _check_policy(s: Scenario, note: str | None, router: str = "affinity") -> No
 
 def calc(params: dict, *, curve: bool = True) -> dict:
     """What the page shows for one set of inputs (everything but sensitivity and advice)."""
-    start = time.perf_counter()
+    start = _now()
     a, s, capacity, size_gb, describe = _scenario(params)
     instances, router = fleet_of(s)
     note = fifo_note(s.workload)
@@ -386,7 +501,7 @@ def calc(params: dict, *, curve: bool = True) -> dict:
         for method in fleet_methods(instances, router, note):
             r = cached_fleet(s.workload, capacity.capacity_blocks, instances, router, method, s.block_size)
             methods[method] = {**r.as_dict(), "characteristic_time": r.per_instance[0].characteristic_time}
-    models_ms = 1000 * (time.perf_counter() - start)
+    models_ms = 1000 * (_now() - start)
     out = {
         "model": {**s.model.__dict__, "attention": s.model.attention},
         "kv_dtype": s.kv_dtype,
@@ -406,7 +521,7 @@ def calc(params: dict, *, curve: bool = True) -> dict:
     if curve:
         out["curve"] = memory_curve(s, capacity, size_gb, methods=fleet_methods(instances, router, note), start=start,
                                     instances=instances, router=router)
-    out["timing_ms"] = {"models": models_ms, "total": 1000 * (time.perf_counter() - start)}
+    out["timing_ms"] = {"models": models_ms, "total": 1000 * (_now() - start)}
     return out
 
 
@@ -430,28 +545,46 @@ def curve_response(params: dict) -> dict:
                         instances=instances, router=router)
 
 
+def _incomplete(start: float, **out) -> dict:
+    return {**out, "incomplete": True, "timing_ms": {"total": 1000 * (_now() - start)}}
+
+
 def sensitivity_response(params: dict) -> dict:
-    start = time.perf_counter()
+    """The tornado of ``kvsim sensitivity`` (LRU model), or ``{"incomplete": true, "rows": []}``
+    when SENSITIVITY_BUDGET_S ran out first (ask again: it goes on from the cache)."""
+    start = _now()
     _, s, _, _, _ = _scenario(params)
-    out = sensitivity(s, method="lru", evaluate=cached_evaluate)
-    out["timing_ms"] = {"total": 1000 * (time.perf_counter() - start)}
+    with budget(SENSITIVITY_BUDGET_S):
+        try:
+            out = sensitivity(s, method="lru", evaluate=cached_evaluate)
+        except BudgetSpent:
+            return _incomplete(start, method="lru", rows=[], base=None)
+    out["incomplete"] = False
+    out["timing_ms"] = {"total": 1000 * (_now() - start)}
     return out
 
 
 def advice_response(params: dict) -> dict:
-    start = time.perf_counter()
+    """The levers of ``kvsim calc --advise``, or ``{"incomplete": true, "advice": []}`` when
+    ADVICE_BUDGET_S ran out first (ask again: it goes on from the cache)."""
+    start = _now()
     a, s, _, _, _ = _scenario(params)
     instances, router = fleet_of(s)
     note = fifo_note(s.workload)
     _check_policy(s, note, router if instances > 1 else "affinity")
     target = a["target_hit_rate"] if a["target_hit_rate"] is not None else DEFAULT_TARGET
     out = {"target": target, "notes": [note] if note else []}
-    if instances == 1:
-        out["advice"] = advise(s, target=target, evaluate=cached_evaluate, compare_policies=note is None)
-    else:
-        out["advice"] = fleet_advise(s, instances, router, target=target, evaluate=cached_evaluate,
-                                     compare_policies=note is None)
-    out["timing_ms"] = {"total": 1000 * (time.perf_counter() - start)}
+    with budget(ADVICE_BUDGET_S):
+        try:
+            if instances == 1:
+                out["advice"] = advise(s, target=target, evaluate=cached_evaluate, compare_policies=note is None)
+            else:
+                out["advice"] = fleet_advise(s, instances, router, target=target, evaluate=cached_evaluate,
+                                             compare_policies=note is None)
+        except BudgetSpent:
+            return _incomplete(start, **out, advice=[])
+    out["incomplete"] = False
+    out["timing_ms"] = {"total": 1000 * (_now() - start)}
     return out
 
 

@@ -26,6 +26,13 @@ How a hash-id request asks the cache (``request_blocks``), at a block size ``B``
   (which fixes the whole prefix); a trailing group of fewer ids is a partial block. A block
   size that is not a multiple of the trace's is refused: hash ids cannot be split.
 
+Speed: the readers hand each request's ids over as runs of consecutive ids
+(:attr:`~kvsim.traces.TraceRequest.runs`), which go to the caches as they are
+(``serve_runs``, :func:`request_runs`); the infinite cache keeps ranges of ids
+(:class:`_Seen`), not a set of blocks; and :mod:`kvsim.curve` (which pulls in the simulator)
+is imported only for ``curve``. A replay of the Mooncake conversation trace at one capacity
+is thus mostly JSON decoding (``experiments/bench.py`` compares it with libCacheSim).
+
 Conversation templates are in :mod:`kvsim.templates`, the export to libCacheSim in
 :mod:`kvsim.export`, the command line in :mod:`kvsim.cli.replay`.
 """
@@ -35,17 +42,17 @@ from __future__ import annotations
 import math
 import sys
 import time
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvsim.cache import PrefixCache
-from kvsim.curve import LRUCurve
+from kvsim.cache import PrefixCache, runs_of
 from kvsim.policies import POLICIES
 from kvsim.traces import TraceError, iter_requests
 
 __all__ = [
     "DENSE_CURVE_MAX_DOUBLINGS", "POLICY_NAMES", "check_block_size", "policy_names", "rate", "replay",
-    "request_blocks", "resolve_block_size",
+    "request_blocks", "request_runs", "resolve_block_size",
 ]
 
 POLICY_NAMES = tuple(POLICIES)
@@ -73,6 +80,43 @@ def request_blocks(ids: list, input_tokens: int, output_tokens: int, trace_block
         keys = groups[:input_tokens // block_size]
         return keys, min((input_tokens - 1) // block_size, len(keys)), alloc, len(groups)
     return groups, len(groups), alloc, len(groups)
+
+
+def request_runs(req, block_size: int, vllm: bool = False) -> tuple[list, int, int, int]:
+    """:func:`request_blocks` of a :class:`~kvsim.traces.TraceRequest`, with the keys as runs
+    (``(first_key, count)``, as :meth:`~kvsim.cache.PrefixCache.serve_runs` takes them).
+
+    At the trace's own block size the reader's runs are the keys: no list of ids is built or
+    split into runs again (per block, that would cost more than the cache). A coarser block
+    size, or a request without runs, goes through the ids."""
+    inp = req.input_tokens
+    runs = req.runs
+    if runs is None or req.block_size != block_size:
+        ids = req.block_ids
+        if ids is None:
+            ids = [k for first, count in runs for k in range(first, first + count)]
+        keys, max_hit, alloc, listed = request_blocks(ids, inp, req.output_tokens, req.block_size,
+                                                      block_size, vllm)
+        try:
+            return runs_of(keys), max_hit, alloc, listed
+        except TypeError:
+            raise TraceError(f"{req.where or 'a trace request'}: block ids must be integers") from None
+    alloc = -(-(inp + req.output_tokens) // block_size)
+    listed = 0
+    for _, count in runs:
+        listed += count
+    if not vllm:
+        return runs, listed, alloc, listed
+    full = inp // block_size  # vLLM caches full blocks only: the first ``full`` keys
+    if full < listed:
+        kept, left = [], full
+        for first, count in runs:
+            if left <= 0:
+                break
+            kept.append((first, min(count, left)))
+            left -= count
+        runs = kept
+    return runs, min((inp - 1) // block_size, full, listed), alloc, listed
 
 
 def check_block_size(block_size: int, trace_block_size: int, where: str) -> None:
@@ -135,6 +179,78 @@ def rate(num: float, den: float):
 
 DENSE_CURVE_MAX_DOUBLINGS = 30  # the dense curve's grid reaches 2**30 blocks
 
+
+class _Seen:
+    """The infinite cache of the ideal hit rates: every block seen so far.
+
+    Kept as sorted, disjoint ranges of ids (touching ones merged), so that a run of keys costs
+    two bisections, not a set look-up per block: the traces number their hash ids in order of
+    first appearance, so a handful of ranges holds everything. Scattered ids would make many
+    ranges, and inserting into long lists moves their tails; beyond ``MAX_RANGES`` the blocks
+    go to a set instead (per block, as a set always costs)."""
+
+    MAX_RANGES = 1 << 16
+
+    def __init__(self) -> None:
+        self.los: list[int] = []  # range k is los[k] .. his[k] - 1
+        self.his: list[int] = []
+        self.blocks = 0
+        self.set: set | None = None
+
+    def serve(self, runs, max_hit_blocks: int) -> int:
+        """The leading run of the first ``max_hit_blocks`` keys already seen; then all are seen."""
+        if self.set is not None:
+            return self._serve_set(runs, max_hit_blocks)
+        los, his = self.los, self.his
+        hit = k = 0
+        for first, count in runs:
+            i = bisect_right(los, first) - 1
+            covered = his[i] - first if i >= 0 else 0
+            if covered < count:
+                hit += max(covered, 0)
+                break
+            hit += count
+            k += 1
+        for first, count in runs[k:]:  # the runs before k are seen already
+            self._add(first, first + count)
+        if len(los) > self.MAX_RANGES:
+            self.set = {key for lo, hi in zip(los, his) for key in range(lo, hi)}
+            self.los, self.his = [], []
+        return min(hit, max_hit_blocks)
+
+    def _add(self, lo: int, hi: int) -> None:
+        los, his = self.los, self.his
+        i = bisect_left(his, lo)  # the first range ending at or after lo ...
+        j = bisect_right(los, hi, i)  # ... to the last starting at or before hi: they touch lo .. hi
+        if i == j:
+            los.insert(i, lo)
+            his.insert(i, hi)
+            self.blocks += hi - lo
+            return
+        merged_lo, merged_hi = min(lo, los[i]), max(hi, his[j - 1])
+        self.blocks += merged_hi - merged_lo - sum(his[m] - los[m] for m in range(i, j))
+        los[i:j] = [merged_lo]
+        his[i:j] = [merged_hi]
+
+    def _serve_set(self, runs, max_hit_blocks: int) -> int:
+        seen = self.set
+        hit = 0
+        for first, count in runs:
+            run = range(first, first + count)
+            if seen.issuperset(run):
+                hit += count
+                continue
+            for key in run:
+                if key not in seen:
+                    break
+                hit += 1
+            break
+        for first, count in runs:
+            seen.update(range(first, first + count))
+        self.blocks = len(seen)
+        return min(hit, max_hit_blocks)
+
+
 @dataclass
 class _Tally:
     policy: str
@@ -168,7 +284,8 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
         raise ValueError(f"max-requests must be an integer >= 1 (got {max_requests!r})")
     reading = dict(trace_block_size=trace_block_size, time_unit=time_unit, arrival_rate=arrival_rate,
                    seed=seed, skip_bad=skip_bad)
-    requests, stats = iter_requests(traces, **reading)
+    # block_ids=False: the readers' runs are all this needs (request_runs)
+    requests, stats = iter_requests(traces, block_ids=False, **reading)
     bs = resolve_block_size(block_size, stats.files)
     requests = iter(requests)
     first = next(requests, None)
@@ -178,12 +295,16 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
     dense = curve and not capacities
     if dense:
         capacities = sorted({int(round(2 ** (k / 8))) for k in range(8 * DENSE_CURVE_MAX_DOUBLINGS + 1)})
-    lru_curve = LRUCurve(capacities, bs) if curve and "lru" in names else None
+    lru_curve = None
+    if curve and "lru" in names:
+        from kvsim.curve import LRUCurve  # here only: it imports the simulator (simpy, numpy)
+
+        lru_curve = LRUCurve(capacities, bs)
     tallies = [_Tally(p, PrefixCache(c, p)) for p in names for c in capacities if not (p == "lru" and lru_curve)]
 
     n = input_tokens = output_tokens = listed_total = max_alloc = 0
     ideal_blocks = ideal_tokens = ideal_requests = 0
-    seen: set = set()
+    seen = _Seen()
     t_first = t_last = None
     bar = _progress_bar(progress, "replay")
     started = time.perf_counter()
@@ -194,10 +315,10 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
                 break
             if req.block_size != bs:
                 check_block_size(bs, req.block_size, req.where or "a trace")
-            keys, max_hit, alloc, listed = request_blocks(
-                req.block_ids, req.input_tokens, req.output_tokens, req.block_size, bs, vllm)
+            runs, max_hit, alloc, listed = request_runs(req, bs, vllm)
             inp = req.input_tokens
-            max_alloc = max(max_alloc, alloc)
+            if alloc > max_alloc:
+                max_alloc = alloc
             n += 1
             input_tokens += inp
             output_tokens += req.output_tokens
@@ -205,21 +326,15 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
             if t_first is None:
                 t_first = req.time
             t_last = req.time
-            hit = 0
-            for key in keys:  # an infinite cache: the leading run of blocks seen before
-                if hit == max_hit or key not in seen:
-                    break
-                hit += 1
-            if hit < len(keys):
-                seen.update(keys[hit:])
+            hit = seen.serve(runs, max_hit)
             if hit:
                 ideal_blocks += hit
                 ideal_tokens += min(hit * bs, inp)
                 ideal_requests += 1
             if lru_curve is not None:
-                lru_curve.add(keys, max_hit, alloc, inp)
+                lru_curve.add(runs, max_hit, alloc, inp)
             for tally in tallies:
-                result = tally.cache.serve(keys, max_hit, alloc)
+                result = tally.cache.serve_runs(runs, max_hit, alloc)
                 if result.hit_blocks:
                     tally.hit_blocks += result.hit_blocks
                     tally.hit_tokens += min(result.hit_blocks * bs, inp)
@@ -248,7 +363,7 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
     if lru_curve is not None:
         points = lru_curve.points()
         if dense:  # beyond the first capacity that never evicts, the curve is flat
-            everything = len(seen) + max_alloc
+            everything = seen.blocks + max_alloc
             points = [p for p in points if p.capacity_blocks < everything] + \
                      [p for p in points if p.capacity_blocks >= everything][:1]
         results[:0] = [{
@@ -285,7 +400,7 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "listed_blocks": listed_total,
-            "distinct_blocks": len(seen),
+            "distinct_blocks": seen.blocks,
             "first_time_s": t_first,
             "last_time_s": t_last,
         },

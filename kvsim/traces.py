@@ -49,6 +49,13 @@ Decisions, checked against the shared traces (``../shared/traces``):
 
 Files are read lazily: a jsonl trace is streamed line by line, a conversation file is parsed
 when its first request is needed and kept only as runs of consecutive ids (a few per request).
+
+Speed: reading is most of what ``kvsim replay`` costs (the run-based cache does a few million
+blocks per second), so the per-record work is kept to the JSON decoding, a few type checks and
+a pass over ``hash_ids`` in C (``_runs``); every request also carries its ids as
+:attr:`TraceRequest.runs`, which the cache takes as they are, and a reader that needs nothing
+else (the replay) can skip building the ``block_ids`` list (``block_ids=False``). numpy is
+imported only to stagger conversation files (``arrival_rate``): start-up time counts too.
 """
 
 from __future__ import annotations
@@ -59,12 +66,11 @@ import json
 import math
 import os
 import re
+from math import isfinite
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
-
-import numpy as np
 
 __all__ = [
     "NAMESPACE_STRIDE", "TraceError", "TraceRequest", "TraceStats", "conversation_settings",
@@ -103,6 +109,7 @@ class TraceRequest(NamedTuple):
     think_time: float | None = None
     api_time: float | None = None
     where: str = ""  # "file:line" or "file: request i[.j]", for messages
+    runs: list | None = None  # block_ids as (first_id, count) runs of consecutive ids (the cache's keys)
 
 
 @dataclass
@@ -207,8 +214,16 @@ def _optional_seconds(value, name: str) -> float | None:
     return None if value is None else _seconds(value, name)
 
 
+_INT = {int}
+
+
 def _runs(ids, input_tokens: int, block_size: int) -> tuple[list[int], list[int]]:
-    """Check ``hash_ids`` and compress them to runs of consecutive ids (starts, lengths)."""
+    """Check ``hash_ids`` and compress them to runs of consecutive ids (starts, lengths).
+
+    Python steps per id would cost more than the JSON decoding, so the work per id is done by
+    C loops: one pass for the types (``map``) and, per run, a slice comparison that confirms
+    the end found by galloping (O(log run) steps). Chained prefix ids come in a few long runs
+    (a shared head, then the request's own), so a request costs a few dozen steps."""
     if type(ids) is not list:
         raise _Bad(f"hash_ids must be a list of integers (got {type(ids).__name__})")
     n = len(ids)
@@ -219,23 +234,49 @@ def _runs(ids, input_tokens: int, block_size: int) -> tuple[list[int], list[int]
                    f"{need}: wrong block size?")
     if n == 0:
         return [], []
-    try:
-        a = np.asarray(ids)
-    except (ValueError, TypeError):
-        raise _Bad("hash_ids must be a list of integers") from None
-    if a.ndim != 1 or a.dtype.kind not in "iu":
+    if set(map(type, ids)) != _INT:  # bools and floats too: 1.0 == 1 would pass the checks below
         raise _Bad("hash_ids must be a list of integers")
-    if a.min() < 0 or a.max() >= NAMESPACE_STRIDE:
-        raise _Bad("hash_ids must be in [0, 2**40)")
-    breaks = np.flatnonzero(np.diff(a) != 1) + 1
-    edges = np.concatenate(([0], breaks, [n]))
-    starts, lengths = a[edges[:-1]].tolist(), np.diff(edges).tolist()
-    if len(starts) > 1:  # ids repeat iff two runs overlap
-        end = -1
-        for s, m in sorted(zip(starts, lengths)):
-            if s < end:
+    starts: list[int] = []
+    lengths: list[int] = []
+    last = n - 1
+    i = 0
+    while i < n:
+        first = ids[i]
+        # j: the end of the run starting at i, i.e. the last j with ids[j] == first + (j - i)
+        # before one that is not. Most often the rest of the list is one run; else gallop
+        # (1, 2, 4, ... ahead) past the end, then bisect back to it.
+        if ids[last] == first + last - i:
+            j = last
+        else:
+            j, step = i, 1
+            while j + step < last and ids[j + step] == first + j + step - i:
+                j += step
+                step *= 2
+            hi = j + step if j + step < last else last  # ids[hi] does not fit the run
+            while hi - j > 1:
+                mid = (j + hi) // 2
+                if ids[mid] == first + mid - i:
+                    j = mid
+                else:
+                    hi = mid
+        if j > i and ids[i:j + 1] != list(range(first, first + j + 1 - i)):
+            j = i  # the ends fit but not everything between (never seen in real traces): id by id
+            while j < last and ids[j + 1] == ids[j] + 1:
+                j += 1
+        starts.append(first)
+        lengths.append(j + 1 - i)
+        i = j + 1
+    if len(starts) == 1:
+        lo, hi = first, first + n
+    else:  # ids repeat iff two runs overlap
+        pairs = sorted(zip(starts, lengths))
+        lo = hi = pairs[0][0]
+        for s, m in pairs:
+            if s < hi:
                 raise _Bad("hash_ids repeats an id (a chained prefix hash cannot)")
-            end = s + m
+            hi = s + m
+    if lo < 0 or hi > NAMESPACE_STRIDE:
+        raise _Bad("hash_ids must be in [0, 2**40)")
     return starts, lengths
 
 
@@ -248,6 +289,11 @@ def _expand(starts: list[int], lengths: list[int], base: int) -> list[int]:
         s += base
         out.extend(range(s, s + n))
     return out
+
+
+def _namespaced(starts: list[int], lengths: list[int], base: int) -> list[tuple[int, int]]:
+    """The runs of :attr:`TraceRequest.runs`: ``(first id, count)`` with the namespace added."""
+    return [(s + base, n) for s, n in zip(starts, lengths)]
 
 
 def _key(value, name: str):
@@ -295,61 +341,85 @@ def jsonl_settings(path, block_size: int | None = None, time_unit: str = "auto")
     return block_size, time_unit
 
 
-def _jsonl_raw(path: Path, block_size: int, time_unit: str, skip_bad: bool, stats: TraceStats):
-    """Yield ``(request without block ids, starts, lengths)`` for each good record."""
+def _jsonl_raw(path: Path, block_size: int, time_unit: str, skip_bad: bool, stats: TraceStats, *,
+               base: int | None = None, block_ids: bool = True):
+    """Yield ``(request without ids, starts, lengths)`` for each good record, ``starts, lengths``
+    being its raw ids' runs; or, given ``base`` (the namespace's first id), the requests with
+    their ids (``runs``, and ``block_ids`` unless not wanted)."""
     scale = TIME_UNITS[time_unit]
     last = -math.inf
     lineno = 0
+    name = str(path)
+    loads = json.loads
     try:
         with _open_text(path) as f:
             for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
                 try:
                     try:
-                        rec = json.loads(line)
+                        rec = loads(line)
                     except ValueError as e:
+                        if not line.strip():  # a blank line is not JSON either: test for it only then
+                            continue
                         raise _Bad(f"not valid JSON ({e})") from None
-                    if type(rec) is not dict:
-                        raise _Bad("not a JSON object")
-                    time = _seconds(_field(rec, "timestamp"), "timestamp") * scale
-                    inp = _count(_field(rec, "input_length"), "input_length", 1)
-                    out = _count(_field(rec, "output_length"), "output_length", 0)
-                    starts, lengths = _runs(_field(rec, "hash_ids"), inp, block_size)
+                    try:  # a well-formed record passes the checks below inline, without calls
+                        stamp, inp, out = rec["timestamp"], rec["input_length"], rec["output_length"]
+                        ids = rec["hash_ids"]
+                        plain = (type(inp) is int and inp >= 1 and type(out) is int and out >= 0
+                                 and (type(stamp) is int or type(stamp) is float and isfinite(stamp)))
+                    except (KeyError, TypeError):
+                        plain = False
+                    if plain:
+                        time = stamp * scale
+                    else:  # the same checks, one by one, to say what is wrong
+                        if type(rec) is not dict:
+                            raise _Bad("not a JSON object")
+                        time = _seconds(_field(rec, "timestamp"), "timestamp") * scale
+                        inp = _count(_field(rec, "input_length"), "input_length", 1)
+                        out = _count(_field(rec, "output_length"), "output_length", 0)
+                        ids = _field(rec, "hash_ids")
+                    starts, lengths = _runs(ids, inp, block_size)
                     if time < last:
                         raise _Bad(f"timestamp {time:g} s is earlier than the previous record's "
                                    f"({last:g} s): the file must be sorted by timestamp")
-                    req = TraceRequest(
-                        time, inp, out, None, block_size,
-                        chat_id=_key(rec.get("chat_id"), "chat_id"),
-                        parent_chat_id=_key(rec.get("parent_chat_id"), "parent_chat_id"),
-                        turn=_key(rec.get("turn"), "turn"), type=_key(rec.get("type"), "type"),
-                        where=f"{path}:{lineno}")
+                    if len(rec) == 4:  # the four fields just read (Mooncake): no Bailian ones
+                        chat_id = parent = turn = kind = None
+                    else:
+                        chat_id = _key(rec.get("chat_id"), "chat_id")
+                        parent = _key(rec.get("parent_chat_id"), "parent_chat_id")
+                        turn = _key(rec.get("turn"), "turn")
+                        kind = _key(rec.get("type"), "type")
                 except _Bad as e:
-                    message = f"{path}:{lineno}: {e}"
+                    message = f"{name}:{lineno}: {e}"
                     if not skip_bad:
                         raise TraceError(message) from None
                     stats.skip(message)
                     continue
                 last = time
                 stats.requests += 1
-                yield req, starts, lengths
+                if base is None:
+                    yield (TraceRequest(time, inp, out, None, block_size, chat_id, parent, turn, kind,
+                                        where=f"{name}:{lineno}"), starts, lengths)
+                else:
+                    yield TraceRequest(time, inp, out, _expand(starts, lengths, base) if block_ids else None,
+                                       block_size, chat_id, parent, turn, kind, where=f"{name}:{lineno}",
+                                       runs=_namespaced(starts, lengths, base))
     except (OSError, EOFError, UnicodeDecodeError) as e:
-        message = f"{path}:{lineno + 1}: cannot read: {e}"
+        message = f"{name}:{lineno + 1}: cannot read: {e}"
         if not skip_bad:
             raise TraceError(message) from None
         stats.skip_file(message)
 
 
 def read_jsonl(path, *, block_size: int | None = None, time_unit: str = "auto", namespace: int = 0,
-               skip_bad: bool = False, stats: TraceStats | None = None) -> Iterator[TraceRequest]:
-    """Stream the requests of a Mooncake/Bailian jsonl trace (time in s from the file's 0)."""
+               skip_bad: bool = False, stats: TraceStats | None = None,
+               block_ids: bool = True) -> Iterator[TraceRequest]:
+    """Stream the requests of a Mooncake/Bailian jsonl trace (time in s from the file's 0).
+    ``block_ids=False`` leaves :attr:`TraceRequest.block_ids` None (``runs`` has the ids)."""
     path = Path(path)
     block_size, time_unit = jsonl_settings(path, block_size, time_unit)
     stats = stats if stats is not None else TraceStats()
-    base = namespace * NAMESPACE_STRIDE
-    for req, starts, lengths in _jsonl_raw(path, block_size, time_unit, skip_bad, stats):
-        yield req._replace(block_ids=_expand(starts, lengths, base))
+    yield from _jsonl_raw(path, block_size, time_unit, skip_bad, stats, base=namespace * NAMESPACE_STRIDE,
+                          block_ids=block_ids)
 
 
 # ---------------------------------------------------------------- conversation files
@@ -459,9 +529,11 @@ def _conversation_raw(path: Path, skip_bad: bool, stats: TraceStats, block_size:
 
 
 def read_conversation(path, *, namespace: int = 0, start: float = 0.0, skip_bad: bool = False,
-                      stats: TraceStats | None = None, block_size: int | None = None) -> Iterator[TraceRequest]:
+                      stats: TraceStats | None = None, block_size: int | None = None,
+                      block_ids: bool = True) -> Iterator[TraceRequest]:
     """The requests of one conversation file (subagents included) in time order, the clock
-    starting at ``start`` seconds. ``block_size`` is used only if the file has none."""
+    starting at ``start`` seconds. ``block_size`` is used only if the file has none.
+    ``block_ids=False`` leaves :attr:`TraceRequest.block_ids` None (``runs`` has the ids)."""
     path = Path(path)
     stats = stats if stats is not None else TraceStats()
     parsed = _conversation_raw(path, skip_bad, stats, block_size)
@@ -470,7 +542,8 @@ def read_conversation(path, *, namespace: int = 0, start: float = 0.0, skip_bad:
     _, _, entries = parsed
     base = namespace * NAMESPACE_STRIDE
     for req, starts, lengths in entries:
-        yield req._replace(time=req.time + start, block_ids=_expand(starts, lengths, base))
+        yield req._replace(time=req.time + start, runs=_namespaced(starts, lengths, base),
+                           block_ids=_expand(starts, lengths, base) if block_ids else None)
 
 
 # ---------------------------------------------------------------- several files, merged
@@ -490,7 +563,7 @@ def _file_info(path: Path, fmt: str, trace_block_size: int | None, time_unit: st
 
 def open_traces(paths, *, trace_block_size: int | None = None, time_unit: str = "auto",
                 arrival_rate: float | None = None, seed: int = 0, skip_bad: bool = False,
-                stats: TraceStats | None = None) -> Iterator[TraceRequest]:
+                stats: TraceStats | None = None, block_ids: bool = True) -> Iterator[TraceRequest]:
     """All requests of several traces merged in time order (ties: file order, then record order).
 
     File ``i`` (0-based, in the order of :func:`trace_files`) gets namespace ``i + 1``
@@ -500,6 +573,8 @@ def open_traces(paths, *, trace_block_size: int | None = None, time_unit: str = 
     Poisson process (the first at 0; order and gaps seeded by ``seed``), as the simulator's
     conversations arrive.
     ``stats.files`` gets one dict per file (path, format, block size, time unit, start).
+    ``block_ids=False``: requests without :attr:`TraceRequest.block_ids` (None; ``runs`` has
+    the ids), for a reader that works on runs and need not build a list per request.
     """
     files = trace_files(paths)
     stats = stats if stats is not None else TraceStats()
@@ -510,20 +585,28 @@ def open_traces(paths, *, trace_block_size: int | None = None, time_unit: str = 
     conversations = [i for i, info in enumerate(infos) if info["format"] == "conversation"]
     if type(seed) is not int or seed < 0:
         raise ValueError(f"seed must be an integer >= 0 (got {seed!r})")
-    offsets = np.zeros(len(conversations))
+    offsets = [0.0] * len(conversations)
     if arrival_rate is not None and len(conversations) > 1:
+        import numpy as np  # here only: importing numpy is a good part of a short replay's start-up
+
         rng = np.random.default_rng(seed)
-        offsets[1:] = np.cumsum(rng.exponential(1.0 / arrival_rate, len(conversations) - 1))
+        gaps = np.zeros(len(conversations))
+        gaps[1:] = np.cumsum(rng.exponential(1.0 / arrival_rate, len(conversations) - 1))
+        offsets = gaps.tolist()
         # File names say nothing about when a session happened; a random order makes
         # different seeds independent replications.
         conversations = [conversations[j] for j in rng.permutation(len(conversations))]
-    for i, offset in zip(conversations, offsets.tolist()):
+    for i, offset in zip(conversations, offsets):
         infos[i]["start"] = offset
     stats.files.extend(infos)
-    return _merge(files, infos, skip_bad, stats)
+    if len(files) == 1 and infos[0]["format"] == "jsonl":  # nothing to merge: spare the heap
+        return read_jsonl(files[0], block_size=infos[0]["block_size"], time_unit=infos[0]["time_unit"],
+                          namespace=1, skip_bad=skip_bad, stats=stats, block_ids=block_ids)
+    return _merge(files, infos, skip_bad, stats, block_ids)
 
 
-def _merge(files: list[Path], infos: list[dict], skip_bad: bool, stats: TraceStats) -> Iterator[TraceRequest]:
+def _merge(files: list[Path], infos: list[dict], skip_bad: bool, stats: TraceStats,
+           block_ids: bool) -> Iterator[TraceRequest]:
     heap: list = []
 
     def push(i: int, stream: Iterator[TraceRequest]) -> None:
@@ -538,7 +621,7 @@ def _merge(files: list[Path], infos: list[dict], skip_bad: bool, stats: TraceSta
     for i, (path, info) in enumerate(zip(files, infos)):
         if info["format"] == "jsonl":
             push(i, read_jsonl(path, block_size=info["block_size"], time_unit=info["time_unit"],
-                               namespace=i + 1, skip_bad=skip_bad, stats=stats))
+                               namespace=i + 1, skip_bad=skip_bad, stats=stats, block_ids=block_ids))
         else:
             pending.append((info["start"], i))
     pending.sort()
@@ -549,7 +632,7 @@ def _merge(files: list[Path], infos: list[dict], skip_bad: bool, stats: TraceSta
         namespace = 0 if info.get("hash_id_scope") == "global" else i + 1
         stream = _checked(read_conversation(files[i], namespace=namespace, start=info["start"],
                                             skip_bad=skip_bad, stats=stats,
-                                            block_size=info["block_size"]), info)
+                                            block_size=info["block_size"], block_ids=block_ids), info)
         push(i, stream)
 
     while heap or pending:

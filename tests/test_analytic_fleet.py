@@ -5,7 +5,6 @@ lru_model's at N = 1, a hand-worked case, its smoothness and its large-capacity 
 
 import json
 import math
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -377,12 +376,10 @@ def test_random_with_unlimited_caches_still_misses_unvisited_instances(instances
     assert fleet.token_hit_rate < no_eviction_ceiling(workload(L, u, r, S)).token_hit_rate - 0.1
 
 
-def test_long_geometric_conversations_are_fast():
+def test_long_geometric_conversations_on_eight_instances():
+    # Its speed (target < 0.5 s) is a figure of experiments/bench.py, not a test.
     w = workload(turns=TurnCount("geometric", 10), think=ThinkTime("lognormal", 30.0, 1.5), drawn=True)
-    fleet_model(w, [20000], "random")  # draws the size paths once
-    start = time.perf_counter()
     fleet = fleet_model(w, [20000, 40000] * 4, "random")
-    assert time.perf_counter() - start < 0.5
     assert 0 < fleet.token_hit_rate < 1
 
 

@@ -6,6 +6,7 @@ KVSIM_BROWSER_TESTS=required (CI), where that is a failure. Set KVSIM_CHROMIUM t
 chromium binary, KVSIM_SCREENSHOT=path.png to keep a screenshot of the page.
 """
 
+import json
 import os
 import re
 import shutil
@@ -232,3 +233,49 @@ def test_a_fleet_behind_random_routing_changes_the_headline(page):
     page.fill("input[name=instances]", "0")
     expect(page.locator('.err[data-for="instances"]')).to_contain_text("instances must be a whole number > 0")
     assert not page.problems, page.problems
+
+
+def _incomplete(route, body):
+    route.fulfill(status=200, content_type="application/json",
+                  body=json.dumps({**body, "incomplete": True, "timing_ms": {"total": 1.0}}))
+
+
+def test_an_incomplete_sensitivity_or_advice_is_asked_again(browser_context, base_url):
+    """The server answers /api/sensitivity and /api/advice within a time budget, flagged
+    ``incomplete`` when it ran out: the page asks again (the server goes on from its cache), and
+    says so when it gives up."""
+    page = browser_context.new_page()
+    problems = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    asked = {"sensitivity": 0, "advice": 0}
+
+    def sensitivity(route):  # out of time twice, then the real answer
+        asked["sensitivity"] += 1
+        if asked["sensitivity"] <= 2:
+            _incomplete(route, {"method": "lru", "rows": [], "base": None})
+        else:
+            route.continue_()
+
+    def advice(route):  # never finished
+        asked["advice"] += 1
+        _incomplete(route, {"target": 0.8, "notes": [], "advice": []})
+
+    page.route("**/api/sensitivity", sensitivity)
+    page.route("**/api/advice", advice)
+    try:
+        page.goto(base_url)
+        ready(page)
+        assert asked["sensitivity"] == 3
+        assert page.locator("#sensitivity tbody tr").count() == 8
+        expect(page.locator("#sensitivity-status")).to_be_hidden()
+        expect(page.locator("#timing")).to_contain_text("sensitivity")
+        expect(page.locator("#timing")).to_contain_text("in 3 requests")
+        expect(page.locator("#advice li")).to_have_count(0)
+        status = page.locator("#advice-status")
+        expect(status).to_be_visible()
+        expect(status).to_contain_text(f"not finished after {asked['advice']} requests")
+        expect(status).to_contain_text("kvsim calc --advise computes it")
+        assert asked["advice"] == 60
+        assert not problems, problems
+    finally:
+        page.close()

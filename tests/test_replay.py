@@ -4,16 +4,18 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analytic.specs import Workload
-from kvsim.cache import ReferenceCache
+from kvsim.cache import ReferenceCache, runs_of
 from kvsim.cli.args import Parser, UsageError
 from kvsim.engine import simulate
 from kvsim.cli.replay import cmd_export_trace, cmd_replay, configure_export_parser, configure_replay_parser
 from kvsim.export import export_libcachesim_csv
-from kvsim.replay import replay, request_blocks
+from kvsim.replay import _Seen, replay, request_blocks, request_runs
 from kvsim.templates import load_templates, template_source, template_summary
-from kvsim.traces import NAMESPACE_STRIDE, TraceError, read_conversation
+from kvsim.traces import NAMESPACE_STRIDE, TraceError, TraceRequest, read_conversation
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces"
 
@@ -104,6 +106,41 @@ def test_request_blocks():
     assert request_blocks([10, 11], 8, 0, 4, 4, vllm=True) == ([10, 11], 1, 2, 2)  # prompt-1 cap
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 30), min_size=0, max_size=12, unique=True), st.integers(0, 40),
+       st.sampled_from([1, 2, 3]), st.booleans())
+def test_request_runs_are_request_blocks_as_runs(ids, extra, k, vllm):
+    bs = 4
+    inp = max(1, bs * len(ids) - (extra % bs if ids else 0))  # the last listed block may be partial
+    out = extra
+    req = TraceRequest(0.0, inp, out, ids, bs, runs=runs_of(ids))
+    keys, max_hit, alloc, listed = request_blocks(ids, inp, out, bs, bs * k, vllm)
+    assert request_runs(req, bs * k, vllm) == (runs_of(keys), max_hit, alloc, listed)
+    # a request made by hand, without runs, gives the same
+    assert request_runs(req._replace(runs=None), bs * k, vllm) == (runs_of(keys), max_hit, alloc, listed)
+
+
+@pytest.mark.parametrize("max_ranges", [_Seen.MAX_RANGES, 3])
+def test_ideal_cache_equals_a_set_of_blocks(monkeypatch, max_ranges):
+    """The infinite cache keeps ranges of ids (or a set beyond MAX_RANGES): the same as a set."""
+    monkeypatch.setattr(_Seen, "MAX_RANGES", max_ranges)
+    rng = random.Random(11)
+    seen_ranges, seen = _Seen(), set()
+    for _ in range(2000):
+        ids = list(dict.fromkeys(rng.choice([rng.randrange(400), rng.randrange(60)]) + d
+                                 for d in range(rng.randint(0, 6)) for _ in range(rng.randint(1, 2))))
+        if rng.random() < 0.2:
+            rng.shuffle(ids)
+        max_hit = rng.randint(0, len(ids))
+        hit = 0
+        while hit < max_hit and ids[hit] in seen:
+            hit += 1
+        seen.update(ids)
+        assert seen_ranges.serve(runs_of(ids), max_hit) == hit
+        assert seen_ranges.blocks == len(seen)
+    assert (seen_ranges.set is not None) == (max_ranges == 3)
+
+
 def test_coarser_block_size_and_refusal(hand):
     out = replay(hand, "lru", [2], trace_block_size=4, block_size=8)
     assert out["inputs"]["block_size"] == 8 and out["trace"]["listed_blocks"] == 1 + 1 + 2 + 2 + 2
@@ -123,6 +160,11 @@ def test_requests_from_a_factory(hand):
     reqs = list(read_conversation(write_conversation(hand.parent / "c.json", [r(0, 8, 0, [1, 2]), r(1, 8, 0, [1, 2])])))
     out = replay(lambda: iter(reqs), "lru", [10])
     assert out["results"][0]["hit_blocks"] == 2 and out["inputs"]["block_size"] == 4
+    # requests made by hand carry block ids only: the same replay
+    bare = [q._replace(runs=None) for q in reqs]
+    assert replay(bare, "lru", [10])["results"] == out["results"]
+    with pytest.raises(TraceError, match="block ids must be integers"):
+        replay([bare[0]._replace(block_ids=["a", "b"], where="x:1")], "lru", [10])
 
 
 # ---------------------------------------------------------------- command line

@@ -3,11 +3,15 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from kvsim.cache import runs_of
 from kvsim.traces import (
     NAMESPACE_STRIDE,
     TraceError,
     TraceStats,
+    _runs,  # the run compression every reader relies on
     open_traces,
     read_conversation,
     read_jsonl,
@@ -106,6 +110,14 @@ def test_gzip_jsonl(tmp_path):
     ('{"timestamp": 1, "input_length": 600, "output_length": 1, "hash_ids": [5, 5]}', "repeats an id"),
     ('{"timestamp": 1, "input_length": 600, "output_length": 1, "hash_ids": [-1, 0]}', r"\[0, 2\*\*40\)"),
     ('{"timestamp": 1, "input_length": 600, "output_length": 1, "hash_ids": 7}', "list of integers"),
+    ('{"timestamp": 1, "input_length": 600, "output_length": 1, "hash_ids": [0, 1.0]}', "list of integers"),
+    ('{"timestamp": 1, "input_length": 600, "output_length": 1, "hash_ids": [true, 1]}', "list of integers"),
+    ('{"timestamp": 1, "input_length": 600, "output_length": 1, "hash_ids": [0, null]}', "list of integers"),
+    ('{"timestamp": 1, "input_length": 600, "output_length": 1, "hash_ids": [0, 1099511627776]}', r"\[0, 2\*\*40\)"),
+    ('{"timestamp": 1e999, "input_length": 600, "output_length": 1, "hash_ids": [0, 1]}', "timestamp must be"),
+    ('{"timestamp": true, "input_length": 600, "output_length": 1, "hash_ids": [0, 1]}', "timestamp must be"),
+    ('{"timestamp": 1, "input_length": true, "output_length": 1, "hash_ids": [0, 1]}', "input_length must be"),
+    ('"just a string"', "not a JSON object"),
 ])
 def test_bad_line_named_with_file_and_line(tmp_path, line, message):
     p = write_jsonl(tmp_path / "bad.jsonl", [mooncake(0, 600, 10, [0, 1]), "", line, mooncake(5, 600, 1, [0, 3])])
@@ -118,6 +130,38 @@ def test_bad_line_named_with_file_and_line(tmp_path, line, message):
     good = list(read_jsonl(p, skip_bad=True, stats=stats))
     assert [r.time for r in good] == [0.0, 0.005]
     assert stats.skipped == 1 and stats.requests == 2 and f"{p}:3" in stats.examples[0]
+
+
+def test_float_timestamps_and_integral_float_sizes_are_read(tmp_path):
+    # the checks one by one (not the fast path for plain records) accept what they always did
+    p = write_jsonl(tmp_path / "t.jsonl", [mooncake(0.5, 600.0, 1, [0, 1]), mooncake(2, 600, 1.0, [0, 2])])
+    reqs = list(read_jsonl(p))
+    assert [(r.time, r.input_tokens, r.output_tokens) for r in reqs] == [(0.0005, 600, 1), (0.002, 600, 1)]
+    assert all(type(r.input_tokens) is int and type(r.output_tokens) is int for r in reqs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 40)), min_size=1, max_size=8), st.randoms())
+def test_runs_are_the_maximal_runs_of_consecutive_ids(pieces, rnd):
+    ids = list(dict.fromkeys(k for first, count in pieces for k in range(first, first + count)))
+    if rnd.random() < 0.5:  # also ids whose ends look like one run but are not: [0, 2, 1, 3]
+        rnd.shuffle(ids)
+    starts, lengths = _runs(ids, len(ids), 1)
+    assert list(zip(starts, lengths)) == runs_of(ids)
+    with pytest.raises(Exception, match="repeats an id"):
+        _runs(ids + [ids[len(ids) // 2]], len(ids) + 1, 1)
+
+
+def test_requests_carry_their_ids_as_runs(tmp_path):
+    p = write_jsonl(tmp_path / "t.jsonl", [mooncake(0, 2500, 10, [0, 1, 2, 7, 8])])
+    (r,) = read_jsonl(p, namespace=2)
+    base = 2 * NAMESPACE_STRIDE
+    assert r.runs == [(base, 3), (base + 7, 2)] == runs_of(r.block_ids)
+    (bare,) = read_jsonl(p, namespace=2, block_ids=False)  # for readers of runs only (replay)
+    assert bare.block_ids is None and bare.runs == r.runs
+    c = write_json(tmp_path / "c.json", conversation([req(0.0, 12, 0, [4, 5, 9])]))
+    (q,) = open_traces([c], block_ids=False)
+    assert q.block_ids is None and q.runs == [(NAMESPACE_STRIDE + 4, 2), (NAMESPACE_STRIDE + 9, 1)]
 
 
 def test_time_going_backwards_is_malformed(tmp_path):
