@@ -39,7 +39,8 @@ three runs. Compare ratios rather than absolute figures across runs.
   (geometric conversations of mean 10 turns; target < 0.5 s).
 
 Whole processes are timed with ``os.wait4``: the counters of ``getrusage(RUSAGE_CHILDREN)``,
-but per child, so that ``ru_maxrss`` is that process's own peak.
+but per child, so that ``ru_maxrss`` is that process's own peak; each is started from a small
+launcher process, as a child's ``ru_maxrss`` starts from its parent's (this one is large).
 """
 
 from __future__ import annotations
@@ -230,31 +231,50 @@ def reference(stream, capacity: int) -> dict:
             "speedup": oracle / fast}
 
 
-def run_process(cmd: list[str]) -> dict:
-    """Run ``cmd`` to completion (output discarded): wall s, CPU s (user + system) and peak RSS
-    (MiB) of that process alone (``os.wait4``)."""
+# Runs argv[1:] and prints its wall time, CPU time, peak RSS and output as one JSON line. The
+# bench process is large (numpy, simpy, the Mooncake requests), and a child's ru_maxrss starts
+# from its parent's at the fork, so every timed process is started from this small one instead.
+LAUNCHER = """
+import json, os, subprocess, sys, tempfile, time
+with tempfile.TemporaryFile() as err:
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=err)
+    out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    error = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {error.strip()[-500:]}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_mib": usage.ru_maxrss / 1024}
+    err.seek(0)
+    print(json.dumps({"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "max_rss_mib": usage.ru_maxrss / 1024, "status": os.waitstatus_to_exitcode(status),
+                      "stdout": out.decode(errors="replace"), "stderr": err.read().decode(errors="replace")}))
+"""
 
 
-def interleaved(commands: dict[str, list[str]], runs: int) -> dict[str, dict]:
+def run_process(cmd: list[str]) -> dict:
+    """Run ``cmd`` to completion: wall s, CPU s (user + system) and peak RSS (MiB) of that
+    process alone (``os.wait4``, in :data:`LAUNCHER`), and its standard output."""
+    launched = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], capture_output=True, text=True, check=True)
+    result = json.loads(launched.stdout)
+    if result["status"]:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result['status']}): {result['stderr'].strip()[-500:]}")
+    return result
+
+
+def interleaved(commands: dict[str, list[str]], runs: int, inner: dict | None = None) -> dict[str, dict]:
     """Each command ``runs`` times, in turn (a, b, c, a, b, c, ...: the machine's load falls on
-    all alike); the median wall and CPU time and the peak RSS of each."""
+    all alike); the median wall and CPU time and the peak RSS of each. ``inner``: name -> a
+    function of a run's output giving a time it reports itself (its median is ``inner_s``)."""
     samples: dict[str, list[dict]] = {name: [] for name in commands}
     for _ in range(runs):
         for name, cmd in commands.items():
             samples[name].append(run_process(cmd))
-    return {name: {"runs": runs, "wall_s": statistics.median(r["wall_s"] for r in rs),
-                   "cpu_s": statistics.median(r["cpu_s"] for r in rs),
-                   "max_rss_mib": max(r["max_rss_mib"] for r in rs)} for name, rs in samples.items()}
+    out = {}
+    for name, rs in samples.items():
+        out[name] = {"runs": runs, "wall_s": statistics.median(r["wall_s"] for r in rs),
+                     "cpu_s": statistics.median(r["cpu_s"] for r in rs),
+                     "max_rss_mib": max(r["max_rss_mib"] for r in rs)}
+        if inner and name in inner:
+            out[name]["inner_s"] = statistics.median(inner[name](r["stdout"]) for r in rs)
+    return out
 
 
 def kvsim_command() -> list[str]:
@@ -293,11 +313,15 @@ def reading(trace: Path) -> dict:
         half.write_text("".join(lines[:len(lines) // 2]))
         del lines
         capacity = str(MOONCAKE_CAPACITY)
+
+        def elapsed(stdout: str) -> float:  # the replay itself, as kvsim replay --json reports it
+            return json.loads(stdout)["elapsed_s"]
+
         out = interleaved({
-            "replay": kvsim + ["replay", str(trace), "--capacity-blocks", capacity],
+            "replay": kvsim + ["replay", str(trace), "--capacity-blocks", capacity, "--json"],
             "libcachesim": [sys.executable, "-c", LIBCACHESIM_SCRIPT, str(csv), capacity],
-            "replay_half": kvsim + ["replay", str(half), "--capacity-blocks", capacity],
-        }, READING_RUNS)
+            "replay_half": kvsim + ["replay", str(half), "--capacity-blocks", capacity, "--json"],
+        }, READING_RUNS, inner={"replay": elapsed, "replay_half": elapsed})
     out.update(rows=rows, capacity_blocks=MOONCAKE_CAPACITY, target=READING_TARGET,
                ratio_cpu=out["replay"]["cpu_s"] / out["libcachesim"]["cpu_s"],
                ratio_wall=out["replay"]["wall_s"] / out["libcachesim"]["wall_s"],
@@ -470,6 +494,8 @@ def report(out: dict, trace: Path) -> None:
                   f"kvsim replay {kv['cpu_s']:.2f} s CPU ({kv['wall_s']:.2f} s wall), libCacheSim process_trace "
                   f"on the exported CSV ({rd['rows']:,} rows) {lc['cpu_s']:.2f} s CPU ({lc['wall_s']:.2f} s wall) "
                   f"= {rd['ratio_cpu']:.2f}x ({rd['ratio_wall']:.2f}x wall); target <= {rd['target']:g}x")
+            print(f"trace reading: of the replay's {kv['wall_s']:.2f} s, the replay itself (its elapsed_s) "
+                  f"{kv['inner_s']:.2f} s, start-up and output {kv['wall_s'] - kv['inner_s']:.2f} s")
             print(f"trace reading peak RSS of kvsim replay: {kv['max_rss_mib']:.1f} MiB (full trace), "
                   f"{half['max_rss_mib']:.1f} MiB (its first half) = {rd['rss_growth']:.2f}x")
     if "models" in out:
