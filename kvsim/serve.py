@@ -45,7 +45,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from kvsim.cli.args import UsageError
+from kvsim.cli.args import DEFAULT_PORT, UsageError
 from kvsim.page import (FieldError, SimulationJob, advice_response, calc, curve_response, error_field,
                         presets_response, sensitivity_response)
 
@@ -58,7 +58,6 @@ STATIC = {
 }
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-DEFAULT_PORT = 8765
 MAX_BODY = 64 * 1024
 TIMEOUT_S = 60  # a connection silent this long while the server waits for a request (or its body) is closed
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")

@@ -34,6 +34,7 @@ from kvsim.fleet import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRE
 
 DEFAULT_PRESET = "llama-3.1-8b"
 DEFAULT_GPU = "a100-40gb"
+DEFAULT_PORT = 8765  # kvsim serve
 SERVICE_FLAGS = ("prefill_per_token", "decode_per_token", "prefill_base", "max_running")
 # Geometry flags of a custom model: with a preset they would be ignored, so they are refused.
 CUSTOM_MODEL_FLAGS = ("kv_lora_rank", "qk_rope_head_dim", "sliding_window", "sliding_layers")

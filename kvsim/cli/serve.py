@@ -6,9 +6,7 @@ import argparse
 import errno
 import socket
 
-from kvsim.cli.args import UsageError
-from kvsim.page import calc
-from kvsim.serve import DEFAULT_PORT, check_allowed_name, make_server
+from kvsim.cli.args import DEFAULT_PORT, UsageError
 
 DESCRIPTION = """\
 The calculator page and its JSON API on http://127.0.0.1:8765/ (this machine only).
@@ -41,6 +39,9 @@ HOST_ERRNOS = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EINVAL}
 
 
 def cmd(a) -> int:
+    from kvsim.page import calc  # the page's models (scipy): loaded to serve, not to print --help
+    from kvsim.serve import check_allowed_name, make_server
+
     if not (0 <= a.port <= 65535):
         raise UsageError(f"port must be in 0..65535 (got {a.port})")
     try:
