@@ -128,7 +128,7 @@ class PrefixCache:
     def __init__(self, capacity_blocks: int, policy: str | EvictionPolicy) -> None:
         self.capacity_blocks = _check_capacity(capacity_blocks)
         if isinstance(policy, str):
-            policy = make_policy(policy)
+            policy = make_policy(policy, capacity_blocks=self.capacity_blocks)
         elif not isinstance(policy, EvictionPolicy):
             raise ValueError(
                 f"policy must be one of {', '.join(POLICIES)} or an EvictionPolicy (got {policy!r})"
@@ -179,7 +179,7 @@ class PrefixCache:
         # The request's own cached blocks are already counted in _size.
         evicted = alloc_blocks - own - (self.capacity_blocks - self._size - self._held)
         if evicted > 0:
-            policy.evict(evicted, self._pinned)
+            evicted = policy.evict(evicted, self._pinned) or evicted
             self.evictions += evicted
         else:
             evicted = 0

@@ -87,10 +87,16 @@ BLOCK_POLICIES: dict[str, type[EvictionPolicy]] = {
 """The per-block implementations of the same policies, by name."""
 
 
-def make_policy(name: str, per_block: bool = False) -> EvictionPolicy:
+def make_policy(name: str, per_block: bool = False, capacity_blocks: int | None = None) -> EvictionPolicy:
     """Return a new, empty policy called ``name`` (one of :data:`POLICIES`);
-    ``per_block`` picks the per-block implementation."""
+    ``per_block`` picks the per-block implementation. ``capacity_blocks`` is the size of the
+    cache it will serve, for policies whose rules depend on it (S3-FIFO's small queue, ARC's
+    target): those declare ``needs_capacity = True`` and take it as their one argument."""
     cls = (BLOCK_POLICIES if per_block else POLICIES).get(name.lower()) if isinstance(name, str) else None
     if cls is None:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)} (got {name!r})")
+    if getattr(cls, "needs_capacity", False):
+        if capacity_blocks is None:
+            raise ValueError(f"policy {name!r} needs the cache's capacity_blocks")
+        return cls(capacity_blocks)
     return cls()

@@ -80,11 +80,13 @@ class EvictionPolicy(Protocol):
         """
         ...
 
-    def evict(self, n: int, pinned: Pinned = ()) -> None:
+    def evict(self, n: int, pinned: Pinned = ()) -> int | None:
         """Remove ``n`` victims, none of them pinned by the current request nor in ``pinned``
         (keys held by requests still in service, see :meth:`PrefixCache.begin`).
 
-        The caller guarantees that at least ``n`` such blocks are cached.
+        The caller guarantees that at least ``n`` such blocks are cached. A policy that evicts
+        in larger units (SGLang's whole radix nodes) may remove more than ``n`` and returns how
+        many it removed; ``None`` means exactly ``n``.
         """
         ...
 
