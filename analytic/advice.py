@@ -131,10 +131,10 @@ def _gpus(s: Scenario, evaluate: Evaluate, now: float) -> list[dict]:
                    capacity_tokens=moved.capacity().capacity_tokens)]
 
 
-def _target(s: Scenario, target: float, now: float) -> list[dict]:
+def _target(s: Scenario, evaluate: Evaluate, target: float, now: float) -> list[dict]:
     method = s.policy
     try:
-        blocks = capacity_for_target(s.workload, target, "token", s.block_size, method)
+        blocks = capacity_for_target(s.workload, target, "token", s.block_size, method, evaluate=evaluate)
     except ValueError:
         ceiling = no_eviction_ceiling(s.workload, s.block_size).token_hit_rate
         text = (f"a token hit rate of {_pct(target)} is out of reach for this workload: even an unlimited "
@@ -234,7 +234,7 @@ def advise(scenario: Scenario, *, target: float = DEFAULT_TARGET, evaluate: Eval
         *_weight_dtype(scenario, evaluate, now),
         *_utilization(scenario, evaluate, now),
         *_gpus(scenario, evaluate, now),
-        *_target(scenario, target, now),
+        *_target(scenario, evaluate, target, now),
         *_block_size(scenario, evaluate, now),
         *(_policy(scenario, evaluate, now) if compare_policies else []),
     ]

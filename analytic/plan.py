@@ -11,6 +11,7 @@ and the rate can dip by a fraction of a point - as in the real cache. Targets th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from analytic.fifo import fifo_model
 from analytic.lru import lru_model
@@ -47,14 +48,19 @@ def capacity_for_target(
     block_size: int = DEFAULT_BLOCK_SIZE,
     method: str = "lru",
     variant: str | None = None,
+    evaluate: Callable[[Workload, int, int, str], ModelResult] | None = None,
 ) -> int:
     """Smallest capacity (blocks) whose predicted ``metric`` hit rate is >= ``target``.
 
     ``metric`` is "token" (token_hit_rate) or "request" (request_hit_rate). A target at or above
     the no-eviction ceiling (what an unlimited cache gets) is out of reach: ValueError. The search
     doubles an upper bound from a first guess, then bisects on whole blocks; it relies on the
-    model being non-decreasing in capacity.
+    model being non-decreasing in capacity. ``evaluate(workload, capacity_blocks, block_size,
+    method)`` replaces :func:`model` (a cached one, one that keeps to a time budget); it takes no
+    ``variant``.
     """
+    if evaluate is not None and variant is not None:
+        raise ValueError("give capacity_for_target a variant or an evaluate, not both")
     if not isinstance(workload, Workload):
         raise ValueError(f"workload must be an analytic.specs.Workload (got {type(workload).__name__})")
     if metric not in METRICS:
@@ -71,7 +77,9 @@ def capacity_for_target(
         )
 
     def reaches(capacity: int) -> bool:
-        return _rate(model(workload, capacity, block_size, method, variant), metric) >= target
+        result = (model(workload, capacity, block_size, method, variant) if evaluate is None
+                  else evaluate(workload, capacity, block_size, method))
+        return _rate(result, metric) >= target
 
     # First guess: the blocks touched within one mean think time (the LRU occupancy at T = E[G]).
     mean_context = workload.system_prompt_tokens + workload.turns.mean * workload.tokens_per_turn

@@ -27,7 +27,10 @@ three runs. Compare ratios rather than absolute figures across runs.
   information.
 * ``startup``: whole processes, interleaved (``STARTUP_RUNS`` of each in turn), medians:
   ``python -c "import numpy, simpy"`` (the floor any simulator command pays), ``kvsim --help``
-  and ``kvsim calc``, as ratios to that floor (targets: ``--help`` <= 1.5x, ``calc`` <= 3x).
+  and ``kvsim calc``, as ratios to that floor (targets: ``--help`` <= 1.5x, ``calc`` <= 3x); also
+  ``python -c "import numpy, scipy.optimize"``, the floor of any command that runs a model (its
+  root finding is scipy.optimize.brentq, and importing scipy.optimize loads scipy.linalg and
+  scipy.sparse), to show how much of ``calc`` is that import.
 * ``reading``: ``kvsim replay`` of the Mooncake conversation trace at one LRU capacity (20,000
   blocks) against libCacheSim's ``process_trace`` (LRU, 20,000 objects) on the CSV that
   ``kvsim export-trace`` writes for it (288,500 accesses), both whole processes, interleaved:
@@ -286,8 +289,10 @@ def kvsim_command() -> list[str]:
 def startup() -> dict:
     kvsim = kvsim_command()
     out = interleaved({"numpy_simpy": [sys.executable, "-c", "import numpy, simpy"],
+                       "numpy_scipy_optimize": [sys.executable, "-c", "import numpy, scipy.optimize"],
                        "help": kvsim + ["--help"], "calc": kvsim + ["calc"]}, STARTUP_RUNS)
     base = out["numpy_simpy"]
+    out["numpy_scipy_optimize"]["ratio_cpu"] = out["numpy_scipy_optimize"]["cpu_s"] / base["cpu_s"]
     for name, target in STARTUP_TARGETS.items():
         out[name].update(ratio_cpu=out[name]["cpu_s"] / base["cpu_s"], ratio_wall=out[name]["wall_s"] / base["wall_s"],
                          target=target)
@@ -484,6 +489,9 @@ def report(out: dict, trace: Path) -> None:
             r = st[name]
             print(f"start-up {label:12} {r['cpu_s']:.3f} s CPU ({r['wall_s']:.3f} s wall) = {r['ratio_cpu']:.2f}x "
                   f"the numpy+simpy floor ({r['ratio_wall']:.2f}x wall); target <= {r['target']:g}x")
+        opt = st["numpy_scipy_optimize"]
+        print(f"start-up of import numpy, scipy.optimize alone (every model command's floor): {opt['cpu_s']:.3f} s "
+              f"CPU = {opt['ratio_cpu']:.2f}x the numpy+simpy floor")
     if "reading" in out:
         rd = out["reading"]
         if "skipped" in rd:

@@ -16,7 +16,8 @@ from analytic.lru import lru_model
 from analytic.seed import seed_model
 from analytic.sizing import GIB, Capacity, capacity_from_memory, capacity_from_tokens
 from analytic.specs import Hardware, ModelSpec, Workload
-from kvsim.engine import DEFAULT_MAX_EVENTS, simulate
+from kvsim.defaults import DEFAULT_MAX_EVENTS
+from kvsim.engine import simulate
 
 SIM_POLICIES = ("lru", "fifo", "lfu")
 

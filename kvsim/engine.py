@@ -19,6 +19,7 @@ import simpy
 
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 from kvsim.cache import PrefixCache
+from kvsim.defaults import DEFAULT_MAX_EVENTS
 from kvsim.workload import Turn, synthetic_conversation
 
 # A source of conversations: (rng, conversation id) -> its turns.
@@ -278,10 +279,6 @@ class SimulationResult:
         }
 
 
-# Requests one simulation may serve unless told otherwise (``max_events``): about 3-5 minutes on
-# one core at this project's 60-130k turns/s; above it a run is refused before it starts, with
-# the estimate, so that a typo (a duration of 1e308 s, a rate of 1e9/s) does not run for ever.
-DEFAULT_MAX_EVENTS = 20_000_000
 MAX_DURATION = 1e12  # seconds of arrivals (30,000 years): beyond it SimPy's clock loses its resolution
 MIN_WARMUP = 600.0  # seconds
 WARMUP_LIFETIMES = 5  # automatic warm-up: this many mean conversation lifetimes, at least MIN_WARMUP

@@ -32,7 +32,8 @@ import simpy
 from analytic.service import ServiceModel
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 from kvsim.cache import PrefixCache
-from kvsim.engine import (DEFAULT_MAX_EVENTS, ConversationSource, Counters, Estimate, SimulationResult, checked_source,
+from kvsim.defaults import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, DEFAULT_MAX_EVENTS
+from kvsim.engine import (ConversationSource, Counters, Estimate, SimulationResult, checked_source,
                           counting_server, drive, progress_bar, run_arrivals,
                           run_window)
 from kvsim.workload import Turn
@@ -145,12 +146,6 @@ class LeastLoadedRouter:
         return self._rotating.least_loaded()
 
 
-# SGLang router's cache-aware policy defaults (sgl-model-gateway, CacheAwareConfig::default).
-CACHE_THRESHOLD = 0.5
-BALANCE_ABS_THRESHOLD = 32
-BALANCE_REL_THRESHOLD = 1.1
-
-
 class CacheAwareRouter:
     """SGLang's cache-aware routing, against the instances' real caches (SGLang's router keeps
     an approximate tree of what it sent where instead).
@@ -194,7 +189,7 @@ class CacheAwareRouter:
 
 
 ROUTERS = {r.name: r for r in (RandomRouter, RoundRobinRouter, AffinityRouter, LeastLoadedRouter, CacheAwareRouter)}
-"""Router classes by name."""
+"""Router classes by name (the names are :data:`kvsim.defaults.ROUTER_NAMES`)."""
 
 
 def make_router(name: str, instances: Sequence[Instance], rng: np.random.Generator, **options):

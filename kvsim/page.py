@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import contextvars
-import functools
 import math
 import threading
 import time
@@ -242,8 +241,6 @@ class Budget:
 
 
 _BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("kvsim_page_budget", default=None)
-_plain_model = None  # analytic.plan.model before _hook_plan_model
-_hook_lock = threading.Lock()
 
 
 def _charge() -> None:
@@ -252,46 +249,9 @@ def _charge() -> None:
         budget.charge()
 
 
-def _plan_model():
-    """``analytic.plan.model`` itself (not the hook)."""
-    if _plain_model is not None:
-        return _plain_model
-    from analytic.plan import model
-
-    return model
-
-
-def _hook_plan_model() -> None:
-    """Send ``analytic.plan.model`` calls made under a budget (in this thread) through the page's
-    cache and budget; calls made outside one go straight through, unchanged.
-
-    ``analytic.advice``'s memory-for-a-target lever searches by ``capacity_for_target``, which calls
-    ``analytic.plan.model`` directly rather than the ``evaluate`` given to ``advise``: up to ~50
-    model evaluations (~17 s of FIFO model for 600 turns) that no ``evaluate`` would bound or cache.
-    Installed by the first budgeted request, once (``kvsim serve``; no other command).
-    """
-    global _plain_model
-    import analytic.plan as plan
-
-    with _hook_lock:
-        if _plain_model is not None:
-            return
-        plain = plan.model
-
-        @functools.wraps(plain)
-        def model(workload, capacity_blocks, block_size=DEFAULT_BLOCK_SIZE, method="lru", variant=None):
-            if _BUDGET.get() is None or variant is not None or method not in ("lru", "fifo"):
-                return plain(workload, capacity_blocks, block_size, method, variant)
-            return cached_evaluate(workload, capacity_blocks, block_size, method)
-
-        _plain_model = plain
-        plan.model = model
-
-
 @contextlib.contextmanager
 def budget(seconds: float, min_new: int = 1):
     """The models evaluated in this block (this thread) charge a Budget of ``seconds``."""
-    _hook_plan_model()
     b = Budget(seconds, min_new)
     token = _BUDGET.set(b)
     try:
@@ -305,8 +265,10 @@ def budget(seconds: float, min_new: int = 1):
 
 @lru_cache(maxsize=4096)
 def _model(workload: Workload, capacity_blocks: int, block_size: int, method: str) -> ModelResult:
+    from analytic.plan import model  # scipy-heavy: loaded by the first evaluation, not by kvsim serve --help
+
     _charge()  # a cache miss: a new evaluation (raises if a budget ran out; then nothing is cached)
-    return _plan_model()(workload, capacity_blocks, block_size, method)
+    return model(workload, capacity_blocks, block_size, method)
 
 
 def cached_evaluate(workload: Workload, capacity_blocks: int, block_size: int, method: str) -> ModelResult:

@@ -13,7 +13,8 @@ from analytic.specs import Workload
 from kvsim.cache import PrefixCache
 from kvsim.cli.main import main
 from kvsim.engine import Counters, counting_server, drive, simulate
-from kvsim.fleet import AffinityRouter, CacheAwareRouter, Instance, ServiceModel, make_router, simulate_fleet
+from kvsim.defaults import ROUTER_NAMES
+from kvsim.fleet import ROUTERS, AffinityRouter, CacheAwareRouter, Instance, ServiceModel, make_router, simulate_fleet
 from kvsim.workload import Turn, synthetic_conversation
 
 BS = 16
@@ -105,6 +106,10 @@ def route(router_name: str, requests: list[tuple[int, Turn]], rng=None, loads=No
 A, B = conversation(1, 3), conversation(2, 3)
 # A1 A2 B1 A3 B2 B3: contexts of 2, 4, 6 blocks; turn k may hit 2k - 1 blocks.
 ORDER = [(1, A[0]), (1, A[1]), (2, B[0]), (1, A[2]), (2, B[1]), (2, B[2])]
+
+
+def test_router_names_the_cli_offers_are_the_simulators_routers():
+    assert tuple(ROUTERS) == ROUTER_NAMES
 
 
 def test_round_robin_by_hand():

@@ -273,17 +273,16 @@ def test_advice_out_of_time_is_incomplete_and_goes_on_from_the_cache(server, mon
     assert sum(model_calls.values()) == 0 and again["advice"] == body["advice"]
 
 
-def test_the_model_hook_changes_nothing_outside_a_budget(model_calls):
-    import analytic.plan as plan
+def test_the_advice_searches_memory_through_the_pages_cached_evaluate(model_calls):
+    from analytic.advice import DEFAULT_TARGET, advise
 
-    page._hook_plan_model()
-    _, s, capacity, _, _ = page._scenario({})
-    first, second = (plan.model(s.workload, capacity.capacity_blocks, s.block_size, "lru") for _ in range(2))
-    assert model_calls == {"lru": 2} and first.token_hit_rate == second.token_hit_rate  # no cache, no budget
-    with page.budget(60):
-        plan.model(s.workload, capacity.capacity_blocks, s.block_size, "lru")
-        plan.model(s.workload, capacity.capacity_blocks, s.block_size, "lru")
-    assert model_calls == {"lru": 3}  # under a budget: through the page's cache
+    _, s, _, _, _ = page._scenario({})
+    advice = advise(s, target=DEFAULT_TARGET, evaluate=page.cached_evaluate)
+    assert "target" in {x["id"] for x in advice}
+    counted = sum(model_calls.values())
+    assert counted == page._model.cache_info().currsize  # every model the search ran went through the cache
+    assert advise(s, target=DEFAULT_TARGET, evaluate=page.cached_evaluate) == advice
+    assert sum(model_calls.values()) == counted  # asked again: all from the cache
 
 
 # ----------------------------------------------------------------------------- validation

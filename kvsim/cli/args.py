@@ -9,7 +9,6 @@ sees an argparse namespace.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -29,8 +28,8 @@ from analytic.specs import (
     ModelSpec,
     Workload,
 )
-from kvsim.engine import DEFAULT_MAX_EVENTS
-from kvsim.fleet import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, ROUTERS
+from kvsim.cli.parser import UsageError, check_finite
+from kvsim.defaults import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, DEFAULT_MAX_EVENTS, ROUTER_NAMES
 
 DEFAULT_PRESET = "llama-3.1-8b"
 DEFAULT_GPU = "a100-40gb"
@@ -38,15 +37,6 @@ DEFAULT_PORT = 8765  # kvsim serve
 SERVICE_FLAGS = ("prefill_per_token", "decode_per_token", "prefill_base", "max_running")
 # Geometry flags of a custom model: with a preset they would be ignored, so they are refused.
 CUSTOM_MODEL_FLAGS = ("kv_lora_rank", "qk_rope_head_dim", "sliding_window", "sliding_layers")
-
-
-class UsageError(Exception):
-    """Bad input from the command line: reported in one line, exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse prints usage + message; one line is enough
-        raise UsageError(message)
 
 
 # ----------------------------------------------------------------------------- flag groups
@@ -122,7 +112,7 @@ def add_fleet_args(p: argparse.ArgumentParser, simulation: bool) -> None:
         g.add_argument("--router", choices=["affinity", "random"],
                        help="affinity (consistent hashing of the conversation) or random (default affinity)")
         return
-    g.add_argument("--router", choices=[*ROUTERS, "all"], help="how requests pick an instance (default affinity)")
+    g.add_argument("--router", choices=[*ROUTER_NAMES, "all"], help="how requests pick an instance (default affinity)")
     g.add_argument("--instance-capacity-tokens", metavar="T1,T2,...",
                    help="a capacity per instance in tokens (instances of different sizes)")
     g.add_argument("--cache-threshold", type=float,
@@ -181,13 +171,6 @@ def simulation_from_values(v: Mapping) -> SimulationSettings:
     check_finite(v)
     return SimulationSettings(v.get("duration"), v.get("warmup"), v.get("replications", 5), v.get("seed", 0),
                               v.get("max_events", DEFAULT_MAX_EVENTS))
-
-
-def check_finite(values: Mapping) -> None:
-    """Every number given is finite: NaN and infinities are refused by the flag's name."""
-    for dest, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"{dest.replace('_', '-')} must be a finite number (got {value})")
 
 
 def _named(flag: str, value: str | None) -> str | None:

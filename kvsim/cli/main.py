@@ -5,40 +5,78 @@ Bad input gets one line on stderr naming the flag and what is allowed, and exit 
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
-from importlib.metadata import version
+from collections.abc import Iterable
+from importlib import import_module
 
-from kvsim.cli import calc, compare, plan, presets, sensitivity, serve, simulate, sweep
-from kvsim.cli.args import Parser, UsageError, check_finite
-from kvsim.cli.replay import configure_export_parser, configure_replay_parser
+from kvsim.cli.parser import Parser, UsageError, check_finite
+
+# Each command: its module, the function there that adds its flags, its one-line help. A command's
+# module (and what it imports) is loaded only when that command is run or its flags are asked for.
+COMMANDS = {
+    "calc": ("calc", "configure", "sizing and the analytic hit-rate models"),
+    "simulate": ("simulate", "configure", "discrete-event simulation through a block-level prefix cache"),
+    "compare": ("compare", "configure", "models and simulation side by side (the main job)"),
+    "plan": ("plan", "configure", "memory needed for a target hit rate (inverts the LRU model)"),
+    "replay": ("replay", "configure_replay_parser", "replay real traces through the prefix cache"),
+    "export-trace": ("replay", "configure_export_parser", "write a trace's block accesses for libCacheSim"),
+    "sweep": ("sweep", "configure", "run calc, simulate, replay or plan over a grid of flags"),
+    "sensitivity": ("sensitivity", "configure", "each input moved +/-50%%: effect on the token hit rate (tornado)"),
+    "serve": ("serve", "configure", "the interactive calculator page, on a local web server"),
+    "presets": ("presets", "configure", "list model and GPU presets"),
+}
 
 
-def build_parser() -> Parser:
+class _Version(argparse.Action):
+    """``--version``: reads the installed package's metadata only when asked (importlib.metadata
+    costs 50 ms of every start-up otherwise)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from importlib.metadata import version
+
+        print(f"kvsim {version('kvsim')}")
+        parser.exit()
+
+
+def build_parser(commands: Iterable[str] | None = None) -> Parser:
+    """The parser, with the flags of ``commands`` (default: all of them); the other commands are
+    listed, with their help, but take no flags."""
+    configured = set(COMMANDS if commands is None else commands)
     p = Parser(prog="kvsim", description="Prefix-cache hit rates of LLM serving: models and simulation.")
-    p.add_argument("--version", action="version", version=f"kvsim {version('kvsim')}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    calc.configure(sub.add_parser("calc", help="sizing and the analytic hit-rate models"))
-    simulate.configure(sub.add_parser("simulate", help="discrete-event simulation through a block-level prefix cache"))
-    compare.configure(sub.add_parser("compare", help="models and simulation side by side (the main job)"))
-    plan.configure(sub.add_parser("plan", help="memory needed for a target hit rate (inverts the LRU model)"))
-    configure_replay_parser(sub.add_parser("replay", help="replay real traces through the prefix cache"))
-    configure_export_parser(sub.add_parser("export-trace", help="write a trace's block accesses for libCacheSim"))
-    sweep.configure(sub.add_parser("sweep", help="run calc, simulate, replay or plan over a grid of flags"))
-    sensitivity.configure(sub.add_parser("sensitivity",
-                                         help="each input moved +/-50%%: effect on the token hit rate (tornado)"))
-    serve.configure(sub.add_parser("serve", help="the interactive calculator page, on a local web server"))
-    presets.configure(sub.add_parser("presets", help="list model and GPU presets"))
+    for name, (module, configure, help) in COMMANDS.items():
+        parser = sub.add_parser(name, help=help)
+        if name in configured:
+            getattr(import_module(f"kvsim.cli.{module}"), configure)(parser)
     return p
 
 
+def command_of(argv: list[str]) -> list[str]:
+    """The command ``argv`` names: its first word that is not an option (kvsim's own options take
+    no value), as a list of none or one."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return [word] if word in COMMANDS else []
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(command_of(argv)).parse_args(argv)
         check_finite(vars(args))
         return args.func(args)
     except (UsageError, ValueError) as e:
         print(f"kvsim: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (kvsim ... | head): stop quietly, as cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush goes nowhere, silently
+        return 141
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         print(f"kvsim: error: {where}{e.strerror or e}", file=sys.stderr)

@@ -9,7 +9,7 @@ from analytic.scenario import Scenario, inputs_summary
 from kvsim.cli.args import (SimulationSettings, UsageError, add_fleet_args, add_json_arg, add_scenario_args,
                             add_simulation_args, load_templates, scenario_from_values, simulation_from_values)
 from kvsim.cli.text import ci, describe, seconds
-from kvsim.fleet import ROUTERS
+from kvsim.defaults import ROUTER_NAMES
 from kvsim.policies import POLICIES
 
 
@@ -107,7 +107,7 @@ def _fleet_results(s: Scenario, source, policies, w: SimulationSettings, progres
     from kvsim.fleet import simulate_fleet
 
     capacities = s.instance_capacities()
-    routers = tuple(ROUTERS) if s.fleet.router == "all" else (s.fleet.router or "affinity",)
+    routers = ROUTER_NAMES if s.fleet.router == "all" else (s.fleet.router or "affinity",)
     options = s.fleet.router_options()
     if options and "cache-aware" not in routers:
         raise UsageError("--cache-threshold, --balance-abs and --balance-rel apply to --router cache-aware only")

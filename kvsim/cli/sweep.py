@@ -27,7 +27,8 @@ from pathlib import Path
 
 from kvsim.batch import executor, write_atomic
 from kvsim.cli import calc, plan, simulate
-from kvsim.cli.args import Parser, UsageError, check_finite, scenario_from_values, simulation_from_values
+from kvsim.cli.args import scenario_from_values, simulation_from_values
+from kvsim.cli.parser import Parser, UsageError, check_finite
 from kvsim.cli.replay import configure_replay_parser, replay_kwargs
 from kvsim.replay import replay
 
