@@ -130,7 +130,10 @@ class AffinityRouter:
         self._owners = [i for _, i in ring]
 
     def choose(self, conversation_id: int, turn: Turn) -> int:
-        j = bisect_left(self._points, _mix64(conversation_id))
+        # Bit 63 keeps conversations' keys apart from the ring's (i << 32 | v): the finaliser is a
+        # bijection, so no conversation hashes onto a ring point (conversations 0-159 once all
+        # landed on instance 0, whose points are _mix64(0 .. 159)).
+        j = bisect_left(self._points, _mix64(conversation_id | 1 << 63))
         return self._owners[j if j < len(self._owners) else 0]
 
 

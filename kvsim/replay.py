@@ -26,6 +26,18 @@ How a hash-id request asks the cache (``request_blocks``), at a block size ``B``
   (which fixes the whole prefix); a trailing group of fewer ids is a partial block. A block
   size that is not a multiple of the trace's is refused: hash ids cannot be split.
 
+Policies: every online policy of :data:`kvsim.policies.POLICIES` (read when called, so a newly
+registered one is offered at once) and the offline ones, :data:`OFFLINE_POLICIES`: ``belady``
+(:mod:`kvsim.policies.belady`), which evicts the block used farthest in the future. Unlike the
+others it needs the future: when it is asked for, :func:`replay` reads the trace twice, a first
+pass building a :class:`~kvsim.policies.belady.Future` (4 bytes per listed block and 16 per
+request: O(total listed blocks) of memory, shared by the belady caches of every capacity; a
+dict of the distinct keys while it is built) and the replay itself. For a prefix cache Belady
+is a strong reference, not a proven optimum (a block hits only if its whole prefix is cached,
+which Belady ignores). ``all`` is all of them. Each result gets its ``rank`` among the
+policies at its capacity (by token hit rate, best first; ties share a rank) and, when belady
+ran, its ``headroom_to_belady``: belady's token hit rate minus its own (a rate, like them).
+
 Speed: the readers hand each request's ids over as runs of consecutive ids
 (:attr:`~kvsim.traces.TraceRequest.runs`), which go to the caches as they are
 (``serve_runs``, :func:`request_runs`); the infinite cache keeps ranges of ids
@@ -40,6 +52,7 @@ Conversation templates are in :mod:`kvsim.templates`, the export to libCacheSim 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from bisect import bisect_left, bisect_right
@@ -48,14 +61,21 @@ from pathlib import Path
 
 from kvsim.cache import PrefixCache, runs_of
 from kvsim.policies import POLICIES
+from kvsim.policies.belady import BeladyPolicy, Future
 from kvsim.traces import TraceError, iter_requests
 
 __all__ = [
-    "DENSE_CURVE_MAX_DOUBLINGS", "POLICY_NAMES", "check_block_size", "policy_names", "rate", "replay",
-    "request_blocks", "request_runs", "resolve_block_size",
+    "DENSE_CURVE_MAX_DOUBLINGS", "OFFLINE_POLICIES", "check_block_size", "policy_choices", "policy_names", "rate",
+    "replay", "request_blocks", "request_runs", "resolve_block_size",
 ]
 
-POLICY_NAMES = tuple(POLICIES)
+OFFLINE_POLICIES = ("belady",)
+"""Policies that need the whole trace in advance: replay only (not in :data:`kvsim.policies.POLICIES`)."""
+
+
+def policy_choices() -> tuple[str, ...]:
+    """The policies replay offers, ``all`` of them: the registered online ones, then the offline ones."""
+    return (*POLICIES, *(p for p in OFFLINE_POLICIES if p not in POLICIES))
 
 
 # ---------------------------------------------------------------- what a request asks of the cache
@@ -147,12 +167,13 @@ def resolve_block_size(block_size: int | None, files: list[dict]) -> int | None:
 def policy_names(policies) -> list[str]:
     if isinstance(policies, str):
         policies = policies.split(",")
+    choices = policy_choices()
     names: list[str] = []
     for p in policies:
         p = p.strip().lower()
-        for name in (POLICY_NAMES if p == "all" else (p,)):
-            if name not in POLICIES:
-                raise ValueError(f"policy must be one of {', '.join(POLICY_NAMES)} or all (got {p!r})")
+        for name in (choices if p == "all" else (p,)):
+            if name not in choices:
+                raise ValueError(f"policy must be one of {', '.join(choices)} or all (got {p!r})")
             if name not in names:
                 names.append(name)
     return names
@@ -260,6 +281,59 @@ class _Tally:
     requests_hit: int = 0
 
 
+def _make_tally(policy: str, capacity: int, future: Future | None) -> _Tally:
+    if policy == "belady":
+        return _Tally(policy, PrefixCache(capacity, BeladyPolicy(future, capacity)))
+    return _Tally(policy, PrefixCache(capacity, policy))
+
+
+def _one_shot(traces) -> bool:
+    """Whether ``traces`` is an iterator of requests, which cannot be read twice."""
+    if isinstance(traces, (str, os.PathLike, list, tuple)) or callable(traces):
+        return False
+    try:
+        return iter(traces) is traces
+    except TypeError:
+        return False
+
+
+def _future(traces, reading: dict, bs: int, vllm: bool, max_requests: int | None) -> Future:
+    """Belady's first pass: the next uses of the keys of the requests :func:`replay` will serve."""
+    requests, _ = iter_requests(traces, block_ids=False, **reading)
+    future = Future()
+    n = 0
+    for req in requests:
+        if max_requests is not None and n >= max_requests:
+            break
+        if req.block_size != bs:
+            check_block_size(bs, req.block_size, req.where or "a trace")
+        runs, _, alloc, _ = request_runs(req, bs, vllm)
+        future.add(runs, alloc)
+        n += 1
+    future.seal()
+    return future
+
+
+def _rank(results: list[dict]) -> None:
+    """Add ``rank`` (per capacity, by token hit rate, best first; ties share a rank) and, when
+    belady is among them, ``headroom_to_belady`` to each result."""
+    by_capacity: dict[int, list[dict]] = {}
+    for res in results:
+        by_capacity.setdefault(res["capacity_blocks"], []).append(res)
+    for group in by_capacity.values():
+        def score(res):
+            return -1.0 if res["token_hit_rate"] is None else res["token_hit_rate"]
+
+        ordered = sorted(group, key=score, reverse=True)
+        for k, res in enumerate(ordered):
+            res["rank"] = ordered[k - 1]["rank"] if k and score(res) == score(ordered[k - 1]) else k + 1
+        belady = next((res for res in group if res["policy"] == "belady"), None)
+        if belady is not None:
+            for res in group:
+                b, own = belady["token_hit_rate"], res["token_hit_rate"]
+                res["headroom_to_belady"] = None if b is None or own is None else b - own
+
+
 def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens=None,
            block_size: int | None = None, trace_block_size: int | None = None, time_unit: str = "auto",
            arrival_rate: float | None = None, seed: int = 0, vllm: bool = False, skip_bad: bool = False,
@@ -276,6 +350,10 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
     :class:`~kvsim.traces.TraceRequest` records in time order, or such an iterable.
     One cache per (policy, capacity); ``capacities_tokens`` are converted to
     ``floor(tokens / block_size)`` blocks. ``block_size`` defaults to the traces' own.
+
+    ``belady`` among the ``policies`` reads ``traces`` twice (see the module docstring): an
+    iterator of requests is first made a list, a callable is called twice (it must return the
+    same requests each time).
     """
     names = policy_names(policies)
     capacities = _sizes(capacities_blocks, "capacities")
@@ -284,6 +362,9 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
         raise ValueError(f"max-requests must be an integer >= 1 (got {max_requests!r})")
     reading = dict(trace_block_size=trace_block_size, time_unit=time_unit, arrival_rate=arrival_rate,
                    seed=seed, skip_bad=skip_bad)
+    offline = [p for p in names if p in OFFLINE_POLICIES]
+    if offline and _one_shot(traces):
+        traces = list(traces)
     # block_ids=False: the readers' runs are all this needs (request_runs)
     requests, stats = iter_requests(traces, block_ids=False, **reading)
     bs = resolve_block_size(block_size, stats.files)
@@ -300,7 +381,13 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
         from kvsim.curve import LRUCurve  # here only: it imports the simulator (simpy, numpy)
 
         lru_curve = LRUCurve(capacities, bs)
-    tallies = [_Tally(p, PrefixCache(c, p)) for p in names for c in capacities if not (p == "lru" and lru_curve)]
+    future = None
+    future_s = 0.0
+    if offline and capacities:
+        started = time.perf_counter()
+        future = _future(traces, reading, bs, vllm, max_requests)
+        future_s = time.perf_counter() - started
+    tallies = [_make_tally(p, c, future) for p in names for c in capacities if not (p == "lru" and lru_curve)]
 
     n = input_tokens = output_tokens = listed_total = max_alloc = 0
     ideal_blocks = ideal_tokens = ideal_requests = 0
@@ -345,7 +432,7 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
     finally:
         if bar is not None:
             bar.close()
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - started + future_s
 
     results = [{
         "policy": t.policy,
@@ -380,6 +467,7 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
             "oversized": p.oversized,
         } for p in points]
         capacities = [p.capacity_blocks for p in points] if dense else capacities
+    _rank(results)
     return {
         "inputs": {
             "traces": stats.files or None,
@@ -413,6 +501,9 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
         "skip_examples": stats.examples,
         "elapsed_s": elapsed,
         "requests_per_s": n / elapsed if elapsed > 0 else None,
+        # belady's first pass (part of elapsed_s) and the memory of its future
+        "belady_future_s": future_s if future is not None else None,
+        "belady_future_bytes": future.nbytes() if future is not None else None,
     }
 
 

@@ -106,3 +106,21 @@ def test_calc_all_methods(capsys):
     assert set(methods) == {"seed", "lru", "fifo"}
     for name in ("lru", "fifo"):
         assert 0 < methods[name]["token_hit_rate"] < 1 and methods[name]["characteristic_time"] > 0
+
+
+def test_simulate_policy_does_not_offer_belady(capsys):
+    # belady needs the future: replay only (kvsim.replay.OFFLINE_POLICIES), not in kvsim.policies.POLICIES
+    code, out, err = run(capsys, "simulate", "--policy", "belady")
+    assert code == 2 and out == ""
+    assert "invalid choice: 'belady'" in err and err.count("\n") == 1
+
+
+def test_replay_policy_offers_belady_and_every_registered_policy(capsys):
+    from kvsim.cli.replay import configure_replay_parser
+    from kvsim.cli.parser import Parser
+    from kvsim.policies import POLICIES
+
+    p = Parser(prog="kvsim")
+    configure_replay_parser(p)
+    assert p.parse_args(["t.jsonl", "--policy", "all"]).policy == [*POLICIES, "belady"]
+    assert p.parse_args(["t.jsonl", "--policy", "lru,belady"]).policy == ["lru", "belady"]

@@ -75,6 +75,13 @@ def test_affinity_spreads_conversations_evenly_and_keeps_them_whole():
     assert all(router.choose(cid, None) == owners[cid - 1] for cid in range(1, 200))
 
 
+def test_affinity_does_not_send_the_first_conversations_to_one_instance():
+    # Conversation ids once hashed like instance 0's ring points: ids 0-159 all went to instance 0.
+    router = AffinityRouter([None] * 4, None)
+    first = np.bincount([router.choose(cid, None) for cid in range(AffinityRouter.VIRTUAL_NODES)], minlength=4)
+    assert first.max() < 0.4 * AffinityRouter.VIRTUAL_NODES, first
+
+
 # ------------------------------------------------------------------ two instances, worked by hand
 
 def turn(keys: list[int], index: int = 1, prompt_blocks: int | None = None) -> Turn:

@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 
 from analytic.specs import Workload
 from kvsim.cache import ReferenceCache, runs_of
-from kvsim.cli.args import Parser, UsageError
+from kvsim.cli.parser import Parser, UsageError
 from kvsim.engine import simulate
 from kvsim.cli.replay import cmd_export_trace, cmd_replay, configure_export_parser, configure_replay_parser
 from kvsim.export import export_libcachesim_csv
+from kvsim.policies import POLICIES
 from kvsim.replay import _Seen, replay, request_blocks, request_runs
 from kvsim.templates import load_templates, template_source, template_summary
 from kvsim.traces import NAMESPACE_STRIDE, TraceError, TraceRequest, read_conversation
@@ -77,11 +78,19 @@ def test_replay_json_shape_and_capacity_tokens(hand):
     out = replay([hand], "all", capacities_tokens=[17, 400], trace_block_size=4)
     assert set(out) >= {"inputs", "results", "ideal_block_hit_rate", "ideal_token_hit_rate", "skipped"}
     for res in out["results"]:
-        assert set(res) >= {"policy", "capacity_blocks", "block_hit_rate", "token_hit_rate", "requests", "oversized"}
+        assert set(res) >= {"policy", "capacity_blocks", "block_hit_rate", "token_hit_rate", "requests", "oversized",
+                            "rank", "headroom_to_belady"}
+    # all = every registered online policy, then belady
     assert [(x["policy"], x["capacity_blocks"]) for x in out["results"]] == [
-        (p, c) for p in ("lru", "fifo", "lfu") for c in (4, 100)]
+        (p, c) for p in (*POLICIES, "belady") for c in (4, 100)]
     big = [x for x in out["results"] if x["capacity_blocks"] == 100]
     assert all(x["block_hit_rate"] == out["ideal_block_hit_rate"] for x in big)
+    assert all(x["rank"] == 1 and x["headroom_to_belady"] == 0 for x in big)
+    # HAND at 4 blocks: LRU 4 hit blocks, FIFO 3 (test_replay_worked_by_hand), Belady 4 (test_belady.py)
+    small = {x["policy"]: x for x in out["results"] if x["capacity_blocks"] == 4}
+    assert small["belady"]["hit_blocks"] == small["lru"]["hit_blocks"] == 4 and small["fifo"]["hit_blocks"] == 3
+    assert small["belady"]["rank"] == small["lru"]["rank"] == 1
+    assert small["fifo"]["headroom_to_belady"] == pytest.approx(4 / 14 - 3 / 14)  # 4-token blocks, all full
     json.dumps(out)
 
 

@@ -8,9 +8,10 @@ import json
 import math
 
 from kvsim.export import export_libcachesim_csv
-from kvsim.replay import POLICY_NAMES, policy_names, replay
+from kvsim.replay import OFFLINE_POLICIES, policy_choices, policy_names, replay
 
-__all__ = ["cmd_export_trace", "cmd_replay", "configure_export_parser", "configure_replay_parser", "replay_kwargs"]
+__all__ = ["cmd_export_trace", "cmd_replay", "configure_export_parser", "configure_replay_parser", "replay_kwargs",
+           "result_table"]
 
 
 def _int_list(text: str) -> list[int]:
@@ -88,7 +89,9 @@ def configure_replay_parser(p: argparse.ArgumentParser) -> None:
     _add_reading_args(p)
     g = p.add_argument_group("caches")
     g.add_argument("--policy", type=_policy_list, default=["lru"],
-                   help=f"eviction policy: {', '.join(POLICY_NAMES)}, a comma list, or all (default lru)")
+                   help=f"eviction policy: {', '.join(policy_choices())}, a comma list, or all (default lru); "
+                        f"{', '.join(OFFLINE_POLICIES)} knows the future (a first pass over the trace): a reference, "
+                        f"not an online policy")
     cap = g.add_mutually_exclusive_group()
     cap.add_argument("--capacity-blocks", type=_int_list, metavar="N[,N...]", help="cache capacities in blocks")
     cap.add_argument("--capacity-tokens", type=_int_list, metavar="N[,N...]",
@@ -140,17 +143,45 @@ def cmd_replay(a) -> int:
           f"{_pct(record['ideal_token_hit_rate'])} (infinite cache)")
     if record["results"]:
         print()
-        print(f"{'policy':6} {'capacity_blocks':>15} {'capacity_tokens':>15} {'block_hit_rate':>14} "
-              f"{'token_hit_rate':>14} {'request_hit_rate':>16} {'evictions':>11} {'oversized':>9}")
-        for r in record["results"]:
-            print(f"{r['policy']:6} {r['capacity_blocks']:>15,} {r['capacity_tokens']:>15,} "
-                  f"{_pct(r['block_hit_rate']):>14} {_pct(r['token_hit_rate']):>14} "
-                  f"{_pct(r['request_hit_rate']):>16} {r['evictions']:>11,} {r['oversized']:>9,}")
+        for line in result_table(record["results"]):
+            print(line)
     print()
     rate = record["requests_per_s"]
+    if record.get("belady_future_s") is not None:
+        print(f"belady    future of {tr['listed_blocks']:,} listed blocks ({record['belady_future_bytes'] / 1e6:.2f} MB), "
+              f"built in {record['belady_future_s']:.2f} s")
     print(f"replayed in {record['elapsed_s']:.2f} s" + (f" ({rate:,.0f} requests/s)" if rate else ""))
     _report_skips(record)
     return 0
+
+
+def _points(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f} pts"
+
+
+def result_table(results: list[dict]) -> list[str]:
+    """The text table of replay results: per capacity (in the order given), the policies ranked
+    by token hit rate, best first (a blank line between capacities when several policies ran),
+    and each one's headroom to belady when belady ran."""
+    width = max(6, *(len(r["policy"]) for r in results))
+    headroom = any("headroom_to_belady" in r for r in results)
+    by_capacity: dict[int, list[dict]] = {}
+    for r in results:
+        by_capacity.setdefault(r["capacity_blocks"], []).append(r)
+    several = any(len(group) > 1 for group in by_capacity.values())
+    lines = [f"{'policy':{width}} {'capacity_blocks':>15} {'capacity_tokens':>15} {'rank':>4} {'block_hit_rate':>14} "
+             f"{'token_hit_rate':>14} {'request_hit_rate':>16} {'evictions':>11} {'oversized':>9}"
+             + (f" {'headroom_to_belady':>18}" if headroom else "")]
+    for k, group in enumerate(by_capacity.values()):
+        if several and k:
+            lines.append("")
+        for r in sorted(group, key=lambda r: r.get("rank", 0)):  # stable: ties keep the policies' order
+            lines.append(
+                f"{r['policy']:{width}} {r['capacity_blocks']:>15,} {r['capacity_tokens']:>15,} {r.get('rank', 1):>4} "
+                f"{_pct(r['block_hit_rate']):>14} {_pct(r['token_hit_rate']):>14} "
+                f"{_pct(r['request_hit_rate']):>16} {r['evictions']:>11,} {r['oversized']:>9,}"
+                + (f" {_points(r.get('headroom_to_belady')):>18}" if headroom else ""))
+    return lines
 
 
 def _report_skips(record: dict) -> None:
