@@ -9,18 +9,24 @@ no policy: every policy module imports it, and only it.
 
 from __future__ import annotations
 
+import inspect
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["EvictionPolicy", "Pinned", "Runs", "pinned_parts"]
+__all__ = ["EvictionPolicy", "Pinned", "Runs", "TierPolicy", "Victims", "pinned_parts", "supports_tiers"]
 
 Runs = Sequence[tuple[int, int]]
 """A request's keys as ``(first_key, count)`` runs of consecutive ints, head first."""
 
 Pinned = Sequence[tuple[int, int]]
 """Keys that must not be evicted, as sorted, disjoint ``(lo, hi)`` ranges (``lo .. hi - 1``)."""
+
+
+Victims = list
+"""Where :meth:`TierPolicy.evict` appends what it evicts: ``(lo, hi)`` key ranges in eviction
+order, the keys of a range evicted from ``hi - 1`` down to ``lo``."""
 
 
 def pinned_parts(pinned: Pinned, lo: int, hi: int) -> list[tuple[int, int]]:
@@ -86,7 +92,8 @@ class EvictionPolicy(Protocol):
 
         The caller guarantees that at least ``n`` such blocks are cached. A policy that evicts
         in larger units (SGLang's whole radix nodes) may remove more than ``n`` and returns how
-        many it removed; ``None`` means exactly ``n``.
+        many it removed; ``None`` means exactly ``n``. Policies that can tell which keys they
+        evicted take an optional third argument, ``victims`` (see :class:`TierPolicy`).
         """
         ...
 
@@ -101,6 +108,38 @@ class EvictionPolicy(Protocol):
         (a stale copy is replaced by a fresh one), and nothing stays pinned.
         """
         ...
+
+
+@runtime_checkable
+class TierPolicy(EvictionPolicy, Protocol):
+    """An :class:`EvictionPolicy` with the two optional capabilities a tier of an *exclusive*
+    tiered cache (:class:`kvsim.tiered.TieredCache`) needs: telling which keys an eviction
+    removed (a GPU victim moves down to the CPU tier) and removing given keys (a block loaded
+    back up leaves the lower tier). The run-based and per-block LRU, FIFO and LFU have them;
+    :func:`supports_tiers` tells whether a policy does.
+    """
+
+    def evict(self, n: int, pinned: Pinned = (), victims: Victims | None = None) -> int | None:
+        """As :meth:`EvictionPolicy.evict`; when ``victims`` is a list, also append to it the
+        evicted keys as ``(lo, hi)`` ranges, in eviction order (see :data:`Victims`). Without
+        it (the default) the cost is at most one test per evicted piece."""
+        ...
+
+    def discard(self, runs: Runs) -> int:
+        """Remove the cached keys of ``runs`` (keys not cached are ignored); return how many
+        were removed. Only between requests (not between :meth:`acquire` and :meth:`release`)."""
+        ...
+
+
+def supports_tiers(policy: object) -> bool:
+    """Whether ``policy`` has the capabilities of a :class:`TierPolicy` (``discard``, and an
+    ``evict`` that takes ``victims``)."""
+    if not callable(getattr(policy, "discard", None)):
+        return False
+    try:
+        return "victims" in inspect.signature(policy.evict).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------- per run (lru, fifo, lfu)
@@ -213,14 +252,28 @@ class _RunPolicy:
                 return hit
         return hit
 
-    def evict(self, n: int, pinned: Pinned = ()) -> None:
+    def evict(self, n: int, pinned: Pinned = (), victims: list | None = None) -> None:
         # LRU and FIFO keep their groups in one ordered dict, ``_groups``; LFU overrides this.
         if pinned:
-            self._evict_unpinned(self._groups, n, pinned)
+            self._evict_unpinned(self._groups, n, pinned, victims)
         else:
-            self._evict_from(self._groups, n)
+            self._evict_from(self._groups, n, victims)
 
-    def _evict_unpinned(self, order: OrderedDict, n: int, pinned: Pinned) -> int:
+    def discard(self, runs: Runs) -> int:
+        """Remove the cached keys of ``runs``; return how many (see :class:`TierPolicy`). Right
+        for state held in pieces and groups only: a subclass with more (ghosts, counters, a
+        clock hand) must override it, or :func:`supports_tiers` would wrongly accept it."""
+        removed = 0
+        for first, count in runs:
+            end = first + count
+            for piece in self._overlapping(first, end):
+                a = piece[0] if piece[0] > first else first
+                b = piece[1] if piece[1] < end else end
+                self._cut(piece, a, b)
+                removed += b - a
+        return removed
+
+    def _evict_unpinned(self, order: OrderedDict, n: int, pinned: Pinned, victims: list | None = None) -> int:
         """As :meth:`_evict_from`, also sparing the keys in ``pinned``: slower (the groups are
         copied, pinned pieces split), so only used while requests are in service."""
         own = self._pinned
@@ -232,14 +285,17 @@ class _RunPolicy:
                 for a, b in _free_parts(pinned, piece[0], piece[1]):
                     m = min(n, b - a)
                     self._cut(piece, b - m, b)
+                    if victims is not None:
+                        victims.append((b - m, b))
                     n -= m
                     if not n:
                         return 0
         return n
 
-    def _evict_from(self, order: OrderedDict, n: int) -> int:
+    def _evict_from(self, order: OrderedDict, n: int, victims: list | None = None) -> int:
         """Evict up to ``n`` unpinned blocks of the groups of ``order``, first
-        group first and its deepest piece first; return how many are left to evict."""
+        group first and its deepest piece first; return how many are left to evict
+        (appending the evicted ranges to ``victims`` if it is a list)."""
         pinned = self._pinned
         starts = self._starts
         piece_at = self._piece_at
@@ -256,8 +312,12 @@ class _RunPolicy:
                 size = piece[1] - lo
                 if size > n:
                     piece[1] -= n
+                    if victims is not None:
+                        victims.append((piece[1], piece[1] + n))
                     n = 0
                     break
+                if victims is not None:
+                    victims.append((lo, piece[1]))
                 n -= size
                 del starts[bisect_left(starts, lo)]
                 del piece_at[lo]

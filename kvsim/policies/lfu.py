@@ -54,12 +54,12 @@ class LFUPolicy(_RunPolicy):
         group = bucket[self._seq] = _Group(self._seq, bucket, count)
         return group
 
-    def evict(self, n: int, pinned: Pinned = ()) -> None:
+    def evict(self, n: int, pinned: Pinned = (), victims: list | None = None) -> None:
         counts = self._counts
         buckets = self._buckets
         if pinned:  # the lowest bucket may be all pinned: go up the counts
             for count in sorted(buckets):
-                n = self._evict_unpinned(buckets[count], n, pinned)
+                n = self._evict_unpinned(buckets[count], n, pinned, victims)
                 if not n:
                     return
         while n:
@@ -69,7 +69,7 @@ class LFUPolicy(_RunPolicy):
                 heappop(counts)
                 del buckets[lowest]
                 continue
-            n = self._evict_from(bucket, n)
+            n = self._evict_from(bucket, n, victims)
 
     def release(self, runs: Runs, hit_blocks: int) -> None:
         self._seq += 1

@@ -32,6 +32,22 @@ def _prefix_by_key(policy, runs: Runs, max_hit_blocks: int) -> int:
     return hit
 
 
+def _note(victims: list, key: int) -> None:
+    """Append the evicted ``key`` to ``victims``, joining a range evicted just above it."""
+    if victims and victims[-1][0] == key + 1:
+        victims[-1] = (key, victims[-1][1])
+    else:
+        victims.append((key, key + 1))
+
+
+def _discard(blocks: dict, runs: Runs) -> list[int]:
+    """Delete the keys of ``runs`` that ``blocks`` holds; return them."""
+    gone = [key for key in _keys(runs) if key in blocks]
+    for key in gone:
+        del blocks[key]
+    return gone
+
+
 def _drop_unpinned(blocks: OrderedDict, n: int, pinned: Pinned, spared: set = frozenset()) -> list[int]:
     """Delete the first ``n`` keys of ``blocks`` neither in ``pinned`` nor ``spared``; return them."""
     victims = []
@@ -84,13 +100,23 @@ class BlockLRU:
                 del blocks[key]
         return hit, hit + size - len(blocks)
 
-    def evict(self, n: int, pinned: Pinned = ()) -> None:
+    def evict(self, n: int, pinned: Pinned = (), victims: list | None = None) -> None:
         if pinned:
-            _drop_unpinned(self._blocks, n, pinned)
+            dropped = _drop_unpinned(self._blocks, n, pinned)
+            if victims is not None:
+                for key in dropped:
+                    _note(victims, key)
             return
         popitem = self._blocks.popitem
+        if victims is not None:
+            for _ in range(n):
+                _note(victims, popitem(False)[0])
+            return
         for _ in range(n):
             popitem(False)
+
+    def discard(self, runs: Runs) -> int:
+        return len(_discard(self._blocks, runs))
 
     def cached_prefix(self, runs: Runs, max_hit_blocks: int) -> int:
         return _prefix_by_key(self, runs, max_hit_blocks)
@@ -145,12 +171,20 @@ class BlockFIFO:
         self._hit = hit
         return hit, hit + size - len(blocks)
 
-    def evict(self, n: int, pinned: Pinned = ()) -> None:
+    def evict(self, n: int, pinned: Pinned = (), victims: list | None = None) -> None:
         blocks = self._blocks
         if pinned:
-            _drop_unpinned(blocks, n, pinned, set(self._keys[: self._hit]))
+            dropped = _drop_unpinned(blocks, n, pinned, set(self._keys[: self._hit]))
+            if victims is not None:
+                for key in dropped:
+                    _note(victims, key)
             return
         popitem = blocks.popitem
+        if victims is not None:
+            # Simple rather than fast: the first n keys of the queue that are not hits.
+            for key in _drop_unpinned(blocks, n, (), set(self._keys[: self._hit])):
+                _note(victims, key)
+            return
         if not self._hit:
             for _ in range(n):
                 popitem(False)
@@ -177,6 +211,9 @@ class BlockFIFO:
         for key in reversed(keys[hit_blocks:]):
             blocks[key] = None
         self._hit = 0
+
+    def discard(self, runs: Runs) -> int:
+        return len(_discard(self._blocks, runs))
 
     def cached_prefix(self, runs: Runs, max_hit_blocks: int) -> int:
         return _prefix_by_key(self, runs, max_hit_blocks)
@@ -237,7 +274,7 @@ class BlockLFU:
                 del buckets[pop(key)][key]
         return hit, hit + size - len(count)
 
-    def evict(self, n: int, pinned: Pinned = ()) -> None:
+    def evict(self, n: int, pinned: Pinned = (), victims: list | None = None) -> None:
         count = self._count
         buckets = self._buckets
         if pinned:
@@ -245,6 +282,8 @@ class BlockLFU:
                 for key in _drop_unpinned(buckets[c], n, pinned):
                     del count[key]
                     n -= 1
+                    if victims is not None:
+                        _note(victims, key)
                 if not n:
                     return
         bucket_counts = self._bucket_counts
@@ -257,8 +296,21 @@ class BlockLFU:
                 continue
             popitem = bucket.popitem
             for _ in range(min(n, len(bucket))):
-                del count[popitem(False)[0]]
+                key = popitem(False)[0]
+                del count[key]
                 n -= 1
+                if victims is not None:
+                    _note(victims, key)
+
+    def discard(self, runs: Runs) -> int:
+        count = self._count
+        removed = 0
+        for key in _keys(runs):
+            c = count.pop(key, None)
+            if c is not None:
+                del self._buckets[c][key]
+                removed += 1
+        return removed
 
     def release(self, runs: Runs, hit_blocks: int) -> None:
         keys, self._keys = self._keys, []
