@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
+from analytic.specs import DEFAULT_BLOCK_SIZE, Tiers, Workload, check_positive
 from kvsim.cache import PrefixCache
 from kvsim.defaults import DEFAULT_MAX_EVENTS
+from kvsim.tiered import make_cache
 from kvsim.workload import Turn, synthetic_conversation
 
 # A source of conversations: (rng, conversation id) -> its turns.
@@ -43,6 +44,17 @@ class Counters:
     window: float = 0.0
     turn_requests: dict[int, int] = field(default_factory=dict)
     turn_hits: dict[int, int] = field(default_factory=dict)
+    # A tiered cache's figures per tier, GPU first (empty for a single-tier cache): hit blocks
+    # and hit tokens found in each tier (below the GPU: loaded up from it), blocks stored into it.
+    tier_hit_blocks: list[int] = field(default_factory=list)
+    tier_hit_tokens: list[int] = field(default_factory=list)
+    tier_stored_blocks: list[int] = field(default_factory=list)
+
+    def tier_token_hit_rate(self, i: int) -> float:
+        return self.tier_hit_tokens[i] / self.prompt_tokens if self.prompt_tokens else math.nan
+
+    def tier_block_hit_rate(self, i: int) -> float:
+        return self.tier_hit_blocks[i] / self.prompt_blocks if self.prompt_blocks else math.nan
 
     @property
     def token_hit_rate(self) -> float:
@@ -131,6 +143,9 @@ def counting_server(cache: PrefixCache, c: Counters, block_size: int, warmup: fl
     as_runs = cache.runs
     turn_requests = c.turn_requests
     turn_hits = c.turn_hits
+    tiers = len(getattr(cache, "tiers", ()))
+    if tiers and not c.tier_hit_blocks:
+        c.tier_hit_blocks, c.tier_hit_tokens, c.tier_stored_blocks = [0] * tiers, [0] * tiers, [0] * tiers
     last_time, last_size = warmup, 0  # time and cached blocks at the last change inside the window
 
     def serve(turn: Turn, now: float, conversation_id: int = 0, runs=None):
@@ -159,6 +174,8 @@ def counting_server(cache: PrefixCache, c: Counters, block_size: int, warmup: fl
             c.hit_blocks += hit_blocks
             c.hit_tokens += min(hit_blocks * block_size, prompt_tokens)
             turn_hits[index] = turn_hits.get(index, 0) + 1
+        if tiers and not oversized:
+            count_tiers(c, result, block_size, prompt_tokens)
         return result
 
     def close(end: float) -> None:
@@ -167,6 +184,20 @@ def counting_server(cache: PrefixCache, c: Counters, block_size: int, warmup: fl
 
     serve.close = close
     return serve
+
+
+def count_tiers(c: Counters, result, block_size: int, prompt_tokens: int) -> None:
+    """Add a tiered cache's :class:`~kvsim.tiered.TieredServeResult` to ``c``'s per-tier counters:
+    the hit run is GPU blocks first, then each lower tier's, so a tier's hit tokens are its part of
+    ``min(hit blocks x block size, prompt tokens)``."""
+    depth = tokens = 0
+    for i, (h, stored) in enumerate(zip(result.tier_hits, result.stored)):
+        depth += h
+        reached = min(depth * block_size, prompt_tokens)
+        c.tier_hit_blocks[i] += h
+        c.tier_hit_tokens[i] += reached - tokens
+        c.tier_stored_blocks[i] += stored
+        tokens = reached
 
 
 def run_replication(
@@ -276,7 +307,31 @@ class SimulationResult:
             "requests_measured": self.total("requests"),
             "duration": self.duration,
             "warmup": self.warmup,
+            **({"tiers": self.tiers()} if self.tier_names else {}),
         }
+
+    @property
+    def tier_names(self) -> tuple[str, ...]:
+        """gpu, cpu (and disk) for a tiered cache; empty for a single tier."""
+        n = len(self.replications[0].tier_hit_blocks) if self.replications else 0
+        return ("gpu", "cpu", "disk")[:n]
+
+    def tiers(self) -> dict[str, dict]:
+        """Per tier: token and block hit rates (Estimates over replications, as dicts), and the
+        totals over replications of hit tokens and blocks, blocks loaded up from it (its hits, below
+        the GPU) and stored down into it."""
+        out = {}
+        for i, name in enumerate(self.tier_names):
+            hit_blocks = sum(c.tier_hit_blocks[i] for c in self.replications)
+            out[name] = {
+                "token_hit_rate": Estimate.of([c.tier_token_hit_rate(i) for c in self.replications]).as_dict(),
+                "block_hit_rate": Estimate.of([c.tier_block_hit_rate(i) for c in self.replications]).as_dict(),
+                "hit_tokens": sum(c.tier_hit_tokens[i] for c in self.replications),
+                "hit_blocks": hit_blocks,
+                "loaded_blocks": hit_blocks if i else 0,
+                "stored_blocks": sum(c.tier_stored_blocks[i] for c in self.replications),
+            }
+        return out
 
 
 MAX_DURATION = 1e12  # seconds of arrivals (30,000 years): beyond it SimPy's clock loses its resolution
@@ -374,8 +429,10 @@ def simulate(
     source: ConversationSource | None = None,
     progress: bool | None = None,
     max_events: int | None = DEFAULT_MAX_EVENTS,
+    tiers: Tiers | None = None,
 ) -> SimulationResult:
-    """Simulate ``workload`` through a prefix cache of ``capacity_blocks`` blocks.
+    """Simulate ``workload`` through a prefix cache of ``capacity_blocks`` blocks (the GPU; with
+    ``tiers``, CPU and disk tiers below it: :func:`kvsim.tiered.make_cache`, per-tier results).
 
     ``duration`` (s of arrivals) and ``warmup`` (s not measured) default to an automatic
     window (:func:`run_window`): 5 mean conversation lifetimes of warm-up (at least 600 s), then
@@ -394,7 +451,7 @@ def simulate(
     try:
         for r in range(replications):
             rng = np.random.default_rng([seed, r])
-            cache = PrefixCache(capacity_blocks, policy)
+            cache = make_cache(capacity_blocks, policy, tiers, block_size)
             runs.append(run_replication(source, workload.arrival_rate, cache, block_size, duration, warmup,
                                         rng, bar.update if bar else None))
     finally:

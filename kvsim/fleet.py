@@ -30,12 +30,13 @@ import numpy as np
 import simpy
 
 from analytic.service import ServiceModel
-from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
+from analytic.specs import DEFAULT_BLOCK_SIZE, Tiers, Workload, check_positive
 from kvsim.cache import PrefixCache
 from kvsim.defaults import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, DEFAULT_MAX_EVENTS
 from kvsim.engine import (ConversationSource, Counters, Estimate, SimulationResult, checked_source,
                           counting_server, drive, progress_bar, run_arrivals,
                           run_window)
+from kvsim.tiered import make_cache
 from kvsim.workload import Turn
 
 # ---------------------------------------------------------------------------- instances and routers
@@ -229,9 +230,23 @@ def _run_instant(source, arrival_rate, instances, router, block_size, duration, 
         server.close(duration)
 
 
+def _load_seconds(tier_hits: Sequence[int], load_costs: Sequence[float], block_size: int, prompt_tokens: int) -> float:
+    """Seconds to load a request's hits from below the GPU: each lower tier's hit tokens (its part of
+    the capped hit run, as :func:`kvsim.engine.count_tiers`) times its load time per token."""
+    depth = tokens = 0
+    seconds = 0.0
+    for h, cost in zip(tier_hits, load_costs):
+        depth += h
+        reached = min(depth * block_size, prompt_tokens)
+        seconds += (reached - tokens) * cost
+        tokens = reached
+    return seconds
+
+
 def _run_served(source, arrival_rate, instances, router, service: ServiceModel, block_size, duration, warmup,
-                rng, progress) -> Latencies:
-    """With a service time: queues, pinned blocks, think time from the end of the response."""
+                rng, progress, load_costs: Sequence[float] = ()) -> Latencies:
+    """With a service time: queues, pinned blocks, think time from the end of the response.
+    ``load_costs``: a tiered cache's load time per token of each tier (GPU first)."""
     env = simpy.Environment()
     timeout = env.timeout
     lat = Latencies()
@@ -256,6 +271,8 @@ def _run_served(source, arrival_rate, instances, router, service: ServiceModel, 
             result = begins[inst.index](turn, now, runs=runs)
             hit_tokens = 0 if result.oversized else min(result.hit_blocks * block_size, turn.prompt_tokens)
             prefill = service.prefill(turn.prompt_tokens - hit_tokens)
+            if load_costs and not result.oversized:
+                prefill += _load_seconds(result.tier_hits, load_costs, block_size, turn.prompt_tokens)
             if now >= warmup:
                 lat.queue_delay.append(now - arrived)
                 lat.ttft.append(now - arrived + prefill)
@@ -373,6 +390,11 @@ def _merged(counters: list[Counters]) -> Counters:
         for mine, theirs in ((total.turn_requests, c.turn_requests), (total.turn_hits, c.turn_hits)):
             for k, n in theirs.items():
                 mine[k] = mine.get(k, 0) + n
+        for name in ("tier_hit_blocks", "tier_hit_tokens", "tier_stored_blocks"):
+            theirs = getattr(c, name)
+            if theirs:
+                mine = getattr(total, name) or [0] * len(theirs)
+                setattr(total, name, [a + b for a, b in zip(mine, theirs)])
     return total
 
 
@@ -408,6 +430,7 @@ def simulate_fleet(
     router_options: dict | None = None,
     progress: bool | None = None,
     max_events: int | None = DEFAULT_MAX_EVENTS,
+    tiers: Tiers | None = None,
 ) -> FleetResult:
     """Simulate ``workload`` over ``instances`` instances of ``capacity_blocks`` blocks each (or
     one instance per entry of a list of capacities) behind ``router`` (one of :data:`ROUTERS`).
@@ -415,6 +438,9 @@ def simulate_fleet(
     ``service=None``: zero service time (a fleet of one equals :func:`kvsim.engine.simulate`).
     The window, ``source`` and seeds are as in :func:`kvsim.engine.simulate`; the router draws
     from its own stream, so every router sees the same conversations. ``max_events``: as there.
+    ``tiers``: every instance has these CPU (and disk) tiers below its GPU cache; with a service
+    model a hit from below the GPU costs its load time (``Tiers.load_s_per_token``) instead of its
+    prefill.
     """
     capacities = _capacities(capacity_blocks, instances)
     duration, warmup = run_window(workload, duration, warmup, source)
@@ -427,7 +453,8 @@ def simulate_fleet(
     try:
         for r in range(replications):
             window = duration - warmup
-            fleet = [Instance(i, PrefixCache(c, policy), Counters(window=window)) for i, c in enumerate(capacities)]
+            fleet = [Instance(i, make_cache(c, policy, tiers, block_size), Counters(window=window))
+                     for i, c in enumerate(capacities)]
             chooser = make_router(router, fleet, np.random.default_rng([seed, r, 1]), **options)
             rng = np.random.default_rng([seed, r])
             tick = bar.update if bar else None
@@ -435,7 +462,7 @@ def simulate_fleet(
                 _run_instant(source, workload.arrival_rate, fleet, chooser, block_size, duration, warmup, rng, tick)
             else:
                 latencies.append(_run_served(source, workload.arrival_rate, fleet, chooser, service, block_size,
-                                             duration, warmup, rng, tick))
+                                             duration, warmup, rng, tick, tiers.load_s_per_token if tiers else ()))
             runs.append([inst.counters for inst in fleet])
     finally:
         if bar:

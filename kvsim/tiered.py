@@ -89,13 +89,14 @@ from __future__ import annotations
 import numbers
 from collections.abc import Hashable, Sequence
 
+from analytic.specs import OFFLOAD_MODES, Tiers
 from kvsim.cache import _INTERNED, _OVERSIZED, PrefixCache, ServeResult, check_runs
 from kvsim.policies import EvictionPolicy, Runs
 from kvsim.policies.base import supports_tiers
 
-__all__ = ["MODES", "TIER_NAMES", "TieredCache", "TieredServeResult"]
+__all__ = ["MODES", "TIER_NAMES", "TieredCache", "TieredServeResult", "make_cache"]
 
-MODES = ("inclusive", "exclusive")
+MODES = OFFLOAD_MODES
 TIER_NAMES = ("gpu", "cpu", "disk")
 
 
@@ -458,3 +459,17 @@ class TieredCache:
         sizes = ", ".join(f"{t.name}={len(t)}/{t.capacity_blocks}" for t in self._tiers)
         return f"TieredCache({sizes}, mode={self.mode!r}, policies={[t.policy.name for t in self._tiers]})"
 
+
+
+def make_cache(capacity_blocks: int, policy: str | EvictionPolicy = "lru", tiers: Tiers | None = None,
+               block_size: int | None = None) -> PrefixCache | TieredCache:
+    """The cache a simulation or a replay serves through: a :class:`~kvsim.cache.PrefixCache` of
+    ``capacity_blocks`` (the GPU) or, with ``tiers`` (:class:`analytic.specs.Tiers`), a
+    :class:`TieredCache` with those tiers below it (a zero-size CPU tier gives the same results as
+    the PrefixCache, with per-tier figures)."""
+    if tiers is None:
+        return PrefixCache(capacity_blocks, policy)
+    if not isinstance(tiers, Tiers):
+        raise ValueError(f"tiers must be an analytic.specs.Tiers (got {type(tiers).__name__})")
+    return TieredCache(capacity_blocks, tiers.cpu_blocks, tiers.disk_blocks, policy, mode=tiers.mode,
+                       block_size=block_size)
