@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from analytic.service import ServiceModel
-from analytic.sizing import Capacity, capacity_from_gib, capacity_from_memory, capacity_from_tokens
+from analytic.sizing import GIB, Capacity, capacity_from_gib, capacity_from_memory, capacity_from_tokens
+from analytic.offload import (DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH_GBPS, GB, MAX_TIER_BLOCKS,
+                              OFFLOAD_MODES, Tiers)
 from analytic.specs import DEFAULT_BLOCK_SIZE, DTYPE_BYTES, Hardware, ModelSpec, Workload, check_dtype, check_positive
 
 if TYPE_CHECKING:
@@ -88,6 +90,63 @@ class Fleet:
 
 
 @dataclass(frozen=True)
+class Offload:
+    """Tiers below the GPU (CPU DRAM, local disk) as asked: each tier's size in GiB (sized with the
+    model's KV bytes per token, as vLLM's ``--kv-offloading-size``), in tokens or in blocks (at most
+    one of the three per tier; none: no such tier), how they are filled (``mode``, see
+    :class:`~analytic.specs.Tiers`) and their bandwidth to the GPU (decimal GB/s)."""
+
+    cpu_gib: float | None = None
+    cpu_tokens: int | None = None
+    cpu_blocks: int | None = None
+    disk_gib: float | None = None
+    disk_tokens: int | None = None
+    disk_blocks: int | None = None
+    mode: str = OFFLOAD_MODES[0]
+    cpu_bandwidth_gbps: float = DEFAULT_CPU_BANDWIDTH_GBPS
+    disk_bandwidth_gbps: float = DEFAULT_DISK_BANDWIDTH_GBPS
+
+    def __post_init__(self) -> None:
+        for tier in ("cpu", "disk"):
+            sizes = {f"{tier}-offload-gib": self.__dict__[f"{tier}_gib"],
+                     f"{tier}-capacity-tokens": self.__dict__[f"{tier}_tokens"],
+                     f"{tier}-capacity-blocks": self.__dict__[f"{tier}_blocks"]}
+            given = [name for name, v in sizes.items() if v is not None]
+            if len(given) > 1:
+                raise ValueError(f"give one of {', '.join(given)}, not both")
+            for name, v in sizes.items():
+                if v is not None:
+                    check_positive(name, v, integer=not name.endswith("gib"), allow_zero=True,
+                                   at_most=MAX_TIER_BLOCKS * 1024)
+        if self.mode not in OFFLOAD_MODES:
+            raise ValueError(f"offload-mode must be one of {', '.join(OFFLOAD_MODES)} (got {self.mode!r})")
+        check_positive("cpu-bandwidth-gbps", self.cpu_bandwidth_gbps, at_most=1e5)
+        check_positive("disk-bandwidth-gbps", self.disk_bandwidth_gbps, at_most=1e5)
+
+    @property
+    def asked(self) -> bool:
+        """Whether any tier below the GPU was asked for (even of size 0)."""
+        return any(v is not None for v in (self.cpu_gib, self.cpu_tokens, self.cpu_blocks,
+                                           self.disk_gib, self.disk_tokens, self.disk_blocks))
+
+    def tier_blocks(self, tier: str, bytes_per_token: float, block_size: int) -> int:
+        """The size of ``tier`` (cpu or disk) in blocks (0 if not asked for)."""
+        gib, tokens, blocks = (self.__dict__[f"{tier}_{unit}"] for unit in ("gib", "tokens", "blocks"))
+        if blocks is not None:
+            return int(blocks)
+        if gib is not None:
+            tokens = int(gib * GIB / bytes_per_token)
+        return 0 if tokens is None else int(tokens) // block_size
+
+    def tiers(self, bytes_per_token: float, block_size: int) -> Tiers:
+        """The :class:`~analytic.specs.Tiers` the simulator and the models take."""
+        return Tiers(self.tier_blocks("cpu", bytes_per_token, block_size),
+                     self.tier_blocks("disk", bytes_per_token, block_size), self.mode,
+                     bytes_per_token / (self.cpu_bandwidth_gbps * GB),
+                     bytes_per_token / (self.disk_bandwidth_gbps * GB))
+
+
+@dataclass(frozen=True)
 class Scenario:
     """One deployment and its workload: the inputs of ``kvsim calc`` and ``kvsim simulate`` as values.
 
@@ -110,6 +169,7 @@ class Scenario:
     policy: str = "lru"
     fleet: Fleet = field(default_factory=Fleet)
     conversations: tuple[str, ...] | None = None
+    offload: Offload = field(default_factory=Offload)
 
     def __post_init__(self) -> None:
         check_dtype("kv-dtype", self.kv_dtype)
@@ -143,6 +203,12 @@ class Scenario:
             return [self.capacity().capacity_blocks] * self.fleet.size
         return [capacity_from_tokens(self.model, t, self.kv_dtype, self.block_size).capacity_blocks
                 for t in self.fleet.instance_capacity_tokens]
+
+    def tiers(self) -> Tiers | None:
+        """The tiers below the GPU, in blocks of this scenario's model (None: none asked for)."""
+        if not self.offload.asked:
+            return None
+        return self.offload.tiers(self.capacity().bytes_per_token, self.block_size)
 
     def evaluate(self, method: str | None = None, evaluate: Evaluate | None = None) -> ModelResult:
         """The model (``method``, default the scenario's policy) at this scenario's capacity."""

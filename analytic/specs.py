@@ -5,9 +5,9 @@ A bad value raises ``ValueError`` naming the field (as its CLI flag) and what is
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from analytic.checks import check_positive
 from analytic.distributions import MAX_TOKENS, ThinkTime, TokenCount, TurnCount
 
 # Bytes per element of each KV-cache / weight dtype; int4 packs two values per byte.
@@ -24,20 +24,6 @@ MAX_GPU_MEMORY_GIB = 100_000.0
 MAX_GPUS = 100_000
 MAX_ARRIVAL_RATE = 1e6  # conversations per second: a thousand times the busiest public services
 DEFAULT_TARGET = 0.8  # token hit rate the advice and the page aim at unless told
-
-
-def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False,
-                   at_most: float | None = None) -> None:
-    """A finite number > 0 (>= 0 with ``allow_zero``), whole if ``integer``, at most ``at_most``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if ok and integer:
-        ok = int(value) == value
-    what = "a whole number" if integer else "a number"
-    if not ok:
-        raise ValueError(f"{name} must be {what} {'>= 0' if allow_zero else '> 0'} (got {value!r})")
-    if at_most is not None and value > at_most:
-        raise ValueError(f"{name} must be {what} <= {at_most:,g} (got {value!r})")
 
 
 def check_dtype(name: str, value: str) -> None:
@@ -109,49 +95,6 @@ class Hardware:
         if not (isinstance(self.memory_utilization, (int, float)) and 0 < self.memory_utilization <= 1):
             raise ValueError(f"memory-utilization must be in (0, 1] (got {self.memory_utilization!r})")
         check_positive("activation-reserve-gib", self.activation_reserve_gib, allow_zero=True)
-
-
-OFFLOAD_MODES = ("inclusive", "exclusive")  # the first is the default (vLLM's native offloading)
-MAX_TIER_BLOCKS = 2**40  # a CPU or disk tier beyond this (16 PB of 16-token bf16 8B-model blocks) is a typo
-
-
-@dataclass(frozen=True)
-class Tiers:
-    """The tiers below the GPU of a tiered prefix cache: CPU DRAM and local disk, in blocks
-    (0: no such tier), and how they are filled: ``inclusive`` (write-through: every block a
-    request leaves on the GPU is also stored below) or ``exclusive`` (a victim cache: GPU evictions
-    move down, blocks loaded back up leave the tier). The semantics: :mod:`kvsim.tiered`."""
-
-    cpu_blocks: int = 0
-    disk_blocks: int = 0
-    mode: str = OFFLOAD_MODES[0]
-    # Seconds to load one token's KV up from the tier (bytes per token / bandwidth): with a service
-    # model, a hit from below the GPU costs this instead of its prefill compute.
-    cpu_load_s_per_token: float = 0.0
-    disk_load_s_per_token: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_positive("cpu load time per token", self.cpu_load_s_per_token, allow_zero=True, at_most=1.0)
-        check_positive("disk load time per token", self.disk_load_s_per_token, allow_zero=True, at_most=1.0)
-        check_positive("cpu-capacity-blocks", self.cpu_blocks, integer=True, allow_zero=True, at_most=MAX_TIER_BLOCKS)
-        check_positive("disk-capacity-blocks", self.disk_blocks, integer=True, allow_zero=True,
-                       at_most=MAX_TIER_BLOCKS)
-        if self.mode not in OFFLOAD_MODES:
-            raise ValueError(f"offload-mode must be one of {', '.join(OFFLOAD_MODES)} (got {self.mode!r})")
-        if self.disk_blocks and not self.cpu_blocks:
-            raise ValueError("a disk tier needs a CPU tier above it: give --cpu-offload-gib (or the CPU capacity)")
-        object.__setattr__(self, "cpu_blocks", int(self.cpu_blocks))
-        object.__setattr__(self, "disk_blocks", int(self.disk_blocks))
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The tiers' names, GPU first: gpu, cpu and, with a disk tier, disk."""
-        return ("gpu", "cpu", "disk") if self.disk_blocks else ("gpu", "cpu")
-
-    @property
-    def load_s_per_token(self) -> tuple[float, ...]:
-        """Per tier, GPU first (0: nothing to load), the seconds to load one token up from it."""
-        return (0.0, self.cpu_load_s_per_token, self.disk_load_s_per_token)[:len(self.names)]
 
 
 @dataclass(frozen=True)

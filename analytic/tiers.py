@@ -71,7 +71,6 @@ the lower tiers' figures are optimistic.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,19 +79,11 @@ from analytic import presets
 from analytic.plan import METHODS, model, smallest_capacity
 from analytic.service import DEFAULT_SERVICE_PRESET, ServiceModel
 from analytic.sizing import bytes_per_token as kv_bytes_per_token
+from analytic.offload import DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH_GBPS, GB, OFFLOAD_MODES, TIER_NAMES
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 from analytic.ttl import ModelResult, _table, no_eviction_ceiling
 
-TIER_NAMES = ("gpu", "cpu", "disk")
-MODES = ("inclusive", "exclusive")
-GB = 1e9  # bandwidths are in decimal GB/s, as the datasheets give them
-# Host-to-device copies from pinned memory over PCIe 4.0 x16: 31.5 GB/s of raw link rate (16 GT/s x
-# 16 lanes, 128b/130b), of which pinned cudaMemcpy typically reaches 24-26 GB/s (CUDA's
-# bandwidthTest on A100 hosts). PCIe 5.0 x16 (H100) doubles it: pass {"cpu": 50} there.
-DEFAULT_CPU_BANDWIDTH_GBPS = 25.0
-# One local PCIe 4.0 NVMe SSD, sequential read: 5-7 GB/s on datasheets (e.g. Samsung PM1733 7.0,
-# Intel P5510 6.5, Micron 7450 6.8); 6 is the middle. A RAID of several drives scales it.
-DEFAULT_DISK_BANDWIDTH_GBPS = 6.0
+MODES = OFFLOAD_MODES
 DEFAULT_BANDWIDTHS_GBPS = {"cpu": DEFAULT_CPU_BANDWIDTH_GBPS, "disk": DEFAULT_DISK_BANDWIDTH_GBPS}
 # KV bytes per token of the model the default service times are for (Llama-3.1-8B, bf16: 131,072).
 DEFAULT_BYTES_PER_TOKEN = kv_bytes_per_token(presets.model(DEFAULT_SERVICE_PRESET), "bf16")

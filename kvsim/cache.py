@@ -149,6 +149,8 @@ class PrefixCache:
         self._pinned: list[tuple[int, int]] = []  # union of the pinned runs, sorted (lo, hi)
         self._pinned_blocks = 0  # keys in that union
         self._held = 0  # partial blocks held by requests in service
+        # A list while a tiered cache wants the keys evicted (kvsim.tiered, exclusive mode).
+        self._victims: list | None = None
 
     def serve(
         self, keys: Sequence[Hashable], max_hit_blocks: int, alloc_blocks: int
@@ -179,7 +181,12 @@ class PrefixCache:
         # The request's own cached blocks are already counted in _size.
         evicted = alloc_blocks - own - (self.capacity_blocks - self._size - self._held)
         if evicted > 0:
-            evicted = policy.evict(evicted, self._pinned) or evicted
+            if self._victims is None:
+                removed = policy.evict(evicted, self._pinned)
+            else:
+                removed = policy.evict(evicted, self._pinned, self._victims)
+            if removed is not None:  # a policy that evicts whole nodes may remove more
+                evicted = removed
             self.evictions += evicted
         else:
             evicted = 0

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from analytic.specs import DEFAULT_BLOCK_SIZE, Tiers, Workload, check_positive
+from analytic.offload import Tiers
+from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 from kvsim.cache import PrefixCache
 from kvsim.defaults import DEFAULT_MAX_EVENTS
-from kvsim.tiered import make_cache
+from kvsim.tiered import make_cache, tier_tokens
 from kvsim.workload import Turn, synthetic_conversation
 
 # A source of conversations: (rng, conversation id) -> its turns.
@@ -187,17 +188,12 @@ def counting_server(cache: PrefixCache, c: Counters, block_size: int, warmup: fl
 
 
 def count_tiers(c: Counters, result, block_size: int, prompt_tokens: int) -> None:
-    """Add a tiered cache's :class:`~kvsim.tiered.TieredServeResult` to ``c``'s per-tier counters:
-    the hit run is GPU blocks first, then each lower tier's, so a tier's hit tokens are its part of
-    ``min(hit blocks x block size, prompt tokens)``."""
-    depth = tokens = 0
-    for i, (h, stored) in enumerate(zip(result.tier_hits, result.stored)):
-        depth += h
-        reached = min(depth * block_size, prompt_tokens)
+    """Add a tiered cache's :class:`~kvsim.tiered.TieredServeResult` to ``c``'s per-tier counters."""
+    tokens = tier_tokens(result.tier_hits, block_size, prompt_tokens)
+    for i, (h, t, stored) in enumerate(zip(result.tier_hits, tokens, result.stored)):
         c.tier_hit_blocks[i] += h
-        c.tier_hit_tokens[i] += reached - tokens
+        c.tier_hit_tokens[i] += t
         c.tier_stored_blocks[i] += stored
-        tokens = reached
 
 
 def run_replication(

@@ -30,13 +30,14 @@ import numpy as np
 import simpy
 
 from analytic.service import ServiceModel
-from analytic.specs import DEFAULT_BLOCK_SIZE, Tiers, Workload, check_positive
+from analytic.offload import Tiers
+from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 from kvsim.cache import PrefixCache
 from kvsim.defaults import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, DEFAULT_MAX_EVENTS
 from kvsim.engine import (ConversationSource, Counters, Estimate, SimulationResult, checked_source,
                           counting_server, drive, progress_bar, run_arrivals,
                           run_window)
-from kvsim.tiered import make_cache
+from kvsim.tiered import make_cache, tier_tokens
 from kvsim.workload import Turn
 
 # ---------------------------------------------------------------------------- instances and routers
@@ -231,16 +232,9 @@ def _run_instant(source, arrival_rate, instances, router, block_size, duration, 
 
 
 def _load_seconds(tier_hits: Sequence[int], load_costs: Sequence[float], block_size: int, prompt_tokens: int) -> float:
-    """Seconds to load a request's hits from below the GPU: each lower tier's hit tokens (its part of
-    the capped hit run, as :func:`kvsim.engine.count_tiers`) times its load time per token."""
-    depth = tokens = 0
-    seconds = 0.0
-    for h, cost in zip(tier_hits, load_costs):
-        depth += h
-        reached = min(depth * block_size, prompt_tokens)
-        seconds += (reached - tokens) * cost
-        tokens = reached
-    return seconds
+    """Seconds to load a request's hits from below the GPU: each tier's hit tokens times its load
+    time per token (0 for the GPU)."""
+    return sum(t * cost for t, cost in zip(tier_tokens(tier_hits, block_size, prompt_tokens), load_costs))
 
 
 def _run_served(source, arrival_rate, instances, router, service: ServiceModel, block_size, duration, warmup,

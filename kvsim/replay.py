@@ -56,12 +56,15 @@ import os
 import sys
 import time
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from analytic.offload import Tiers
 from kvsim.cache import PrefixCache, runs_of
 from kvsim.policies import POLICIES
 from kvsim.policies.belady import BeladyPolicy, Future
+from kvsim.tiered import TieredCache, make_cache
+from kvsim.tiered import tier_tokens as split_tier_tokens
 from kvsim.traces import TraceError, iter_requests
 
 __all__ = [
@@ -275,16 +278,30 @@ class _Seen:
 @dataclass
 class _Tally:
     policy: str
-    cache: PrefixCache
+    cache: PrefixCache | TieredCache
     hit_blocks: int = 0
     hit_tokens: int = 0
     requests_hit: int = 0
+    # A tiered cache's hit blocks and tokens per tier, GPU first (empty for one tier).
+    tier_blocks: list[int] = field(default_factory=list)
+    tier_tokens: list[int] = field(default_factory=list)
 
 
-def _make_tally(policy: str, capacity: int, future: Future | None) -> _Tally:
+def _make_tally(policy: str, capacity: int, future: Future | None, tiers: Tiers | None, bs: int) -> _Tally:
     if policy == "belady":
         return _Tally(policy, PrefixCache(capacity, BeladyPolicy(future, capacity)))
-    return _Tally(policy, PrefixCache(capacity, policy))
+    cache = make_cache(capacity, policy, tiers, bs)
+    n = len(getattr(cache, "tiers", ()))
+    return _Tally(policy, cache, tier_blocks=[0] * n, tier_tokens=[0] * n)
+
+
+def _tier_results(t: _Tally, listed_total: int, input_tokens: int) -> dict:
+    traffic = t.cache.traffic()
+    return {row["tier"]: {"token_hit_rate": rate(tokens, input_tokens), "block_hit_rate": rate(blocks, listed_total),
+                          "hit_blocks": blocks, "hit_tokens": tokens, "loaded_blocks": row["loaded_blocks"],
+                          "stored_blocks": row["stored_blocks"], "cached_blocks": row["cached_blocks"],
+                          "capacity_blocks": row["capacity_blocks"]}
+            for row, blocks, tokens in zip(traffic, t.tier_blocks, t.tier_tokens)}
 
 
 def _one_shot(traces) -> bool:
@@ -337,7 +354,8 @@ def _rank(results: list[dict]) -> None:
 def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens=None,
            block_size: int | None = None, trace_block_size: int | None = None, time_unit: str = "auto",
            arrival_rate: float | None = None, seed: int = 0, vllm: bool = False, skip_bad: bool = False,
-           max_requests: int | None = None, progress: bool | None = None, curve: bool = False) -> dict:
+           max_requests: int | None = None, progress: bool | None = None, curve: bool = False,
+           tiers: Tiers | None = None, tier_tokens: tuple[int, int] | None = None) -> dict:
     """Replay ``traces`` through prefix caches; return the ``kvsim replay --json`` record.
 
     ``curve``: LRU at every capacity from one pass (:class:`kvsim.curve.LRUCurve`, exact), with
@@ -354,8 +372,16 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
     ``belady`` among the ``policies`` reads ``traces`` twice (see the module docstring): an
     iterator of requests is first made a list, a callable is called twice (it must return the
     same requests each time).
+
+    ``tiers`` (:class:`analytic.specs.Tiers`): every cache is a tiered one, the capacity its GPU's
+    (:func:`kvsim.tiered.make_cache`); each result adds ``tiers`` (per tier: token and block hit
+    rates, hit blocks and tokens, blocks loaded up and stored down). Not with ``belady`` or ``curve``.
+    ``tier_tokens`` ``(cpu, disk)``: the tiers' sizes in tokens instead (``floor(tokens / block_size)``
+    blocks), with the mode and load costs of ``tiers``.
     """
     names = policy_names(policies)
+    if (tiers is not None or tier_tokens is not None) and (curve or "belady" in names):
+        raise ValueError("the CPU/disk tiers work with the online policies, not with --curve or belady")
     capacities = _sizes(capacities_blocks, "capacities")
     tokens = _sizes(capacities_tokens, "capacity tokens")
     if max_requests is not None and (type(max_requests) is not int or max_requests < 1):
@@ -373,6 +399,9 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
     if bs is None:
         bs = first.block_size if first is not None else 1
     capacities += [t // bs for t in tokens]
+    if tier_tokens is not None:
+        cpu_tokens, disk_tokens = tier_tokens
+        tiers = replace(tiers or Tiers(), cpu_blocks=cpu_tokens // bs, disk_blocks=disk_tokens // bs)
     dense = curve and not capacities
     if dense:
         capacities = sorted({int(round(2 ** (k / 8))) for k in range(8 * DENSE_CURVE_MAX_DOUBLINGS + 1)})
@@ -387,7 +416,8 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
         started = time.perf_counter()
         future = _future(traces, reading, bs, vllm, max_requests)
         future_s = time.perf_counter() - started
-    tallies = [_make_tally(p, c, future) for p in names for c in capacities if not (p == "lru" and lru_curve)]
+    tallies = [_make_tally(p, c, future, tiers, bs) for p in names for c in capacities
+               if not (p == "lru" and lru_curve)]
 
     n = input_tokens = output_tokens = listed_total = max_alloc = 0
     ideal_blocks = ideal_tokens = ideal_requests = 0
@@ -426,6 +456,10 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
                     tally.hit_blocks += result.hit_blocks
                     tally.hit_tokens += min(result.hit_blocks * bs, inp)
                     tally.requests_hit += 1
+                    if tally.tier_blocks:
+                        for i, (h, t) in enumerate(zip(result.tier_hits, split_tier_tokens(result.tier_hits, bs, inp))):
+                            tally.tier_blocks[i] += h
+                            tally.tier_tokens[i] += t
             if bar is not None and not n % 1000:
                 bar.update(1000)
             req = next(requests, None)
@@ -446,6 +480,7 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
         "hit_tokens": t.hit_tokens,
         "evictions": t.cache.evictions,
         "oversized": t.cache.oversized,
+        **({"tiers": _tier_results(t, listed_total, input_tokens)} if t.tier_blocks else {}),
     } for t in tallies]
     if lru_curve is not None:
         points = lru_curve.points()

@@ -89,15 +89,14 @@ from __future__ import annotations
 import numbers
 from collections.abc import Hashable, Sequence
 
-from analytic.specs import OFFLOAD_MODES, Tiers
-from kvsim.cache import _INTERNED, _OVERSIZED, PrefixCache, ServeResult, check_runs
+from analytic.offload import OFFLOAD_MODES, TIER_NAMES, Tiers
+from kvsim.cache import _INTERNED, PrefixCache, ServeResult
 from kvsim.policies import EvictionPolicy, Runs
 from kvsim.policies.base import supports_tiers
 
-__all__ = ["MODES", "TIER_NAMES", "TieredCache", "TieredServeResult", "make_cache"]
+__all__ = ["MODES", "TIER_NAMES", "TieredCache", "TieredServeResult", "make_cache", "tier_tokens"]
 
 MODES = OFFLOAD_MODES
-TIER_NAMES = ("gpu", "cpu", "disk")
 
 
 class TieredServeResult(ServeResult):
@@ -157,29 +156,6 @@ class _Tier(PrefixCache):
     def __init__(self, name: str, capacity_blocks: int, policy: str | EvictionPolicy) -> None:
         super().__init__(capacity_blocks, policy)
         self.name = name
-        self.victims: list | None = None  # a list while the tiered cache wants this tier's victims
-
-    def serve_runs(self, runs: Runs, max_hit_blocks: int, alloc_blocks: int) -> ServeResult:
-        victims = self.victims
-        if victims is None:
-            return PrefixCache.serve_runs(self, runs, max_hit_blocks, alloc_blocks)
-        # PrefixCache.serve_runs, asking the policy for its victims.
-        n_keys = check_runs(runs, max_hit_blocks, alloc_blocks)
-        self.requests += 1
-        if alloc_blocks > self.capacity_blocks:
-            self.oversized += 1
-            return _OVERSIZED
-        policy = self.policy
-        hit, own = policy.acquire(runs, max_hit_blocks)
-        evicted = alloc_blocks - own - (self.capacity_blocks - self._size - self._held)
-        if evicted > 0:
-            evicted = policy.evict(evicted, self._pinned, victims) or evicted
-            self.evictions += evicted
-        else:
-            evicted = 0
-        policy.release(runs, hit)
-        self._size += n_keys - own - evicted
-        return ServeResult(hit, evicted, False)
 
     def pin(self, runs: Runs, alloc_blocks: int) -> None:
         """The pinning half of :meth:`PrefixCache.begin`, for a request already served."""
@@ -231,9 +207,9 @@ class _Tier(PrefixCache):
             # Last evicted = most recent = the head of this "request"; a range's keys went
             # from hi - 1 down to lo, so lo is its most recent.
             runs = [(lo, hi - lo) for lo, hi in reversed(victims)]
-            self.victims = out if keep_victims else None
+            self._victims = out if keep_victims else None
             evicted = self.serve_runs(runs, 0, m).evicted
-            self.victims = None
+            self._victims = None
         if keep_victims:
             out.extend(passed)
         return m, evicted, out
@@ -327,11 +303,11 @@ class TieredCache:
             return _result(hit, evicted, False, (hit,) + rest, zeros, (evicted,) + rest)
         exclusive = self.mode == "exclusive"
         victims: list | None = [] if exclusive else None
-        gpu.victims = victims
+        gpu._victims = victims
         try:
             r = gpu.serve_runs(runs, max_hit_blocks, alloc_blocks)
         finally:
-            gpu.victims = None
+            gpu._victims = None
         self.requests += 1
         if r.oversized:
             self.oversized += 1
@@ -473,3 +449,16 @@ def make_cache(capacity_blocks: int, policy: str | EvictionPolicy = "lru", tiers
         raise ValueError(f"tiers must be an analytic.specs.Tiers (got {type(tiers).__name__})")
     return TieredCache(capacity_blocks, tiers.cpu_blocks, tiers.disk_blocks, policy, mode=tiers.mode,
                        block_size=block_size)
+
+
+def tier_tokens(tier_hits: Sequence[int], block_size: int, prompt_tokens: int) -> list[int]:
+    """The hit tokens found in each tier, GPU first: the hit run is the GPU's blocks, then each
+    lower tier's, so a tier's tokens are its part of ``min(hit blocks x block_size, prompt_tokens)``."""
+    out = []
+    depth = tokens = 0
+    for h in tier_hits:
+        depth += h
+        reached = min(depth * block_size, prompt_tokens)
+        out.append(reached - tokens)
+        tokens = reached
+    return out

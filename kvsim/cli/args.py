@@ -15,9 +15,10 @@ from functools import lru_cache
 
 from analytic import presets
 from analytic.distributions import THINK_KINDS, ThinkTime, TokenCount, TurnCount
-from analytic.scenario import MODEL_POLICIES, Fleet, Scenario
+from analytic.scenario import MODEL_POLICIES, Fleet, Offload, Scenario
 from analytic.service import (DEFAULT_DECODE_PER_TOKEN, DEFAULT_MAX_RUNNING, DEFAULT_PREFILL_PER_TOKEN,
                               DEFAULT_SERVICE_PRESET, ServiceModel)
+from analytic.offload import DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH_GBPS, OFFLOAD_MODES
 from analytic.specs import (
     DEFAULT_ACTIVATION_RESERVE_GIB,
     DEFAULT_BLOCK_SIZE,
@@ -132,6 +133,46 @@ def add_fleet_args(p: argparse.ArgumentParser, simulation: bool) -> None:
     s.add_argument("--prefill-base", type=float, help="s per request on top (default 0)")
     s.add_argument("--max-running", type=int,
                    help=f"requests served at once per instance; the rest queue (default {DEFAULT_MAX_RUNNING})")
+
+
+OFFLOAD_SIZE_FLAGS = tuple(f"{tier}_{unit}" for tier in ("cpu", "disk") for unit in ("gib", "tokens", "blocks"))
+
+
+def add_offload_args(p: argparse.ArgumentParser, gib: bool = True) -> None:
+    """The tiers below the GPU (``gib=False``: sizes in tokens or blocks only, where no model is
+    known to size GiB with)."""
+    g = p.add_argument_group("CPU / disk offload (tiers below the GPU's prefix cache)")
+    for tier, what in (("cpu", "CPU DRAM"), ("disk", "local disk, below the CPU tier")):
+        sizes = g.add_mutually_exclusive_group()
+        if gib:
+            sizes.add_argument(f"--{tier}-offload-gib", dest=f"{tier}_gib", type=float, metavar="GIB",
+                               help=f"{what} tier of GIB GiB (sized with the model's KV bytes per token, as "
+                                    "vLLM's --kv-offloading-size)")
+        sizes.add_argument(f"--{tier}-capacity-tokens", dest=f"{tier}_tokens", type=int, metavar="N",
+                           help=f"{what} tier of N tokens")
+        sizes.add_argument(f"--{tier}-capacity-blocks", dest=f"{tier}_blocks", type=int, metavar="N",
+                           help=f"{what} tier of N blocks")
+    g.add_argument("--offload-mode", choices=OFFLOAD_MODES,
+                   help="inclusive: write-through, every block on the GPU is also stored below (vLLM's native "
+                        "offloading, LMCache); exclusive: GPU evictions move down, loads move up (default inclusive)")
+    g.add_argument("--cpu-bandwidth-gbps", type=float,
+                   help=f"CPU -> GPU load bandwidth, GB/s (default {DEFAULT_CPU_BANDWIDTH_GBPS:g}: PCIe 4.0 x16)")
+    g.add_argument("--disk-bandwidth-gbps", type=float,
+                   help=f"disk -> GPU load bandwidth, GB/s (default {DEFAULT_DISK_BANDWIDTH_GBPS:g}: one NVMe SSD)")
+
+
+def offload_from_values(v: Mapping) -> Offload:
+    """The :class:`~analytic.scenario.Offload` of the offload flags (missing ones: not given)."""
+    options = {f: v[f] for f in OFFLOAD_SIZE_FLAGS if v.get(f) is not None}
+    for name in ("mode", "cpu_bandwidth_gbps", "disk_bandwidth_gbps"):
+        value = v.get("offload_mode" if name == "mode" else name)
+        if value is not None:
+            options[name] = value
+    if not any(f in options for f in OFFLOAD_SIZE_FLAGS) and len(options):
+        flags = ", ".join("--" + ("offload-mode" if k == "mode" else k.replace("_", "-")) for k in options)
+        raise UsageError(f"{flags}: there is no tier below the GPU to apply to; give --cpu-offload-gib (or "
+                         "--cpu-capacity-tokens / --cpu-capacity-blocks)")
+    return Offload(**options)
 
 
 def add_simulation_args(p: argparse.ArgumentParser) -> None:
@@ -293,6 +334,7 @@ def scenario_from_values(v: Mapping) -> Scenario:
         capacity_tokens=v.get("capacity_tokens") if hardware is None else None,
         capacity_gib=v.get("capacity_gib") if hardware is None else None,
         policy=policy if policy in MODEL_POLICIES else "lru", fleet=_fleet(v), conversations=conversations,
+        offload=offload_from_values(v),
     )
 
 

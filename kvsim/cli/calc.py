@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from analytic.scenario import METHODS, Scenario, inputs_summary
+from analytic.scenario import METHODS, MODEL_POLICIES, Scenario, inputs_summary
 from analytic.specs import DEFAULT_TARGET
-from kvsim.cli.args import (UsageError, add_advise_args, add_fleet_args, add_json_arg, add_scenario_args,
-                            load_templates, scenario_from_values)
-from kvsim.cli.text import describe, fmt
+from kvsim.cli.args import (UsageError, add_advise_args, add_fleet_args, add_json_arg, add_offload_args,
+                            add_scenario_args, load_templates, scenario_from_values)
+from kvsim.cli.text import describe, fmt, offload_line, offload_summary
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -18,6 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="seed (the original calculator), lru, fifo (characteristic-time models) or all")
     add_json_arg(p)
     add_fleet_args(p, simulation=False)
+    add_offload_args(p)
     add_advise_args(p)
     p.set_defaults(func=cmd)
 
@@ -34,6 +35,9 @@ def cmd(a) -> int:
 
 def calc_record(scenario: Scenario, method: str = "all", *, advise: bool = False, target: float | None = None) -> dict:
     """What ``kvsim calc --json`` prints: ``{"inputs", "memory", "methods": {name: {...}}}`` (+ ``advice``)."""
+    if scenario.offload.asked and (scenario.conversations is not None or scenario.fleet.routed):
+        raise UsageError("the tiered models take one instance of a synthetic workload: use kvsim simulate for "
+                         "offload with --conversations, --instances or --router")
     if scenario.conversations is not None:
         if advise:
             raise UsageError("--advise works on synthetic workloads only, not with --conversations")
@@ -52,9 +56,30 @@ def calc_record(scenario: Scenario, method: str = "all", *, advise: bool = False
                        methods=methods)
     record = {"inputs": inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype),
               **result}
+    if s.tiers() is not None:
+        _tiered_methods(s, record)
     if advise:
         record["advice"] = scenario_advice(s, target)
     return record
+
+
+def _tiered_methods(s: Scenario, record: dict) -> None:
+    """With tiers below the GPU: the LRU and FIFO entries become the tiered models (totals over
+    the tiers, ``tiers`` per tier, the prefill time ``ttft`` with and without the lower tiers, and
+    the single-tier model as ``gpu_only``); the seed model stays single-tier."""
+    from analytic.tiers import tiered_model
+
+    tiers, capacity = s.tiers(), s.capacity()
+    record["inputs"]["offload"] = offload_summary(tiers, capacity.bytes_per_token, s.block_size)
+    caps = (capacity.capacity_blocks, tiers.cpu_blocks, tiers.disk_blocks)[:len(tiers.names)]
+    bandwidths = {"cpu": s.offload.cpu_bandwidth_gbps, "disk": s.offload.disk_bandwidth_gbps}
+    for name in [m for m in record["methods"] if m in MODEL_POLICIES]:
+        m = tiered_model(s.workload, caps, s.block_size, name, tiers.mode, capacity.bytes_per_token)
+        record["methods"][name] = {
+            "token_hit_rate": m.token_hit_rate, "request_hit_rate": m.request_hit_rate,
+            "block_hit_rate": m.block_hit_rate, "tiers": m.tiers,
+            "ttft": m.ttft(s.fleet.service, {k: v for k, v in bandwidths.items() if k in m.tiers}),
+            "gpu_only": record["methods"][name]}
 
 
 def calc_lines(scenario: Scenario, record: dict) -> list[str]:
@@ -64,9 +89,13 @@ def calc_lines(scenario: Scenario, record: dict) -> list[str]:
         return _fleet_lines(scenario, record)
     s = scenario
     lines = describe(s.model, record["memory"], s.workload, s.kv_dtype)
-    lines += ["", f"{'method':8} {'token_hit_rate':>15} {'request_hit_rate':>17}"]
-    for name, m in record["methods"].items():
-        lines.append(f"{name:8} {fmt(m['token_hit_rate']):>15} {fmt(m['request_hit_rate']):>17}")
+    tiers = s.tiers()
+    if tiers is None:
+        lines += ["", f"{'method':8} {'token_hit_rate':>15} {'request_hit_rate':>17}"]
+        for name, m in record["methods"].items():
+            lines.append(f"{name:8} {fmt(m['token_hit_rate']):>15} {fmt(m['request_hit_rate']):>17}")
+    else:
+        lines += _tiered_lines(s, tiers, record)
     if "seed" in record["methods"]:
         lines.append("\nseed model (the original calculator's outputs):")
         for key, value in record["methods"]["seed"].items():
@@ -74,6 +103,27 @@ def calc_lines(scenario: Scenario, record: dict) -> list[str]:
                 lines.append(f"  {key:26} {fmt(value)}")
     if "advice" in record:
         lines += ["", *advice_lines(s, record["advice"])]
+    return lines
+
+
+def _tiered_lines(s: Scenario, tiers, record: dict) -> list[str]:
+    capacity = s.capacity()
+    names = " + ".join(tiers.names)
+    head = f"{'token hits ' + names:>{len(names) + 11}}"
+    lines = [offload_line(tiers, capacity.bytes_per_token, s.block_size), "",
+             f"{'method':8} {'token_hit_rate':>15} {head} {'request_hit_rate':>17} {'GPU alone':>10} "
+             f"{'prefill s (GPU alone)':>22}"]
+    for name, m in record["methods"].items():
+        if "tiers" not in m:
+            lines.append(f"{name:8} {fmt(m['token_hit_rate']):>15} {'(single tier)':>{len(head)}} "
+                         f"{fmt(m['request_hit_rate']):>17}")
+            continue
+        cells = " + ".join(f"{t['token_hit_rate']:.3f}" for t in m["tiers"].values())
+        ttft = m["ttft"]
+        lines.append(f"{name:8} {m['token_hit_rate']:>15.4f} {cells:>{len(head)}} {m['request_hit_rate']:>17.4f} "
+                     f"{m['gpu_only']['token_hit_rate']:>10.4f} {ttft['tiered']:>10.4f} ({ttft['gpu_only']:.4f})")
+    lines.append("prefill s: the mean time to first token without queueing (default service model of kvsim simulate "
+                 "--service; loads from below the GPU at the tiers' bandwidth, not overlapped with compute)")
     return lines
 
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 
+from analytic.offload import OFFLOAD_MODES, Tiers
 from kvsim.export import export_libcachesim_csv
 from kvsim.replay import OFFLINE_POLICIES, policy_choices, policy_names, replay
 
@@ -98,8 +99,33 @@ def configure_replay_parser(p: argparse.ArgumentParser) -> None:
                      help="cache capacities in tokens (floor(N / block size) blocks)")
     g.add_argument("--curve", action="store_true",
                    help="LRU at every capacity from one pass (exact); with no capacity, a dense curve")
+    o = p.add_argument_group("CPU / disk offload (tiers below each cache, the capacity above being the GPU's)")
+    for tier, what in (("cpu", "CPU DRAM"), ("disk", "local disk, below the CPU tier")):
+        sizes = o.add_mutually_exclusive_group()
+        sizes.add_argument(f"--{tier}-capacity-blocks", dest=f"{tier}_blocks", type=_nonnegative_int, metavar="N",
+                           help=f"{what} tier of N blocks")
+        sizes.add_argument(f"--{tier}-capacity-tokens", dest=f"{tier}_tokens", type=_nonnegative_int, metavar="N",
+                           help=f"{what} tier of N tokens (floor(N / block size) blocks)")
+    o.add_argument("--offload-mode", choices=OFFLOAD_MODES,
+                   help="inclusive (write-through, the default) or exclusive (GPU evictions move down)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_replay)
+
+
+def replay_tiers(a) -> dict:
+    """The ``tiers`` / ``tier_tokens`` arguments of :func:`kvsim.replay.replay` from the offload flags."""
+    blocks, tokens = (a.cpu_blocks, a.disk_blocks), (a.cpu_tokens, a.disk_tokens)
+    if all(x is None for x in blocks + tokens):
+        if a.offload_mode is not None:
+            raise ValueError("--offload-mode: there is no tier below the GPU to apply to; give --cpu-capacity-blocks "
+                             "or --cpu-capacity-tokens")
+        return {}
+    if any(x is not None for x in blocks) and any(x is not None for x in tokens):
+        raise ValueError("give the CPU and disk tiers both in blocks or both in tokens")
+    mode = {"mode": a.offload_mode} if a.offload_mode else {}
+    if any(x is not None for x in tokens):
+        return {"tiers": Tiers(**mode), "tier_tokens": tuple(x or 0 for x in tokens)}
+    return {"tiers": Tiers(*(x or 0 for x in blocks), **mode)}
 
 
 def replay_kwargs(a) -> dict:
@@ -116,7 +142,7 @@ def cmd_replay(a) -> int:
     if a.curve and "lru" not in a.policy:
         raise ValueError("--curve computes LRU: use it with --policy lru (or a list with lru)")
     record = replay(a.traces, a.policy, a.capacity_blocks or [], capacities_tokens=a.capacity_tokens,
-                    curve=a.curve, **replay_kwargs(a))
+                    curve=a.curve, **replay_kwargs(a), **replay_tiers(a))
     if a.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -165,13 +191,15 @@ def result_table(results: list[dict]) -> list[str]:
     and each one's headroom to belady when belady ran."""
     width = max(6, *(len(r["policy"]) for r in results))
     headroom = any("headroom_to_belady" in r for r in results)
+    tiered = "tiers" in results[0]
     by_capacity: dict[int, list[dict]] = {}
     for r in results:
         by_capacity.setdefault(r["capacity_blocks"], []).append(r)
     several = any(len(group) > 1 for group in by_capacity.values())
     lines = [f"{'policy':{width}} {'capacity_blocks':>15} {'capacity_tokens':>15} {'rank':>4} {'block_hit_rate':>14} "
              f"{'token_hit_rate':>14} {'request_hit_rate':>16} {'evictions':>11} {'oversized':>9}"
-             + (f" {'headroom_to_belady':>18}" if headroom else "")]
+             + (f" {'headroom_to_belady':>18}" if headroom else "")
+             + (f" {'token hits ' + ' + '.join(results[0]['tiers']):>24}" if tiered else "")]
     for k, group in enumerate(by_capacity.values()):
         if several and k:
             lines.append("")
@@ -180,7 +208,8 @@ def result_table(results: list[dict]) -> list[str]:
                 f"{r['policy']:{width}} {r['capacity_blocks']:>15,} {r['capacity_tokens']:>15,} {r.get('rank', 1):>4} "
                 f"{_pct(r['block_hit_rate']):>14} {_pct(r['token_hit_rate']):>14} "
                 f"{_pct(r['request_hit_rate']):>16} {r['evictions']:>11,} {r['oversized']:>9,}"
-                + (f" {_points(r.get('headroom_to_belady')):>18}" if headroom else ""))
+                + (f" {_points(r.get('headroom_to_belady')):>18}" if headroom else "")
+                + (f" {' + '.join(_pct(t['token_hit_rate']) for t in r['tiers'].values()):>24}" if tiered else ""))
     return lines
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from analytic.sizing import GIB
+from analytic.offload import GB, Tiers
 from analytic.specs import ModelSpec, Workload
 
 
@@ -46,3 +48,31 @@ def describe(model: ModelSpec, memory: dict, workload: Workload, kv_dtype: str) 
                  f"{w.input_tokens.mean:g} in + {w.output_tokens.mean:g} out tokens/turn, "
                  f"system prompt {w.system_prompt_tokens}")
     return lines
+
+
+def offload_summary(tiers: Tiers, bytes_per_token: float, block_size: int) -> dict:
+    """The tiers below the GPU, JSON-ready: blocks, tokens and GiB of each, the mode, load costs."""
+    out = {"mode": tiers.mode}
+    for name, blocks, cost in (("cpu", tiers.cpu_blocks, tiers.cpu_load_s_per_token),
+                               ("disk", tiers.disk_blocks, tiers.disk_load_s_per_token)):
+        if name in tiers.names:
+            out[name] = {"capacity_blocks": blocks, "capacity_tokens": blocks * block_size,
+                         "gib": blocks * block_size * bytes_per_token / GIB, "load_s_per_token": cost,
+                         "bandwidth_gbps": bytes_per_token / cost / GB}
+    return out
+
+
+def offload_line(tiers: Tiers, bytes_per_token: float, block_size: int) -> str:
+    parts = [f"{name.upper()} {blocks * block_size * bytes_per_token / GIB:,.1f} GiB = {blocks:,} blocks "
+             f"({bytes_per_token / cost / GB:g} GB/s)"
+             for name, blocks, cost in (("cpu", tiers.cpu_blocks, tiers.cpu_load_s_per_token),
+                                        ("disk", tiers.disk_blocks, tiers.disk_load_s_per_token))
+             if name in tiers.names]
+    return f"offload   {'; '.join(parts)}; {tiers.mode}"
+
+
+def add_tier_bytes(tiers: dict, block_size: int, bytes_per_token: float) -> None:
+    """Bytes moved per tier (the simulator counts blocks; the model gives the bytes per token)."""
+    for row in tiers.values():
+        row["loaded_bytes"] = row["loaded_blocks"] * block_size * bytes_per_token
+        row["stored_bytes"] = row["stored_blocks"] * block_size * bytes_per_token
