@@ -20,6 +20,8 @@ Levers (only those that apply to the scenario):
   that would do when the scenario is already above it.
 * ``block-size``: the best of 8, 16 and 32 tokens per block (only full blocks are cached).
 * ``policy``: LRU against FIFO eviction.
+* ``offload``: a CPU offload tier (``analytic.tiers``): the size that pays, its hit rates and the
+  prefill time (default service model), or why none does (the scenario's own tier if it has one).
 
 For a fleet of N instances, ``routing_lever`` prices session affinity against random routing
 with the fleet models (``analytic.fleet``, LRU); with affinity, each instance is one instance at
@@ -40,6 +42,7 @@ from analytic.ttl import no_eviction_ceiling
 MIN_GAIN_POINTS = 0.5  # a lever is recommended when it gains at least this many points
 HIGH_UTILIZATION = 0.95
 BLOCK_SIZES = (8, 16, 32)
+OFFLOAD_MULTIPLES = (1, 2, 4, 8, 16)  # CPU offload sizes tried, in multiples of the GPU's KV cache
 
 
 def _pct(x: float) -> str:
@@ -200,6 +203,47 @@ def _policy(s: Scenario, evaluate: Evaluate, now: float) -> list[dict]:
     return [_lever("policy", "eviction policy", text, now, then, policy=other)]
 
 
+def _offload(s: Scenario, evaluate: Evaluate) -> list[dict]:
+    """CPU offload: the smallest of OFFLOAD_MULTIPLES x the GPU's KV cache (rounded up to a power of
+    two GiB) that gets 90% of the largest one's gain, priced by the tiered model of the scenario's
+    policy and offload mode (``analytic.tiers``), with the prefill time of the default service
+    model; or, if the scenario has a CPU tier, that tier. Against the GPU alone."""
+    from analytic.tiers import tiered_model
+
+    capacity = s.capacity()
+    gpu, bpt = capacity.capacity_blocks, capacity.bytes_per_token
+    mode, bandwidth = s.offload.mode, s.offload.cpu_bandwidth_gbps
+    if s.offload.asked:
+        sizes = [s.tiers().cpu_blocks]
+    else:
+        gib = [2 ** math.ceil(math.log2(max(k * gpu * s.block_size * bpt / GIB, 1.0))) for k in OFFLOAD_MULTIPLES]
+        sizes = sorted({int(g * GIB / bpt) // s.block_size for g in gib})
+    priced = []
+    for blocks in sizes:
+        m = tiered_model(s.workload, (gpu, blocks), s.block_size, s.policy, mode, bpt, evaluate=evaluate)
+        priced.append((blocks, m, m.ttft(None, {"cpu": bandwidth})))
+    best = max(m.token_hit_rate for _, m, _ in priced)
+    now = priced[0][1].gpu_only.token_hit_rate
+    blocks, m, ttft = next(p for p in priced if p[1].token_hit_rate - now >= 0.9 * (best - now))
+    gib = blocks * s.block_size * bpt / GIB
+    numbers = {"cpu_offload_gib": gib, "cpu_capacity_blocks": blocks, "offload_mode": mode,
+               "prefill_s": {"now": ttft["gpu_only"], "then": ttft["tiered"]}}
+    then = m.token_hit_rate
+    if 100 * (then - now) < MIN_GAIN_POINTS:
+        ceiling = no_eviction_ceiling(s.workload, s.block_size).token_hit_rate
+        text = (f"CPU offload would not pay: {gib:,.0f} GiB ({mode}) adds {_points(100 * (then - now))} - the GPU "
+                f"already gets {_pct(now)} of an unlimited cache's {_pct(ceiling)}, little reuse lies beyond its horizon")
+        if mode == "inclusive" and blocks <= gpu:
+            text = (f"a CPU tier of {gib:,.0f} GiB adds nothing in inclusive mode: it is no larger than the GPU's "
+                    f"{capacity.kv_cache_gib:,.1f} GiB of KV cache, whose blocks it copies")
+        return [_lever("offload", "CPU offload", text, now, then, **numbers)]
+    change = 100 * (ttft["tiered"] / ttft["gpu_only"] - 1) if ttft["gpu_only"] else 0.0
+    what = "your " if s.offload.asked else ""
+    text = (f"{what}{gib:,.0f} GiB of CPU offload ({mode}, {bandwidth:g} GB/s): {_pct(now)} -> {_pct(then)} token "
+            f"hits ({_points(100 * (then - now))}), prefill time {change:+.0f}% (default service model)")
+    return [_lever("offload", "CPU offload", text, now, then, **numbers)]
+
+
 def routing_lever(workload, capacity_blocks: int, instances: int, router: str, block_size: int) -> dict:
     """Session affinity against random routing over ``instances`` instances of ``capacity_blocks``
     (the LRU fleet models): the lever of a fleet routed by ``router`` (affinity or random)."""
@@ -237,6 +281,7 @@ def advise(scenario: Scenario, *, target: float = DEFAULT_TARGET, evaluate: Eval
         *_target(scenario, evaluate, target, now),
         *_block_size(scenario, evaluate, now),
         *(_policy(scenario, evaluate, now) if compare_policies else []),
+        *_offload(scenario, evaluate),
     ]
     out.sort(key=lambda a: (not a["recommended"], -a["gain_points"]))
     return out

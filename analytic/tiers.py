@@ -214,6 +214,7 @@ def tiered_model(
     method: str = "lru",
     mode: str = "inclusive",
     bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN,
+    evaluate=None,
 ) -> TieredModelResult:
     """Per-tier hit rates and traffic of a GPU -> CPU [-> disk] prefix cache (module docstring).
 
@@ -221,7 +222,8 @@ def tiered_model(
     ``block_size`` tokens (gpu >= 1; a lower tier may be 0). ``method``: the policy of every tier,
     lru or fifo. ``mode``: inclusive (write-through) or exclusive (victim tiers).
     ``bytes_per_token``: KV bytes per token for the bytes moved and ``ttft`` (default Llama-3.1-8B
-    in bf16, the default service model's).
+    in bf16, the default service model's). ``evaluate(workload, capacity_blocks, block_size, method)``
+    replaces :func:`analytic.plan.model` for the single-tier models it is made of (a cached one).
     """
     _check(workload, block_size, method, mode)
     caps = _capacities(capacities_blocks)
@@ -230,7 +232,7 @@ def tiered_model(
 
     def H(capacity: int, how: str) -> ModelResult:
         if (capacity, how) not in cache:
-            cache[capacity, how] = model(workload, capacity, block_size, how)
+            cache[capacity, how] = (model if evaluate is None else evaluate)(workload, capacity, block_size, how)
         return cache[capacity, how]
 
     names = list(caps)

@@ -36,7 +36,7 @@ def lru_at(capacity, workload=None):
 
 def test_the_levers_of_a_gpu_deployment(base_advice):
     assert set(by_id(base_advice)) == {"kv-dtype-fp8", "kv-dtype-int4", "weight-dtype-fp8", "memory-utilization",
-                                       "gpus", "target", "block-size", "policy"}
+                                       "gpus", "target", "block-size", "policy", "offload"}
     now = lru_at(capacity_from_memory(LLAMA8, A100))
     for a in base_advice:
         assert a["token_hit_rate"]["now"] == pytest.approx(now)

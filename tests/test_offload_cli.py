@@ -139,3 +139,34 @@ def test_tiers_spec_refuses_bad_values():
         Tiers(10, mode="victim")
     with pytest.raises(ValueError, match="cpu-capacity-blocks must be a whole number"):
         Tiers(1.5)
+
+
+def test_plan_tier_cpu_gives_the_cpu_offload_that_reaches_the_target(capsys):
+    code, out, err = run(capsys, "plan", "--target-hit-rate", "0.7", "--tier", "cpu", "--json")
+    assert code == 0 and err == ""
+    plan = json.loads(out)["plan"]
+    assert plan["gpu_alone_token_hit_rate"] < 0.7 <= plan["token_hit_rate"]
+    blocks = plan["cpu_capacity_blocks"]
+    assert plan["cpu_offload_gib"] == pytest.approx(blocks * 16 * 131072 / 2**30)
+    for cpu, reaches in ((blocks, True), (blocks - 1, False)):  # calc agrees, and one block less misses
+        _, out, _ = run(capsys, "calc", "--cpu-capacity-blocks", str(cpu), "--method", "lru", "--json")
+        assert (json.loads(out)["methods"]["lru"]["token_hit_rate"] >= 0.7) is reaches
+
+
+def test_plan_tier_cpu_out_of_reach_and_misuse_are_one_line(capsys):
+    code, _, err = run(capsys, "plan", "--target-hit-rate", "0.99", "--tier", "cpu")
+    assert code == 2 and "out of reach: even an unlimited cpu tier gets" in err
+    code, _, err = run(capsys, "plan", "--target-hit-rate", "0.7", "--tier", "cpu", "--cpu-offload-gib", "3")
+    assert code == 2 and "leave out the tier sizes" in err
+
+
+def test_advice_prices_cpu_offload_and_says_when_it_does_not_pay(capsys):
+    _, out, _ = run(capsys, "calc", "--advise", "--json")
+    lever = next(x for x in json.loads(out)["advice"] if x["id"] == "offload")
+    assert lever["recommended"] and lever["token_hit_rate"]["then"] > lever["token_hit_rate"]["now"] + 0.2
+    assert lever["prefill_s"]["then"] < lever["prefill_s"]["now"]
+    assert f"{lever['cpu_offload_gib']:,.0f} GiB of CPU offload" in lever["text"]
+    # A cache that already holds (nearly) everything: nothing left beyond the GPU's horizon.
+    _, out, _ = run(capsys, "calc", "--advise", "--capacity-tokens", "10000000", "--json")
+    lever = next(x for x in json.loads(out)["advice"] if x["id"] == "offload")
+    assert not lever["recommended"] and "CPU offload would not pay" in lever["text"]

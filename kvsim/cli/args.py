@@ -161,14 +161,15 @@ def add_offload_args(p: argparse.ArgumentParser, gib: bool = True) -> None:
                    help=f"disk -> GPU load bandwidth, GB/s (default {DEFAULT_DISK_BANDWIDTH_GBPS:g}: one NVMe SSD)")
 
 
-def offload_from_values(v: Mapping) -> Offload:
-    """The :class:`~analytic.scenario.Offload` of the offload flags (missing ones: not given)."""
+def offload_from_values(v: Mapping, sized: bool = True) -> Offload:
+    """The :class:`~analytic.scenario.Offload` of the offload flags (missing ones: not given).
+    ``sized``: the mode and bandwidths need a tier size (``kvsim plan --tier cpu`` finds it)."""
     options = {f: v[f] for f in OFFLOAD_SIZE_FLAGS if v.get(f) is not None}
     for name in ("mode", "cpu_bandwidth_gbps", "disk_bandwidth_gbps"):
         value = v.get("offload_mode" if name == "mode" else name)
         if value is not None:
             options[name] = value
-    if not any(f in options for f in OFFLOAD_SIZE_FLAGS) and len(options):
+    if sized and not any(f in options for f in OFFLOAD_SIZE_FLAGS) and len(options):
         flags = ", ".join("--" + ("offload-mode" if k == "mode" else k.replace("_", "-")) for k in options)
         raise UsageError(f"{flags}: there is no tier below the GPU to apply to; give --cpu-offload-gib (or "
                          "--cpu-capacity-tokens / --cpu-capacity-blocks)")
@@ -312,7 +313,7 @@ def load_templates(paths: tuple[str, ...], block_size: int | None):
     return load(list(paths), block_size)
 
 
-def scenario_from_values(v: Mapping) -> Scenario:
+def scenario_from_values(v: Mapping, *, sized_offload: bool = True) -> Scenario:
     """The Scenario of the scenario flags, by argparse dest (``arrival_rate``): ``vars()`` of a
     parsed command line, the page's fields, or a sweep's grid point. Missing optional flags
     count as not given; ``policy`` is the engine's policy for the models when it is one they
@@ -334,7 +335,7 @@ def scenario_from_values(v: Mapping) -> Scenario:
         capacity_tokens=v.get("capacity_tokens") if hardware is None else None,
         capacity_gib=v.get("capacity_gib") if hardware is None else None,
         policy=policy if policy in MODEL_POLICIES else "lru", fleet=_fleet(v), conversations=conversations,
-        offload=offload_from_values(v),
+        offload=offload_from_values(v, sized_offload),
     )
 
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from analytic.scenario import Scenario, inputs_summary
 from analytic.sizing import GIB, memory_for_tokens
-from kvsim.cli.args import (SimulationSettings, UsageError, add_fleet_args, add_json_arg, add_scenario_args,
-                            add_simulation_args, scenario_from_values, simulation_from_values, synthetic_only)
+from kvsim.cli.args import (SimulationSettings, UsageError, add_fleet_args, add_json_arg, add_offload_args,
+                            add_scenario_args, add_simulation_args, scenario_from_values, simulation_from_values, synthetic_only)
 from kvsim.cli.text import ci, describe
 
 
@@ -23,16 +23,27 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="lru", choices=["lru", "fifo"], help="model to invert (default lru)")
     p.add_argument("--check", action="store_true",
                    help="also simulate LRU at every capacity of the curve (one pass per replication)")
+    p.add_argument("--tier", choices=["gpu", "cpu"], default="gpu",
+                   help="what to size: the GPU's KV cache (default) or the CPU offload tier below the GPU as "
+                        "it is (with --offload-mode, --cpu-bandwidth-gbps)")
     add_fleet_args(p, simulation=False)
+    add_offload_args(p)
     add_simulation_args(p)
     add_json_arg(p)
     p.set_defaults(func=cmd)
 
 
 def cmd(a) -> int:
-    scenario = scenario_from_values(vars(a))
+    scenario = scenario_from_values(vars(a), sized_offload=a.tier == "gpu")
     check = simulation_from_values(vars(a)) if a.check else None
-    record, lines = plan_record(scenario, a.target_hit_rate, a.metric, a.method, check)
+    if a.tier == "cpu":
+        if check is not None:
+            raise UsageError("--check simulates the GPU's curve; use kvsim simulate --cpu-offload-gib to check a CPU tier")
+        record, lines = cpu_plan_record(scenario, a.target_hit_rate, a.metric, a.method)
+    else:
+        if scenario.offload.asked:
+            raise UsageError("the offload flags size a CPU tier: give them with --tier cpu")
+        record, lines = plan_record(scenario, a.target_hit_rate, a.metric, a.method, check)
     if a.json:
         print(json.dumps(record, indent=2))
     else:
@@ -105,6 +116,44 @@ def plan_record(scenario: Scenario, target: float, metric: str = "token", method
         sim = f" {ci(row['simulated_lru']['token_hit_rate']):>32}" if check else ""
         lines.append(f"{row['capacity_tokens']:>16,} {row['token_hit_rate']:>15.4f} {row['request_hit_rate']:>17.4f}"
                      f"{sim}{mark}")
+    return record, lines
+
+
+def cpu_plan_record(scenario: Scenario, target: float, metric: str = "token", method: str = "lru") -> tuple[dict, list[str]]:
+    """``kvsim plan --tier cpu``: the CPU offload (GiB) that brings the total token hit rate to
+    ``target`` with the GPU as it is (``analytic.tiers.capacity_for_tier_target``)."""
+    from analytic.tiers import capacity_for_tier_target, tiered_model
+
+    s = scenario
+    synthetic_only(s, "kvsim plan works on synthetic workloads only")
+    if metric != "token":
+        raise UsageError("--tier cpu targets the token hit rate (--metric token)")
+    if s.fleet.routed:
+        raise UsageError("--tier cpu sizes the CPU tier of one instance: leave out --instances and --router")
+    if s.offload.asked:
+        raise UsageError("--tier cpu finds the CPU tier's size: leave out the tier sizes (--cpu-offload-gib, ...)")
+    capacity = s.capacity()
+    gpu, bs, bpt, mode = capacity.capacity_blocks, s.block_size, capacity.bytes_per_token, s.offload.mode
+    blocks = capacity_for_tier_target(s.workload, target, gpu, "cpu", block_size=bs, method=method, mode=mode)
+    m = tiered_model(s.workload, (gpu, blocks), bs, method, mode, bpt)
+    ttft = m.ttft(None, {"cpu": s.offload.cpu_bandwidth_gbps})
+    gib = blocks * bs * bpt / GIB
+    plan = {"target_hit_rate": target, "metric": metric, "method": method, "tier": "cpu", "offload_mode": mode,
+            "gpu_capacity_blocks": gpu, "cpu_capacity_blocks": blocks, "cpu_capacity_tokens": blocks * bs,
+            "cpu_offload_gib": gib, "token_hit_rate": m.token_hit_rate,
+            "gpu_alone_token_hit_rate": m.gpu_only.token_hit_rate, "tiers": m.tiers, "prefill_s": ttft}
+    record = {"inputs": inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype),
+              "memory": capacity.as_dict(), "plan": plan}
+    header = describe(s.model, capacity.as_dict(), s.workload, s.kv_dtype)
+    lines = [*header, f"\ntarget: token hit rate >= {target:g} over GPU + CPU ({method.upper()} model, {mode})"]
+    if blocks == 0:
+        lines.append(f"needs   no CPU tier: the GPU alone gets {m.gpu_only.token_hit_rate:.4f}")
+    else:
+        lines.append(f"needs   {gib:,.1f} GiB of CPU offload = {blocks * bs:,} tokens = {blocks:,} blocks "
+                     f"(--cpu-offload-gib {math.ceil(gib)})")
+        lines.append(f"then    token hit rate {m.token_hit_rate:.4f} (GPU {m.tiers['gpu']['token_hit_rate']:.4f} + CPU "
+                     f"{m.tiers['cpu']['token_hit_rate']:.4f}; GPU alone {m.gpu_only.token_hit_rate:.4f}), prefill "
+                     f"{ttft['tiered']:.4f} s (GPU alone {ttft['gpu_only']:.4f} s; default service model)")
     return record, lines
 
 
