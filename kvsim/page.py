@@ -33,6 +33,18 @@ model is left out (it knows one instance only), the advice adds the routing leve
 the other levers at arrival rate / instances, as ``kvsim calc --instances --advise``) and the
 simulation is ``kvsim.fleet.simulate_fleet``. The sensitivity stays single-instance.
 
+CPU / disk offload (``cpu-offload-gib``, ``offload-mode``, ``cpu-bandwidth-gbps``, and the other
+``kvsim calc`` offload flags): a tier of 0 (or none given) is no tier, and the mode and bandwidths
+are then checked and ignored. With a tier, the LRU and FIFO results are the tiered models
+(``analytic.tiers.tiered_model`` through the page's cache: totals, ``tiers`` per tier, ``ttft``
+with and without the lower tiers, ``gpu_only``), as ``kvsim calc --cpu-offload-gib``; the seed
+model stays single-tier; the curves are the tiered totals at each GPU memory, the lower tiers
+fixed, with each tier's part (``curve[method]["tiers"]``); the simulation runs the tiers too
+(per tier in each point's ``tiers``). The sensitivity and the advice's levers other than offload
+are the GPU alone (single-tier models; the answers say so in ``notes``). Offload in a fleet
+(instances > 1) is refused at the offload field: the fleet models have no tiers (as ``kvsim
+calc``); ``kvsim simulate --instances --cpu-offload-gib`` simulates it.
+
 Bad input gets HTTP 400 ``{"error": message, "field": flag, "errors": {flag: message}}``: the
 specs' own ValueErrors, which name the field by its flag, mapped to the page's fields.
 """
@@ -54,15 +66,16 @@ import numpy as np
 from analytic import presets
 from analytic.advice import DEFAULT_TARGET, advise, fleet_advise
 from analytic.calc import calculate
-from analytic.scenario import Scenario
+from analytic.offload import DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH_GBPS, OFFLOAD_MODES, Tiers
+from analytic.scenario import Offload, Scenario
 from analytic.seed import seed_model
 from analytic.sensitivity import sensitivity
 from analytic.sizing import GIB, Capacity, bytes_per_token, capacity_from_memory, capacity_from_tokens
 from analytic.specs import DEFAULT_BLOCK_SIZE, DTYPE_BYTES, Workload
 from analytic.ttl import ModelResult
-from kvsim.cli.args import (DEFAULT_GPU, DEFAULT_PRESET, add_advise_args, add_fleet_args, add_scenario_args,
-                            scenario_from_values)
-from kvsim.cli.text import describe
+from kvsim.cli.args import (DEFAULT_GPU, DEFAULT_PRESET, OFFLOAD_SIZE_FLAGS, add_advise_args, add_fleet_args,
+                            add_offload_args, add_scenario_args, scenario_from_values)
+from kvsim.cli.text import describe, offload_line, offload_summary
 
 
 CURVE_POINTS = 40  # points of the hit-rate-vs-memory curves ...
@@ -119,6 +132,7 @@ def _fields() -> dict[str, argparse.Action]:
     add_scenario_args(p)
     add_advise_args(p)
     add_fleet_args(p, simulation=False)
+    add_offload_args(p)
     out = {}
     for action in p._actions:
         if not action.option_strings:
@@ -290,6 +304,31 @@ def cached_fleet(workload: Workload, capacity_blocks: int, instances: int, route
     return _fleet_model(workload, int(capacity_blocks), int(instances), router, method, int(block_size))
 
 
+def tiered(s: Scenario, tiers: Tiers, gpu_blocks: int, method: str, bytes_per_token: float):
+    """``analytic.tiers.tiered_model`` of a GPU of ``gpu_blocks`` over the scenario's lower tiers,
+    its single-tier models through the page's cache (and budget)."""
+    from analytic.tiers import tiered_model  # scipy-heavy, as _model
+
+    caps = (int(gpu_blocks), tiers.cpu_blocks, tiers.disk_blocks)[:len(tiers.names)]
+    return tiered_model(s.workload, caps, s.block_size, method, tiers.mode, bytes_per_token, evaluate=cached_evaluate)
+
+
+def tier_bandwidths(s: Scenario, tiers: Tiers) -> dict:
+    """GB/s of the lower tiers the scenario has, for ``TieredModelResult.ttft``."""
+    given = {"cpu": s.offload.cpu_bandwidth_gbps, "disk": s.offload.disk_bandwidth_gbps}
+    return {name: given[name] for name in tiers.names if name != "gpu"}
+
+
+def tiered_entry(s: Scenario, tiers: Tiers, capacity: Capacity, method: str) -> dict:
+    """The methods entry of the tiered model, as ``kvsim calc --cpu-offload-gib --json``'s (and the
+    GPU tier's characteristic time)."""
+    m = tiered(s, tiers, capacity.capacity_blocks, method, capacity.bytes_per_token)
+    return {"token_hit_rate": m.token_hit_rate, "request_hit_rate": m.request_hit_rate,
+            "block_hit_rate": m.block_hit_rate, "tiers": m.tiers,
+            "ttft": m.ttft(s.fleet.service, tier_bandwidths(s, tiers)),
+            "gpu_only": m.gpu_only.as_dict(), "characteristic_time": m.gpu_only.characteristic_time}
+
+
 def fleet_of(s: Scenario) -> tuple[int, str]:
     """(instances, router) of the scenario: (1, "affinity") unless given."""
     return s.fleet.size, s.fleet.router or "affinity"
@@ -348,7 +387,8 @@ def memory_axis(scenario: Scenario, capacity: Capacity, n: int, instances: int =
 
 def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *, methods=("lru", "fifo"),
                  points: int = CURVE_POINTS, budget_s: float = CURVE_BUDGET_S, min_points=None,
-                 start: float | None = None, instances: int = 1, router: str = "affinity") -> dict:
+                 start: float | None = None, instances: int = 1, router: str = "affinity",
+                 tiers: Tiers | None = None) -> dict:
     """The curves of ``kvsim compare``'s figure: token and request hit rate of the LRU and FIFO
     models, and the seed model's request hit rate at the same capacity, against memory.
 
@@ -360,6 +400,11 @@ def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *
 
     A fleet (``instances`` > 1): memory per instance; affinity evaluates each instance's model
     (the workload at arrival rate / instances), random the LRU fleet model; no seed curve.
+
+    ``tiers`` (one instance): each point is the tiered model of the GPU at that memory over these
+    lower tiers (fixed): ``token`` and ``request`` are the totals, ``tiers[name]`` each tier's part
+    of the token hit rate (they add up to ``token``). A point costs one or two single-tier models
+    (cached: the lower tiers' union is often the same model at every point).
     """
     start = _now() if start is None else start
     mins = {"lru": CURVE_MIN_POINTS, "fifo": 0, **(min_points or {})}
@@ -369,11 +414,19 @@ def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *
         w = replace(w, arrival_rate=w.arrival_rate / instances)
 
     def evaluate(workload, blocks, block_size, method):
+        if tiers is not None:
+            return tiered(scenario, tiers, blocks, method, capacity.bytes_per_token)
         if instances > 1 and router == "random":
             return cached_fleet(workload, blocks, instances, router, method, block_size)
         return cached_evaluate(workload, blocks, block_size, method)
     caps = {}
+    if tiers is not None:
+        label += ", " + ", ".join(f"{name.upper()} {gib:,.0f} GiB" if gib >= 100 else f"{name.upper()} {gib:.3g} GiB"
+                                  for name, gib in _tier_gib(tiers, capacity, bs).items())
+        label += " fixed"
     out = {"x_label": label, "here": here, "incomplete": []}
+    if tiers is not None:
+        out["tiers"] = list(tiers.names)
     shares = {"lru": 0.5, "fifo": 1.0} if len(methods) > 1 else {m: 1.0 for m in methods}
     for method in methods:
         deadline = start + budget_s * shares[method]
@@ -384,9 +437,12 @@ def memory_curve(scenario: Scenario, capacity: Capacity, model_size_gb: float, *
             if i not in caps:
                 caps[i] = cap_at(xs[i])
             r = evaluate(w, caps[i].capacity_blocks, bs, method)
-            done.append((float(xs[i]), r.token_hit_rate, r.request_hit_rate))
+            parts = tuple(r.tiers[name]["token_hit_rate"] for name in tiers.names) if tiers is not None else ()
+            done.append((float(xs[i]), r.token_hit_rate, r.request_hit_rate, parts))
         done.sort()
         out[method] = {"x": [d[0] for d in done], "token": [d[1] for d in done], "request": [d[2] for d in done]}
+        if tiers is not None:
+            out[method]["tiers"] = {name: [d[3][t] for d in done] for t, name in enumerate(tiers.names)}
         if len(done) < min(CURVE_GOOD_POINTS, len(xs)):
             out["incomplete"].append(method)
     if "lru" in methods and instances == 1:
@@ -420,11 +476,44 @@ def check_page_limits(workload: Workload, instances: int = 1) -> None:
                                   f"{MAX_TURNS[kind]:,} with {what}; kvsim calc computes them")
 
 
+OFFLOAD_OPTIONS = ("offload_mode", "cpu_bandwidth_gbps", "disk_bandwidth_gbps")
+
+
+def _no_tier_is_none(values: dict) -> dict:
+    """The page's offload fields as ``scenario_from_values`` takes them: a tier of 0 (every size
+    given is 0) or none at all is no tier; the mode and bandwidths are then checked and dropped
+    (the page's select always has a mode)."""
+    sizes = [f for f in OFFLOAD_SIZE_FLAGS if values.get(f) is not None]
+    if any(values[f] != 0 for f in sizes):
+        return values
+    options = {k: values[k] for k in OFFLOAD_OPTIONS if values.get(k) is not None}
+    Offload(**{("mode" if k == "offload_mode" else k): v for k, v in options.items()})  # their own errors
+    return {**values, **{f: None for f in (*OFFLOAD_SIZE_FLAGS, *OFFLOAD_OPTIONS)}}
+
+
+def _tier_gib(tiers: Tiers, capacity: Capacity, block_size: int) -> dict:
+    return {name: blocks * block_size * capacity.bytes_per_token / GIB
+            for name, blocks in (("cpu", tiers.cpu_blocks), ("disk", tiers.disk_blocks)) if name in tiers.names}
+
+
+def check_offload(scenario: Scenario, values: dict) -> None:
+    """The tiers' own checks (a disk tier needs a CPU tier), and offload takes one instance: the
+    fleet models have no tiers (refused, as ``kvsim calc``)."""
+    scenario.tiers()
+    if scenario.fleet.size > 1 and scenario.offload.asked:
+        flags = {action.dest: flag for flag, action in _fields().items()}
+        flag = flags[next(f for f in OFFLOAD_SIZE_FLAGS if values.get(f) is not None)]
+        raise FieldError(flag, f"{flag}: CPU / disk offload takes one instance here (the fleet models have no "
+                               f"tiers): set instances to 1, or use kvsim simulate --instances "
+                               f"{scenario.fleet.size} --cpu-offload-gib for a fleet with offload")
+
+
 def _scenario(params: dict):
     """(field values, scenario, capacity, weights GiB, describe) of the page's inputs."""
-    values = values_from_params(params)
+    values = _no_tier_is_none(values_from_params(params))
     scenario = scenario_from_values(values)
     check_page_limits(scenario.workload, scenario.fleet.size)
+    check_offload(scenario, values)
     capacity = scenario.capacity()
     return values, scenario, capacity, scenario.weights_gib(), describe
 
@@ -455,7 +544,11 @@ def calc(params: dict, *, curve: bool = True) -> dict:
     _check_policy(s, note, router if instances > 1 else "affinity")
     seed = calculate(s.model, capacity, s.workload, kv_dtype=s.kv_dtype, model_size_gb=size_gb, methods=("seed",))
     methods = {"seed": seed["methods"]["seed"], "fifo": None}
-    if instances == 1:
+    tiers = s.tiers()
+    if tiers is not None:  # one instance (check_offload)
+        for method in ("lru",) if note else ("lru", "fifo"):
+            methods[method] = tiered_entry(s, tiers, capacity, method)
+    elif instances == 1:
         for method in ("lru",) if note else ("lru", "fifo"):
             methods[method] = cached_evaluate(s.workload, capacity.capacity_blocks, s.block_size, method).as_dict()
     else:
@@ -473,6 +566,16 @@ def calc(params: dict, *, curve: bool = True) -> dict:
         "methods": methods,
         "notes": [note] if note else [],
     }
+    if tiers is not None:
+        line = offload_line(tiers, capacity.bytes_per_token, s.block_size)
+        out["summary"] = [*out["summary"], line]
+        out["offload"] = {**offload_summary(tiers, capacity.bytes_per_token, s.block_size),
+                          "tiers": list(tiers.names)}
+        out["method_notes"] = {"seed": "GPU only (single tier)"}
+        out["notes"].append(f"{line.split(None, 1)[1]}: LRU and FIFO are the tiered models (GPU + "
+                            f"{' + '.join(n.upper() for n in tiers.names[1:])}; characteristic time: the GPU's), "
+                            "the seed model the GPU alone. Prefill: the mean time to first token without queueing "
+                            "(default service model; loads at the tiers' bandwidth, not overlapped with compute).")
     if instances > 1:
         out["fleet"] = {"instances": instances, "router": router}
         out["method_notes"] = {"seed": "single instance only"}
@@ -482,7 +585,7 @@ def calc(params: dict, *, curve: bool = True) -> dict:
                             "models (characteristic time per instance); the seed model knows one instance only.")
     if curve:
         out["curve"] = memory_curve(s, capacity, size_gb, methods=fleet_methods(instances, router, note), start=start,
-                                    instances=instances, router=router)
+                                    instances=instances, router=router, tiers=tiers)
     out["timing_ms"] = {"models": models_ms, "total": 1000 * (_now() - start)}
     return out
 
@@ -504,7 +607,7 @@ def curve_response(params: dict) -> dict:
         raise FieldError("method", RANDOM_FIFO_NOTE)
     return memory_curve(s, capacity, size_gb, methods=(method,), budget_s=CURVE_REFINE_BUDGET_S,
                         min_points={method: CURVE_GOOD_POINTS if method == "lru" else CURVE_MIN_POINTS},
-                        instances=instances, router=router)
+                        instances=instances, router=router, tiers=s.tiers())
 
 
 def _incomplete(start: float, **out) -> dict:
@@ -522,8 +625,16 @@ def sensitivity_response(params: dict) -> dict:
         except BudgetSpent:
             return _incomplete(start, method="lru", rows=[], base=None)
     out["incomplete"] = False
+    out["notes"] = [SENSITIVITY_OFFLOAD_NOTE] if s.offload.asked else []
     out["timing_ms"] = {"total": 1000 * (_now() - start)}
     return out
+
+
+SENSITIVITY_OFFLOAD_NOTE = ("The sensitivity is the GPU's alone (the single-tier LRU model, the CPU / disk tiers "
+                            "left out).")
+ADVICE_OFFLOAD_NOTE = ("With your offload: the CPU offload lever compares the GPU alone with the GPU and your CPU "
+                       "tier; the other levers are priced on the GPU alone (single-tier models, the tiers below "
+                       "left out).")
 
 
 def advice_response(params: dict) -> dict:
@@ -535,7 +646,7 @@ def advice_response(params: dict) -> dict:
     note = fifo_note(s.workload)
     _check_policy(s, note, router if instances > 1 else "affinity")
     target = a["target_hit_rate"] if a["target_hit_rate"] is not None else DEFAULT_TARGET
-    out = {"target": target, "notes": [note] if note else []}
+    out = {"target": target, "notes": ([note] if note else []) + ([ADVICE_OFFLOAD_NOTE] if s.offload.asked else [])}
     with budget(ADVICE_BUDGET_S):
         try:
             if instances == 1:
@@ -556,7 +667,8 @@ def presets_response() -> dict:
     fields = _fields()
     defaults = field_defaults()
     defaults.update(preset=DEFAULT_PRESET, gpu=DEFAULT_GPU, instances=1, router="affinity",
-                    **{"block-size": defaults.get("block-size") or DEFAULT_BLOCK_SIZE})
+                    **{"block-size": defaults.get("block-size") or DEFAULT_BLOCK_SIZE,
+                       "offload-mode": OFFLOAD_MODES[0]})
     return {
         "models": models,
         "gpus": dict(presets.GPUS),
@@ -564,6 +676,8 @@ def presets_response() -> dict:
         "defaults": defaults,
         "choices": {f: list(a.choices) for f, a in fields.items() if a.choices is not None},
         "help": {f: a.help for f, a in fields.items() if a.help},
+        # what an empty bandwidth field means
+        "placeholders": {"cpu-bandwidth-gbps": DEFAULT_CPU_BANDWIDTH_GBPS, "disk-bandwidth-gbps": DEFAULT_DISK_BANDWIDTH_GBPS},
     }
 
 
@@ -612,7 +726,8 @@ def simulation_settings(scenario: Scenario, params: dict, policies=SIM_POLICIES)
 
 class SimulationJob:
     """One background simulation at a time: LRU and FIFO at a few memory points (a fleet: the
-    page's router over its instances; random routing: LRU only)."""
+    page's router over its instances; random routing: LRU only; with offload, the tiers below each
+    GPU, fixed)."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -656,7 +771,8 @@ class SimulationJob:
                             "settings": settings, "x_label": label, "here": here, "started": time.time(),
                             "finished": None, "error": None}
             self._thread = threading.Thread(target=self._run,
-                                            args=(scenario, runs, cap_at, settings, instances, router),
+                                            args=(scenario, runs, cap_at, settings, instances, router,
+                                                  scenario.tiers()),
                                             name="kvsim-simulation", daemon=True)
             self._thread.start()
             return 202, self.status_unlocked()
@@ -666,7 +782,8 @@ class SimulationJob:
         s["points"] = list(s["points"])
         return s
 
-    def _run(self, scenario: Scenario, runs, cap_at, settings, instances: int = 1, router: str = "affinity") -> None:
+    def _run(self, scenario: Scenario, runs, cap_at, settings, instances: int = 1, router: str = "affinity",
+             tiers: Tiers | None = None) -> None:
         from kvsim.engine import simulate
         from kvsim.fleet import simulate_fleet
 
@@ -680,14 +797,16 @@ class SimulationJob:
                 window = dict(block_size=scenario.block_size, duration=settings["duration"], warmup=settings["warmup"],
                               replications=settings["replications"], seed=settings["seed"], progress=False)
                 if instances == 1:
-                    r = simulate(scenario.workload, cap.capacity_blocks, policy, **window)
+                    r = simulate(scenario.workload, cap.capacity_blocks, policy, tiers=tiers, **window)
                 else:
                     r = simulate_fleet(scenario.workload, cap.capacity_blocks, instances, router, policy,
-                                       **window).fleet
+                                       tiers=tiers, **window).fleet
                 d = r.as_dict()
                 point = {"policy": policy, "x": x, "capacity_blocks": cap.capacity_blocks,
                          "token_hit_rate": d["token_hit_rate"], "request_hit_rate": d["request_hit_rate"],
                          "requests": d.get("requests_measured")}
+                if "tiers" in d:  # the totals above are all the tiers'
+                    point["tiers"] = d["tiers"]
                 with self._lock:
                     self._status["points"].append(point)
                     self._status["done"] += 1

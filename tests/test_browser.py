@@ -279,3 +279,46 @@ def test_an_incomplete_sensitivity_or_advice_is_asked_again(browser_context, bas
         assert not problems, problems
     finally:
         page.close()
+
+
+def test_a_cpu_offload_splits_the_headline_by_tier_and_stacks_the_chart(page):
+    expect(page.locator("select[name=offload-mode]")).to_be_disabled()  # no CPU tier: nothing to apply to
+    expect(page.locator("#tier-split")).to_be_hidden()
+    expect(page.locator("#chart path.tier-area")).to_have_count(0)
+    page.fill("input[name=cpu-offload-gib]", "64")
+    expect(page.locator("#policy-name")).to_have_text("LRU model, GPU + CPU (inclusive)")
+    ready(page)
+    expect(page.locator("select[name=offload-mode]")).to_be_enabled()
+    expect(page.locator("#token-hit")).to_have_text("82.4%")  # the tiered total
+    expect(page.locator("#tier-split")).to_have_text("GPU 49.3% + CPU 33.1%")
+    expect(page.locator("#prefill")).to_have_text(re.compile(r"prefill 10\.6 ms \(GPU alone 24\.6 ms, −57%\)"))
+    expect(page.locator("#methods tr[data-method=lru] td.by-tier")).to_have_text("GPU 49.3% + CPU 33.1%")
+    expect(page.locator("#methods tr[data-method=seed] td.by-tier")).to_have_text("GPU only")
+    # the chart: the LRU total stacked as its GPU part and its CPU part, the axis says the CPU is fixed
+    for tier in ("gpu", "cpu"):
+        area = page.locator(f"#chart .panel-token path.tier-area.tier-{tier}")
+        expect(area).to_have_count(1)
+        assert int(area.get_attribute("data-points")) >= 9
+    expect(page.locator("#chart .panel-request path.tier-area")).to_have_count(0)
+    expect(page.locator("#chart .panel-token text.label")).to_have_text("GPU memory per GPU (GiB), 1 GPU, CPU 64 GiB fixed")
+    expect(page.locator("#chart text.legend", has_text="CPU part")).to_have_count(1)
+    expect(page.locator("#advice li[data-id=offload]")).to_contain_text("your 64 GiB of CPU offload (inclusive")
+    expect(page.locator("#advice-notes")).to_contain_text("the other levers are priced on the GPU alone")
+    # exclusive mode changes the split; a fleet with offload is refused at the field
+    page.select_option("select[name=offload-mode]", "exclusive")
+    expect(page.locator("#policy-name")).to_have_text("LRU model, GPU + CPU (exclusive)")
+    expect(page.locator("#tier-split")).to_have_text("GPU 49.3% + CPU 33.5%")
+    ready(page)
+    page.fill("input[name=instances]", "2")
+    expect(page.locator('.err[data-for="cpu-offload-gib"]')).to_contain_text("offload takes one instance here")
+    page.fill("input[name=instances]", "1")
+    expect(page.locator('.err[data-for="cpu-offload-gib"]')).to_be_empty()
+    ready(page)
+    # cleared: one tier again
+    page.fill("input[name=cpu-offload-gib]", "0")
+    expect(page.locator("#token-hit")).to_have_text("49.3%")
+    expect(page.locator("#tier-split")).to_be_hidden()
+    ready(page)
+    expect(page.locator("#chart path.tier-area")).to_have_count(0)
+    expect(page.locator("select[name=offload-mode]")).to_be_disabled()
+    assert not page.problems, page.problems

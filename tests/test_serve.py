@@ -819,3 +819,154 @@ def test_fleet_simulation(server):
     for p in done["points"]:
         est = p["token_hit_rate"]
         assert 0 <= est["ci95"][0] <= est["mean"] <= est["ci95"][1] <= 1
+
+
+# ----------------------------------------------------------------------------- CPU offload
+
+
+def _tiered_reference(params, method):
+    from analytic.tiers import tiered_model
+
+    _, s, capacity, _, _ = page._scenario(params)
+    tiers = s.tiers()
+    m = tiered_model(s.workload, (capacity.capacity_blocks, tiers.cpu_blocks), s.block_size, method, tiers.mode,
+                     capacity.bytes_per_token)
+    return m, m.ttft(None, {"cpu": s.offload.cpu_bandwidth_gbps})
+
+
+@pytest.mark.parametrize("params,argv", [
+    ({"cpu-offload-gib": "64"}, ["--cpu-offload-gib", "64"]),
+    ({"cpu-offload-gib": "48", "offload-mode": "exclusive", "cpu-bandwidth-gbps": "50", "gpu": "h100-80gb"},
+     ["--cpu-offload-gib", "48", "--offload-mode", "exclusive", "--cpu-bandwidth-gbps", "50", "--gpu", "h100-80gb"]),
+])
+def test_calc_with_cpu_offload_is_the_tiered_model(server, capsys, params, argv):
+    status, _, body = request(server, "/api/calc", params)
+    assert status == 200, body
+    plain = request(server, "/api/calc", {k: v for k, v in params.items() if "offload" not in k and "bandwidth" not in k})[2]
+    ref = cli_json(capsys, "calc", "--json", *argv)
+    assert body["methods"]["seed"] == plain["methods"]["seed"]  # the seed model stays single-tier
+    assert body["memory"] == plain["memory"] == ref["memory"]
+    for method in ("lru", "fifo"):
+        got = body["methods"][method]
+        m, ttft = _tiered_reference(params, method)
+        assert got["token_hit_rate"] == pytest.approx(m.token_hit_rate, rel=1e-12)
+        assert got["request_hit_rate"] == pytest.approx(m.request_hit_rate, rel=1e-12)
+        assert list(got["tiers"]) == ["gpu", "cpu"]
+        for name in ("gpu", "cpu"):
+            for key, value in m.tiers[name].items():
+                assert got["tiers"][name][key] == pytest.approx(value, rel=1e-12), (method, name, key)
+        assert sum(t["token_hit_rate"] for t in got["tiers"].values()) == pytest.approx(got["token_hit_rate"])
+        assert got["ttft"]["tiered"] == pytest.approx(ttft["tiered"], rel=1e-12)
+        assert got["ttft"]["gpu_only"] == pytest.approx(ttft["gpu_only"], rel=1e-12)
+        # the GPU alone is the page's single-tier answer; all as kvsim calc --cpu-offload-gib
+        assert got["gpu_only"]["token_hit_rate"] == plain["methods"][method]["token_hit_rate"]
+        assert got["characteristic_time"] == plain["methods"][method]["characteristic_time"]
+        assert got["token_hit_rate"] > got["gpu_only"]["token_hit_rate"]
+        for key in ("token_hit_rate", "request_hit_rate", "block_hit_rate"):
+            assert got[key] == pytest.approx(ref["methods"][method][key], rel=1e-12)
+        for key in ("tiered", "gpu_only", "compute", "saved"):
+            assert got["ttft"][key] == pytest.approx(ref["methods"][method]["ttft"][key], rel=1e-12)
+    assert body["offload"]["mode"] == params.get("offload-mode", "inclusive") and body["offload"]["tiers"] == ["gpu", "cpu"]
+    assert body["offload"]["cpu"]["gib"] == pytest.approx(float(params["cpu-offload-gib"]))
+    assert body["offload"] == {**ref["inputs"]["offload"], "tiers": ["gpu", "cpu"]}
+    assert body["summary"][-1].startswith("offload   CPU ") and any("tiered models" in n for n in body["notes"])
+    assert body["method_notes"]["seed"].startswith("GPU only")
+
+
+@pytest.mark.parametrize("offload", [{"cpu-offload-gib": "0"}, {"cpu-offload-gib": "", "offload-mode": "exclusive"},
+                                     {"cpu-offload-gib": 0, "offload-mode": "exclusive", "cpu-bandwidth-gbps": "50"}])
+def test_no_cpu_offload_or_zero_is_none(server, monkeypatch, offload):
+    monkeypatch.setattr(page, "CLOCK", lambda: 0.0)  # full curves: the same answer twice
+    before = _without_timing(request(server, "/api/calc", {})[2])
+    status, _, after = request(server, "/api/calc", offload)
+    assert status == 200, after
+    assert _without_timing(after) == before and "offload" not in after and "tiers" not in after["curve"]
+
+
+@pytest.mark.parametrize("params,field,text", [
+    ({"cpu-offload-gib": "-1"}, "cpu-offload-gib", "cpu-offload-gib must be a number >= 0"),
+    ({"cpu-offload-gib": "lots"}, "cpu-offload-gib", "cpu-offload-gib must be a number (got 'lots')"),
+    ({"cpu-offload-gib": "64", "offload-mode": "victim"}, "offload-mode", "offload-mode must be one of inclusive, exclusive"),
+    ({"cpu-offload-gib": "64", "cpu-bandwidth-gbps": "0"}, "cpu-bandwidth-gbps", "cpu-bandwidth-gbps must be"),
+    ({"cpu-offload-gib": "0", "cpu-bandwidth-gbps": "-5"}, "cpu-bandwidth-gbps", "cpu-bandwidth-gbps must be"),
+    ({"cpu-offload-gib": "64", "instances": "2"}, "cpu-offload-gib", "CPU / disk offload takes one instance here"),
+    ({"disk-offload-gib": "500"}, "cpu-offload-gib", "a disk tier needs a CPU tier above it"),
+    ({"cpu-capacity-tokens": "100000", "instances": "3", "router": "random"}, "cpu-capacity-tokens",
+     "the fleet models have no tiers"),
+])
+def test_bad_offload_input_is_a_400_naming_the_field(server, params, field, text):
+    for path in ("/api/calc", "/api/curve", "/api/advice", "/api/sensitivity", "/api/simulate"):
+        status, _, body = request(server, path, params)
+        assert status == 400, (path, body)
+        assert body["field"] == field and text in body["error"] and body["errors"] == {field: body["error"]}, path
+
+
+def test_curve_with_offload_is_stacked_by_tier(server, monkeypatch):
+    params = {"cpu-offload-gib": "32", "offload-mode": "exclusive"}
+    monkeypatch.setattr(page, "CLOCK", lambda: 0.0)  # every point
+    body = request(server, "/api/calc", params)[2]
+    c = body["curve"]
+    assert c["tiers"] == ["gpu", "cpu"] and c["x_label"].endswith(", CPU 32 GiB fixed") and c["incomplete"] == []
+    plain = request(server, "/api/calc", {})[2]["curve"]
+    for method in ("lru", "fifo"):
+        d = c[method]
+        assert len(d["x"]) == page.CURVE_POINTS and d["x"] == plain[method]["x"]
+        assert set(d["tiers"]) == {"gpu", "cpu"} and all(len(v) == len(d["x"]) for v in d["tiers"].values())
+        for i, total in enumerate(d["token"]):
+            assert d["tiers"]["gpu"][i] + d["tiers"]["cpu"][i] == pytest.approx(total)
+            assert d["tiers"]["gpu"][i] == pytest.approx(plain[method]["token"][i], rel=1e-12)  # the GPU alone
+            assert total > plain[method]["token"][i]
+        i = min(range(len(d["x"])), key=lambda k: abs(d["x"][k] - c["here"]))
+        assert d["x"][i] != pytest.approx(c["here"]) or d["token"][i] == pytest.approx(body["methods"][method]["token_hit_rate"])
+    assert c["seed"] == plain["seed"]  # single-tier
+    # /api/curve refines with the tiers too
+    status, _, fifo = request(server, "/api/curve", {**params, "method": "fifo"})
+    assert status == 200 and fifo["tiers"] == ["gpu", "cpu"] and fifo["fifo"] == c["fifo"]
+
+
+def test_an_offload_curve_out_of_time_has_its_minimum_points(server, monkeypatch, model_calls):
+    monkeypatch.setattr(page, "CLOCK", JumpingClock())
+    status, _, body = request(server, "/api/calc", {"cpu-offload-gib": "64"})
+    assert status == 200, body
+    c = body["curve"]
+    assert len(c["lru"]["x"]) == page.CURVE_MIN_POINTS and c["incomplete"] == ["lru", "fifo"]
+    assert {k: len(v) for k, v in c["lru"]["tiers"].items()} == {"gpu": page.CURVE_MIN_POINTS, "cpu": page.CURVE_MIN_POINTS}
+    assert c["fifo"] == {"x": [], "token": [], "request": [], "tiers": {"gpu": [], "cpu": []}}
+    status, _, lru = request(server, "/api/curve", {"cpu-offload-gib": "64", "method": "lru"})
+    assert status == 200 and len(lru["lru"]["x"]) == len(lru["lru"]["tiers"]["cpu"]) == page.CURVE_GOOD_POINTS
+
+
+def test_advice_with_offload_has_the_offload_lever(server, capsys):
+    status, _, plain = complete(server, "/api/advice", {})
+    assert status == 200
+    lever = next(x for x in plain["advice"] if x["id"] == "offload")  # offered without a CPU tier too
+    assert "GiB of CPU offload" in lever["text"] and not lever["text"].startswith("your")
+    status, _, body = complete(server, "/api/advice", {"cpu-offload-gib": "64"})
+    assert status == 200, body
+    lever = next(x for x in body["advice"] if x["id"] == "offload")
+    assert lever["lever"] == "CPU offload" and lever["text"].startswith("your 64 GiB of CPU offload (inclusive, 25 GB/s)")
+    assert lever["cpu_offload_gib"] == pytest.approx(64)
+    calc_lru = request(server, "/api/calc", {"cpu-offload-gib": "64"})[2]["methods"]["lru"]
+    assert lever["token_hit_rate"]["then"] == pytest.approx(calc_lru["token_hit_rate"], rel=1e-12)
+    assert lever["token_hit_rate"]["now"] == pytest.approx(calc_lru["gpu_only"]["token_hit_rate"], rel=1e-12)
+    assert page.ADVICE_OFFLOAD_NOTE in body["notes"]
+    ref = cli_json(capsys, "calc", "--json", "--cpu-offload-gib", "64", "--advise")
+    assert [(x["id"], x["text"]) for x in body["advice"]] == [(x["id"], x["text"]) for x in ref["advice"]]
+    status, _, sens = complete(server, "/api/sensitivity", {"cpu-offload-gib": "64"})
+    assert status == 200 and sens["notes"] == [page.SENSITIVITY_OFFLOAD_NOTE]
+
+
+def test_simulation_with_offload_has_the_tiers(server):
+    wait_done(server)
+    params = {"arrival-rate": "0.5", "cpu-offload-gib": "64", "duration": 400, "warmup": 100, "replications": 2,
+              "points": 1}
+    status, _, body = request(server, "/api/simulate", params)
+    assert status == 202, body
+    done = wait_done(server)
+    assert done["state"] == "done", done
+    assert {p["policy"] for p in done["points"]} == {"lru", "fifo"} and len(done["points"]) == 4
+    for p in done["points"]:
+        assert set(p["tiers"]) == {"gpu", "cpu"}
+        parts = sum(t["token_hit_rate"]["mean"] for t in p["tiers"].values())
+        assert p["token_hit_rate"]["mean"] == pytest.approx(parts)  # the points are the tiered totals
+        assert p["tiers"]["cpu"]["token_hit_rate"]["mean"] > 0

@@ -9,6 +9,9 @@ const MODEL_FIELDS = ["layers", "kv-heads", "head-dim", "params-b", "kv-lora-ran
   "sliding-window", "sliding-layers"];
 const CV_THINK = ["lognormal", "gamma"];
 const COLORS = { lru: "#1f77b4", fifo: "#e07000", seed: "#c62828" };
+// The stacked parts of a tiered curve (GPU at the bottom): the method's colour, fainter down the tiers.
+const TIER_OPACITY = { gpu: 0.32, cpu: 0.14, disk: 0.06 };
+const OFFLOAD_OPTIONS = ["offload-mode", "cpu-bandwidth-gbps"];
 
 const form = $("#inputs");
 let presets = null;
@@ -30,6 +33,7 @@ function el(tag, attrs = {}, parent = null, text = null) {
   return node;
 }
 
+const ms = (t) => (1000 * t).toFixed(1) + " ms";
 const pct = (x, digits = 1) => (x === null || x === undefined ? "–" : (100 * x).toFixed(digits) + "%");
 const num = (x, digits = 0) => (x === null || x === undefined ? "–"
   : Number(x).toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: 0 }));
@@ -93,6 +97,13 @@ function updateEnabled() {
   const direct = field("capacity-tokens").value.trim() !== "";
   for (const f of ["gpu", "gpu-memory-gb", "gpus", "memory-utilization", "activation-reserve-gib"]) {
     field(f).closest("label").classList.toggle("muted", direct);
+  }
+  // the offload mode and bandwidth apply to a CPU tier only (empty or 0: none)
+  const cpu = field("cpu-offload-gib").value.trim().replace(/_/g, "");
+  const offload = cpu !== "" && Number(cpu) !== 0;
+  for (const f of OFFLOAD_OPTIONS) {
+    field(f).disabled = !offload;
+    field(f).closest("label").classList.toggle("muted", !offload);
   }
 }
 
@@ -257,10 +268,23 @@ function renderCalc(r) {
   $("#capacity").textContent = num(m.capacity_tokens) + " tokens";
   $("#capacity-sub").textContent = `${num(m.capacity_blocks)} blocks of ${m.block_size} · ${m.kv_cache_gib.toFixed(1)} GiB` +
     (r.fleet ? " per instance" : "");
+  const o = r.offload;  // tiers below the GPU: the LRU and FIFO results are the tiered models
+  const tierName = (name) => name.toUpperCase();
   $("#policy-name").textContent = policy.toUpperCase() + " model" +
-    (r.fleet ? `, ${r.fleet.instances} instances, ${r.fleet.router}` : "");
-  $("#token-hit").textContent = pct(r.methods[policy].token_hit_rate);
-  $("#request-hit").textContent = `request hit rate ${pct(r.methods[policy].request_hit_rate)}`;
+    (r.fleet ? `, ${r.fleet.instances} instances, ${r.fleet.router}` : "") +
+    (o ? `, ${o.tiers.map(tierName).join(" + ")} (${o.mode})` : "");
+  const chosen = r.methods[policy];
+  $("#token-hit").textContent = pct(chosen.token_hit_rate);
+  $("#request-hit").textContent = `request hit rate ${pct(chosen.request_hit_rate)}`;
+  const split = $("#tier-split"), prefill = $("#prefill");
+  split.hidden = prefill.hidden = !(o && chosen.tiers);
+  if (o && chosen.tiers) {
+    split.textContent = Object.entries(chosen.tiers).map(([n, t]) => `${tierName(n)} ${pct(t.token_hit_rate)}`).join(" + ");
+    const tt = chosen.ttft;
+    const change = tt.gpu_only ? 100 * (tt.tiered / tt.gpu_only - 1) : 0;
+    prefill.textContent = `prefill ${ms(tt.tiered)} (GPU alone ${ms(tt.gpu_only)}, ` +
+      `${change >= 0 ? "+" : "−"}${Math.abs(change).toFixed(0)}%)`;
+  }
   const memoryLine = r.summary.find((line) => line.startsWith("memory"));
   $("#memory-line").textContent = memoryLine ? memoryLine.replace(/^memory\s+/, "") : `capacity given directly: ${num(m.capacity_tokens)} tokens`;
   const note = $("#memory-note");
@@ -269,9 +293,13 @@ function renderCalc(r) {
   const notes = $("#notes");
   notes.hidden = !r.notes.length;
   notes.textContent = r.notes.join(" ");
+  $("#methods").classList.toggle("tiered", Boolean(o));
   for (const row of $$("#methods tbody tr")) {
     const res = r.methods[row.dataset.method];
     $(".token", row).textContent = res ? pct(res.token_hit_rate) : "–";
+    $(".by-tier", row).textContent = !res ? "–" : res.tiers
+      ? Object.entries(res.tiers).map(([n, t]) => `${tierName(n)} ${pct(t.token_hit_rate)}`).join(" + ")
+      : "GPU only";
     $(".request", row).textContent = res ? pct(res.request_hit_rate) : "–";
     $(".t", row).textContent = !res ? ((r.method_notes || {})[row.dataset.method] || "not evaluated") : row.dataset.method === "seed" ? "–" : fmtTime(res.characteristic_time);
     row.classList.toggle("chosen", row.dataset.method === policy);
@@ -322,6 +350,19 @@ function drawChart() {
       el("text", { x: X(x1) - 4, y: Y(0.04), class: "tick", "text-anchor": "end" }, g,
         `${pending.map((n) => n.toUpperCase()).join(", ")} curve: computing…`);
     }
+    const stacked = tieredCurve(r);
+    if (metric === "token" && stacked) {
+      const data = c[stacked];
+      let below = data.x.map(() => 0);
+      for (const name of c.tiers) {
+        const above = below.map((b, i) => b + data.tiers[name][i]);
+        const top = data.x.map((x, i) => `${i ? "L" : "M"}${X(x).toFixed(1)},${Y(above[i]).toFixed(1)}`).join("");
+        const bottom = data.x.map((x, i) => `L${X(x).toFixed(1)},${Y(below[i]).toFixed(1)}`).reverse().join("");
+        el("path", { d: top + bottom + "Z", class: `tier-area tier-${name}`, fill: COLORS[stacked],
+          "fill-opacity": TIER_OPACITY[name] || 0.05, "data-points": data.x.length }, g);
+        below = above;
+      }
+    }
     const curves = metric === "request" && c.seed ? [...models, "seed"] : models;
     for (const name of curves) {
       const data = c[name];
@@ -345,7 +386,9 @@ function drawChart() {
     }
   });
   // legend
-  const items = [["lru", "LRU model", ""], ["fifo", "FIFO model", ""], ["seed", "seed model (same capacity)", "6 4"]]
+  const tiered = Boolean(c.tiers);
+  const items = [["lru", tiered ? "LRU total" : "LRU model", ""], ["fifo", tiered ? "FIFO total" : "FIFO model", ""],
+    ["seed", tiered ? "seed (GPU only)" : "seed model (same capacity)", "6 4"]]
     .filter(([name]) => (name === "seed" && c.seed) || models.includes(name));
   let lx = 60;
   const ly = H - 10;
@@ -353,6 +396,16 @@ function drawChart() {
     el("line", { x1: lx, x2: lx + 22, y1: ly - 4, y2: ly - 4, stroke: COLORS[name], "stroke-width": 2.5, "stroke-dasharray": dash }, svg);
     el("text", { x: lx + 28, y: ly, class: "legend" }, svg, label);
     lx += 40 + label.length * 6.4;
+  }
+  const stacked = tieredCurve(r);
+  if (stacked) {
+    for (const name of c.tiers) {
+      const label = `${name.toUpperCase()} part`;
+      el("rect", { x: lx, y: ly - 9, width: 14, height: 10, fill: COLORS[stacked], "fill-opacity": TIER_OPACITY[name] || 0.05,
+        stroke: COLORS[stacked], "stroke-width": 0.5, class: `legend-tier legend-tier-${name}` }, svg);
+      el("text", { x: lx + 19, y: ly, class: "legend" }, svg, label);
+      lx += 30 + label.length * 6.4;
+    }
   }
   el("line", { x1: lx, x2: lx, y1: ly - 10, y2: ly + 2, class: "here" }, svg);
   el("text", { x: lx + 6, y: ly, class: "legend" }, svg, "now");
@@ -363,9 +416,26 @@ function drawChart() {
   }
 }
 
+// The method whose curve is stacked by tier: the policy's (else LRU), once it has two points.
+function tieredCurve(r) {
+  const c = r.curve;
+  if (!c.tiers) return null;
+  for (const name of [r.policy, "lru"]) {
+    if (c[name] && c[name].tiers && c[name].x.length >= 2) return name;
+  }
+  return null;
+}
+
+function showNotes(sel, notes) {
+  const node = $(sel);
+  node.hidden = !(notes && notes.length);
+  node.textContent = (notes || []).join(" ");
+}
+
 // ------------------------------------------------------------------ sensitivity
 
 function renderSensitivity(s) {
+  showNotes("#sensitivity-notes", s.notes);
   const rows = s.rows;
   const svg = $("#tornado");
   svg.replaceChildren();
@@ -414,6 +484,8 @@ function renderSensitivity(s) {
 // ------------------------------------------------------------------ advice
 
 function renderAdvice(a) {
+  const shown = current ? current.calc.notes : [];  // the FIFO note is above already
+  showNotes("#advice-notes", (a.notes || []).filter((n) => !shown.includes(n)));
   const ul = $("#advice");
   ul.replaceChildren();
   for (const item of a.advice) {
@@ -496,7 +568,11 @@ async function init() {
   fillSelect("gpu", [...Object.keys(presets.gpus), "custom"], { ...gpuLabels, custom: "custom…" });
   fillSelect("kv-dtype", presets.dtypes);
   fillSelect("weight-dtype", presets.dtypes);
-  for (const name of ["turns-dist", "think-dist", "policy", "router"]) fillSelect(name, presets.choices[name]);
+  for (const name of ["turns-dist", "think-dist", "policy", "router", "offload-mode"]) fillSelect(name, presets.choices[name]);
+  for (const [name, value] of Object.entries(presets.placeholders || {})) {
+    const node = field(name);
+    if (node) node.placeholder = `${value} (default)`;
+  }
   for (const [name, value] of Object.entries(presets.defaults)) {
     const node = field(name);
     if (node && value !== null && value !== undefined && node.tagName !== undefined) node.value = value;
