@@ -244,7 +244,10 @@ def tiered_model(
     # Tokens in full blocks a request leaves on the GPU (oversized requests leave none).
     full = float(law.reach @ (table.conv_served + table.system_blocks * table.served)) * block_size / law.mean
 
-    cumulative = [level.rate("token_hit_rate") for level in levels]  # token hit rate of tiers 0..t
+    # Token hit rate of tiers 0..t; no cache beats an unlimited one (exclusive FIFO's sum of a FIFO
+    # GPU and an LRU remainder can, where the single-tier FIFO model is high).
+    ceiling = no_eviction_ceiling(workload, block_size).token_hit_rate
+    cumulative = [min(level.rate("token_hit_rate"), ceiling) for level in levels]
     tiers = {}
     for t, name in enumerate(names):
         # Differences of models that do not decrease with capacity: clip rounding below zero.

@@ -1,6 +1,7 @@
 """Real traces: hit rate vs capacity, replayed or simulated, next to the models and the ideal.
 
     python experiments/traces.py [--traces ../shared/traces] [--out out/traces] [--quick]
+                                 [--no-tiers | --tiers-only]
 
 * Mooncake traces (one request stream each): every request is replayed in time order through
   LRU and FIFO caches at a range of capacities; the models are the template-fed LRU and FIFO
@@ -12,6 +13,14 @@
   ``--max-session-hours`` are left out: a steady state with multi-day sessions would need a
   warm-up of days.
 
+* Tiers (``--no-tiers`` skips them, ``--tiers-only`` runs only them): the Mooncake conversation
+  trace replayed through a GPU of ``TIER_GPU_BLOCKS`` and an LRU CPU tier of increasing size,
+  inclusive and exclusive (``replay(..., tiers=Tiers(...))``), with the hit rate split by tier;
+  beside them single-tier LRU replays at GPU + CPU blocks (what the exclusive union must match
+  on a prefix-closed stream) and at max(GPU, CPU) (the inclusive union). There is no model line:
+  the template-fed models are single-tier. Writes ``mooncake-tiers.csv``, ``mooncake-tiers.png``
+  and ``mooncake-tiers.txt`` (the table it prints).
+
 Writes ``<trace>.csv`` (capacity, method, block/token hit rates) and ``<trace>.png`` per trace,
 atomically, and prints one line per trace and policy with the model's error.
 """
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import io
 import sys
 from pathlib import Path
@@ -33,6 +43,7 @@ from analytic.empirical import (
     fifo_model_from_templates,
     lru_model_from_templates,
 )
+from analytic.offload import Tiers
 from analytic.specs import Workload
 from kvsim.batch import write_atomic
 from kvsim.engine import simulate
@@ -162,6 +173,113 @@ def summary_line(name: str, rows: list[dict], reference: str) -> str:
             f"mean_signed_err={np.mean(signed):+.4f} n={len(errs)}")
 
 
+TIER_GPU_BLOCKS = 5000  # of 512 tokens: LRU alone gets 11% of the conversation trace's 37% ideal
+TIER_CPU_POINTS = 8
+
+
+def replay_has_tiers() -> bool:
+    return "tiers" in inspect.signature(replay).parameters
+
+
+def tier_capacities(distinct_blocks: int, quick: bool) -> list[int]:
+    """CPU capacities from half the GPU to the trace's distinct blocks (geometric)."""
+    n = 4 if quick else TIER_CPU_POINTS
+    return sorted({int(round(c)) for c in np.geomspace(TIER_GPU_BLOCKS / 2, distinct_blocks, n)})
+
+
+def mooncake_tiers(path: Path, gpu: int, quick: bool) -> tuple[list[dict], dict]:
+    """Per-tier replays of ``path`` (LRU on both tiers), GPU ``gpu`` blocks, CPU swept; and the
+    single-tier references."""
+    base = replay(str(path), ("lru",), [gpu], progress=False)
+    distinct = base["trace"]["distinct_blocks"]
+    cpus = tier_capacities(distinct, quick)
+    gpu_alone = base["results"][0]
+    rows = [{"cpu_blocks": 0, "method": "gpu-alone", "mode": None, "gpu_blocks": gpu,
+             "gpu_token_hit_rate": gpu_alone["token_hit_rate"], "cpu_token_hit_rate": 0.0,
+             "token_hit_rate": gpu_alone["token_hit_rate"], "gpu_block_hit_rate": gpu_alone["block_hit_rate"],
+             "cpu_block_hit_rate": 0.0, "block_hit_rate": gpu_alone["block_hit_rate"]}]
+    for cpu in cpus:
+        for mode in ("inclusive", "exclusive"):
+            r = replay(str(path), ("lru",), [gpu], tiers=Tiers(cpu, 0, mode), progress=False)["results"][0]
+            tiers = r["tiers"]
+            rows.append({"cpu_blocks": cpu, "method": f"replay-lru-{mode}", "mode": mode, "gpu_blocks": gpu,
+                         "gpu_token_hit_rate": tiers["gpu"]["token_hit_rate"],
+                         "cpu_token_hit_rate": tiers["cpu"]["token_hit_rate"], "token_hit_rate": r["token_hit_rate"],
+                         "gpu_block_hit_rate": tiers["gpu"]["block_hit_rate"],
+                         "cpu_block_hit_rate": tiers["cpu"]["block_hit_rate"], "block_hit_rate": r["block_hit_rate"]})
+    # Single-tier LRU at the unions' sizes: GPU + CPU (exclusive) and max(GPU, CPU) (inclusive).
+    sizes = sorted({gpu + c for c in cpus} | {max(gpu, c) for c in cpus})
+    single = {r["capacity_blocks"]: r for r in replay(str(path), ("lru",), sizes, progress=False)["results"]}
+    for cpu in cpus:
+        for name, size in (("single-lru-sum", gpu + cpu), ("single-lru-max", max(gpu, cpu))):
+            rows.append({"cpu_blocks": cpu, "method": name, "mode": None, "gpu_blocks": size,
+                         "token_hit_rate": single[size]["token_hit_rate"],
+                         "block_hit_rate": single[size]["block_hit_rate"]})
+    rows.append({"cpu_blocks": None, "method": "ideal", "mode": None, "token_hit_rate": base["ideal_token_hit_rate"],
+                 "block_hit_rate": base["ideal_block_hit_rate"]})
+    return rows, {"distinct_blocks": distinct, "block_size": base["inputs"]["block_size"], "gpu_blocks": gpu}
+
+
+def tiers_table(rows: list[dict]) -> list[str]:
+    """One line per CPU capacity: token hit rates by tier per mode, and the single-tier references."""
+    by = {(r["method"], r["cpu_blocks"]): r for r in rows}
+    cpus = sorted({r["cpu_blocks"] for r in rows if r["method"].startswith("replay-lru-")})
+    gpu = by["gpu-alone", 0]
+    ideal = by["ideal", None]["token_hit_rate"]
+    lines = [f"GPU {gpu['gpu_blocks']} blocks alone: token_hit_rate={gpu['token_hit_rate']:.4f} (ideal {ideal:.4f})",
+             "cpu_blocks   incl_gpu  incl_cpu incl_total  single_max   excl_gpu  excl_cpu excl_total  single_sum  "
+             "excl-single"]
+    for c in cpus:
+        inc, exc = by["replay-lru-inclusive", c], by["replay-lru-exclusive", c]
+        s_max, s_sum = by["single-lru-max", c]["token_hit_rate"], by["single-lru-sum", c]["token_hit_rate"]
+        lines.append(f"{c:10d} {inc['gpu_token_hit_rate']:10.4f}{inc['cpu_token_hit_rate']:10.4f}"
+                     f"{inc['token_hit_rate']:11.4f} {s_max:11.4f} {exc['gpu_token_hit_rate']:10.4f}"
+                     f"{exc['cpu_token_hit_rate']:10.4f}{exc['token_hit_rate']:11.4f} {s_sum:11.4f} "
+                     f"{exc['token_hit_rate'] - s_sum:+12.4f}")
+    return lines
+
+
+def tiers_figure(path: Path, rows: list[dict], info: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(r["method"], r["cpu_blocks"]): r for r in rows}
+    cpus = sorted({r["cpu_blocks"] for r in rows if r["method"].startswith("replay-lru-")})
+    bs, gpu = info["block_size"], info["gpu_blocks"]
+    x = np.arange(len(cpus))
+    labels = [f"{c * bs / 1e6:.3g}" for c in cpus]
+    ideal = by["ideal", None]["token_hit_rate"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, mode, ref, ref_label in ((axes[0], "inclusive", "single-lru-max", "single LRU of max(GPU, CPU)"),
+                                     (axes[1], "exclusive", "single-lru-sum", "single LRU of GPU + CPU")):
+        sel = [by[f"replay-lru-{mode}", c] for c in cpus]
+        g = np.array([r["gpu_token_hit_rate"] for r in sel])
+        c_ = np.array([r["cpu_token_hit_rate"] for r in sel])
+        ax.bar(x, g, 0.7, color="C0", label="GPU tier (replayed)")
+        ax.bar(x, c_, 0.7, bottom=g, color="C2", label="CPU tier (replayed)")
+        ax.plot(x, [by[ref, c]["token_hit_rate"] for c in cpus], "k_", ms=22, mew=2, label=ref_label)
+        if mode == "inclusive":  # the other reference too, for comparison
+            ax.plot(x, [by["single-lru-sum", c]["token_hit_rate"] for c in cpus], "_", color="grey", ms=22, mew=1.5,
+                    label="single LRU of GPU + CPU")
+        ax.axhline(by["gpu-alone", 0]["token_hit_rate"], color="C0", ls=":", lw=1, label="GPU alone")
+        ax.axhline(ideal, color="grey", ls="--", lw=1, label=f"ideal (infinite cache) {ideal:.1%}")
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_xlabel("CPU tier capacity (million tokens)")
+        ax.set_title(f"{mode} LRU, GPU {gpu:,} blocks ({gpu * bs / 1e6:.2g}M tokens)", fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("token hit rate")
+    axes[0].set_ylim(0, max(0.5, ideal * 1.25))
+    fig.suptitle(f"Mooncake conversation trace, replayed through GPU -> CPU tiers ({bs}-token blocks)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = Path(__file__).resolve().parents[2] / "shared" / "traces"
@@ -173,13 +291,16 @@ def main(argv=None) -> int:
     ap.add_argument("--agentic-rate", type=float, default=0.01, help="sessions started per second (default 0.01)")
     ap.add_argument("--replications", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    tiers = ap.add_mutually_exclusive_group()
+    tiers.add_argument("--no-tiers", action="store_true", help="skip the tiered (GPU -> CPU) replays")
+    tiers.add_argument("--tiers-only", action="store_true", help="run only the tiered replays")
     args = ap.parse_args(argv)
     if not args.traces.is_dir():
         print(f"traces: error: no trace folder at {args.traces} (give --traces)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     lines = []
-    for name in ("conversation_trace", "synthetic_trace"):
+    for name in () if args.tiers_only else ("conversation_trace", "synthetic_trace"):
         path = args.traces / "mooncake" / f"{name}.jsonl"
         if not path.exists():
             print(f"traces: {path} missing, skipped", file=sys.stderr)
@@ -191,8 +312,23 @@ def main(argv=None) -> int:
         for reference in ("replay-lru", "replay-fifo"):
             lines.append(summary_line(f"mooncake {name}", rows, reference))
             print(lines[-1], flush=True)
+    path = args.traces / "mooncake" / "conversation_trace.jsonl"
+    if args.no_tiers:
+        pass
+    elif not path.exists():
+        print(f"traces: {path} missing, tiers skipped", file=sys.stderr)
+    elif not replay_has_tiers():
+        print("traces: kvsim.replay.replay takes no tiers= yet, tiers skipped", file=sys.stderr)
+    else:
+        rows, info = mooncake_tiers(path, TIER_GPU_BLOCKS, args.quick)
+        write_csv(args.out / "mooncake-tiers.csv", rows)
+        tiers_figure(args.out / "mooncake-tiers.png", rows, info)
+        table = ["mooncake conversation_trace tiers (token hit rates, LRU):"] + tiers_table(rows)
+        write_atomic(args.out / "mooncake-tiers.txt", ("\n".join(table) + "\n").encode())
+        lines += table
+        print("\n".join(table), flush=True)
     folder = args.traces / "agentic-coding"
-    if folder.is_dir():
+    if folder.is_dir() and not args.tiers_only:
         sessions = 12 if args.quick else args.sessions
         caps = [int(c) for c in np.geomspace(2e5, 2e7, 4 if args.quick else 8)]
         rows, info = agentic(folder, caps, args.max_session_hours, sessions, args.agentic_rate,
@@ -204,7 +340,8 @@ def main(argv=None) -> int:
         for reference in ("simulated-lru", "simulated-fifo"):
             lines.append(summary_line("agentic-coding", rows, reference) + f" ({info})")
             print(lines[-1], flush=True)
-    write_atomic(args.out / "summary.txt", ("\n".join(lines) + "\n").encode())
+    if not args.tiers_only:  # a tiers-only run leaves the full run's summary alone
+        write_atomic(args.out / "summary.txt", ("\n".join(lines) + "\n").encode())
     return 0
 
 

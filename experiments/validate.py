@@ -1,6 +1,7 @@
 """Validation study: the analytic models against the simulator over a grid of configurations.
 
     python experiments/validate.py [--quick] [--out out/validate] [--workers N] [--dask ADDRESS]
+                                   [--no-tiered | --tiered-only]
 
 Each configuration (a workload and a cache capacity) is simulated with LRU and FIFO eviction
 (independent replications) and predicted by the LRU and FIFO characteristic-time models and by
@@ -13,6 +14,18 @@ prints one summary line per method::
 ``seed`` on its own quantity, the request hit rate, against simulated LRU. Every finished
 configuration is written atomically to ``<out>/points/``, so an interrupted run resumes where it
 stopped.
+
+Tiered section (``--no-tiered`` skips it, ``--tiered-only`` runs only it): a few of the grid's
+workloads with the GPU where the LRU model gets ``TIER_GPU_FRACTION`` of the no-eviction ceiling,
+a CPU tier of 0.5-8x the GPU, inclusive and exclusive, each simulated with LRU and FIFO on every
+tier (``kvsim.engine.simulate(..., tiers=Tiers(...))``) and predicted by
+``analytic.tiers.tiered_model``. Writes ``tiered.csv`` (a row per configuration x method x tier:
+gpu, cpu and their total) and ``tiered_summary.txt``, and prints one line per method x mode x
+tier::
+
+    tiered <method> <mode> <tier>: mean_abs_err=<x> max_abs_err=<y> n=<configs>
+
+Its points are ``<out>/points/tiered-<id>.json`` (resumed the same way).
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -36,7 +50,9 @@ from analytic.fifo import fifo_model
 from analytic.lru import lru_model
 from analytic.plan import capacity_for_target
 from analytic.seed import seed_model
+from analytic.offload import Tiers
 from analytic.specs import Workload
+from analytic.tiers import tiered_model
 from analytic.ttl import no_eviction_ceiling
 from kvsim.batch import executor, write_atomic
 
@@ -301,9 +317,199 @@ def curve_figure(out: Path, replications: int, requests: int, seed: int) -> Path
     return path
 
 
+# ---------------------------------------------------------------------------------------------
+# Tiered prefix cache (GPU -> CPU): analytic.tiers.tiered_model against the tiered simulator.
+
+TIER_RATIOS = (0.5, 1, 2, 4, 8)  # CPU capacity / GPU capacity
+TIER_MODES = ("inclusive", "exclusive")
+TIER_METHODS = ("lru", "fifo")
+TIER_PARTS = ("gpu", "cpu", "total")
+TIER_GPU_FRACTION = 0.45  # the GPU where the LRU model gets this share of the no-eviction ceiling
+
+
+def tiered_grid(quick: bool) -> list[dict]:
+    """Workloads x CPU:GPU ratios x modes; one GPU capacity per workload."""
+    if quick:
+        workloads = [dict(arrival_rate=1.0, turns_dist="fixed", turns=5, think_time=30.0, think_dist="exp",
+                          system_prompt_tokens=0)]
+        ratios = (0.5, 2, 8)
+    else:
+        workloads = [
+            dict(arrival_rate=rate, turns_dist=td, turns=turns, think_time=think, think_dist=d,
+                 system_prompt_tokens=s)
+            for rate, td, turns, think, d, s in (
+                (2.0, "fixed", 5, 60.0, "exp", 0),
+                (2.0, "fixed", 5, 10.0, "det", 0),
+                (0.5, "geometric", 8, 60.0, "exp", 0),
+                (0.5, "geometric", 8, 10.0, "det", 0),
+                (2.0, "fixed", 5, 10.0, "lognormal", 2000),
+            )
+        ]
+        ratios = TIER_RATIOS
+    points = []
+    for w in workloads:
+        w["think_cv"] = THINK[w["think_dist"]]
+        workload = make_workload(w)
+        ceiling = no_eviction_ceiling(workload, BLOCK_SIZE).token_hit_rate
+        gpu = int(capacity_for_target(workload, TIER_GPU_FRACTION * ceiling, "token", block_size=BLOCK_SIZE))
+        for ratio, mode in itertools.product(ratios, TIER_MODES):
+            points.append({**w, "capacity_blocks": gpu, "cpu_blocks": int(round(ratio * gpu)), "cpu_ratio": ratio,
+                           "tier_mode": mode, "target_fraction": TIER_GPU_FRACTION})
+    return points
+
+
+def tiered_point_file(points_dir: Path, p: dict) -> Path:
+    return points_dir / f"tiered-{point_id(p)}.json"
+
+
+def tiered_predictions(p: dict) -> dict:
+    workload = make_workload(p)
+    return {method: tiered_model(workload, (p["capacity_blocks"], p["cpu_blocks"]), BLOCK_SIZE, method, p["tier_mode"])
+            for method in TIER_METHODS}
+
+
+def tiered_score(row: dict, models: dict) -> dict:
+    """Fill a tiered row's prediction and error from ``tiered_predictions``."""
+    m = models[row["method"]]
+    predicted = m.token_hit_rate if row["tier"] == "total" else m.tiers[row["tier"]]["token_hit_rate"]
+    return {**row, "predicted": predicted, "signed_err": predicted - row["simulated"],
+            "abs_err": abs(predicted - row["simulated"])}
+
+
+def run_tiered_point(p: dict, replications: int, requests_per_replication: int, seed: int) -> list[dict]:
+    """Simulate one tiered configuration with LRU and FIFO (on every tier) and predict it."""
+    from kvsim.engine import simulate  # imported in the worker
+
+    workload = make_workload(p)
+    models = tiered_predictions(p)
+    # Warm-up as run_point's, with the characteristic time of one cache as large as both tiers
+    # (the longest a block can stay anywhere unused; inclusive tiers keep less).
+    span = workload.turns.mean * workload.think_time.mean
+    union = p["capacity_blocks"] + p["cpu_blocks"]
+    times = [lru_model(workload, union, BLOCK_SIZE).characteristic_time,
+             fifo_model(workload, union, BLOCK_SIZE).characteristic_time]
+    longest = max((t for t in times if math.isfinite(t)), default=0)
+    warmup = 5 * span + 2 * longest
+    window = requests_per_replication / workload.requests_per_second
+    tiers = Tiers(p["cpu_blocks"], 0, p["tier_mode"])
+    rows = []
+    for method in TIER_METHODS:
+        sim = simulate(workload, p["capacity_blocks"], method, block_size=BLOCK_SIZE, duration=warmup + window,
+                       warmup=warmup, replications=replications, seed=seed, progress=False, tiers=tiers)
+        per_tier = sim.as_dict()["tiers"]
+        for part in TIER_PARTS:
+            if part == "total":
+                mean, ci = sim.token_hit_rate.mean, sim.token_hit_rate.ci95
+            else:
+                mean, ci = per_tier[part]["token_hit_rate"]["mean"], per_tier[part]["token_hit_rate"]["ci95"]
+            lo, hi = ci or (np.nan, np.nan)
+            rows.append(tiered_score({**p, "method": method, "tier": part, "simulated": mean, "ci_lo": lo,
+                                      "ci_hi": hi, "requests": sim.total("requests"), "replications": replications,
+                                      "warmup_s": warmup}, models))
+    return rows
+
+
+def run_tiered(args) -> list[dict]:
+    points_dir = Path(args.out) / "points"
+    points = tiered_grid(args.quick)
+    todo = [p for p in points if not tiered_point_file(points_dir, p).exists()]
+    print(f"{len(points)} tiered configurations, {len(points) - len(todo)} already done", file=sys.stderr)
+    if todo:
+        from tqdm import tqdm
+
+        with executor(args.workers, args.dask) as pool, tqdm(total=len(todo), file=sys.stderr, disable=args.no_progress,
+                                                 desc="validate tiered") as bar:
+            futures = {pool.submit(run_tiered_point, p, args.replications, args.requests, args.seed): p for p in todo}
+            for future in as_completed(futures):
+                p = futures[future]
+                write_atomic(tiered_point_file(points_dir, p), json.dumps(future.result()))
+                bar.update()
+    rows = []
+    for p in points:
+        point_rows = json.loads(tiered_point_file(points_dir, p).read_text())
+        if args.rescore:
+            models = tiered_predictions(p)
+            point_rows = [tiered_score(r, models) for r in point_rows]
+        rows.extend(point_rows)
+    return rows
+
+
+def csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _stats(sel: list[dict]) -> tuple:
+    errs = np.array([r["abs_err"] for r in sel])
+    signed = np.array([r["signed_err"] for r in sel])
+    half = np.array([(r["ci_hi"] - r["ci_lo"]) / 2 for r in sel])
+    # A degenerate CI (every replication equal, e.g. no CPU hits at all) holds a prediction within
+    # rounding of it.
+    inside = np.mean([r["ci_lo"] - 1e-9 <= r["predicted"] <= r["ci_hi"] + 1e-9 for r in sel])
+    beyond = np.maximum(errs - half, 0).mean()
+    return errs, signed, half, inside, beyond
+
+
+def tiered_summary(rows: list[dict]) -> list[str]:
+    lines = []
+    for method, mode, part in itertools.product(TIER_METHODS, TIER_MODES, TIER_PARTS):
+        errs = [r["abs_err"] for r in rows if (r["method"], r["tier_mode"], r["tier"]) == (method, mode, part)]
+        if errs:
+            lines.append(f"tiered {method} {mode} {part}: mean_abs_err={np.mean(errs):.4f} "
+                         f"max_abs_err={np.max(errs):.4f} n={len(errs)}")
+    return lines
+
+
+def tiered_breakdown(rows: list[dict]) -> list[str]:
+    """Token hit rate errors per method x mode x tier, as ``breakdown``, with the mean signed error
+    (predicted - simulated); then the total's signed error per CPU:GPU ratio."""
+    lines = ["method  mode       tier   mean_abs_err  max_abs_err  mean_signed  ci_halfwidth  inside_ci  "
+             "err_beyond_ci    n"]
+    for method, mode, part in itertools.product(TIER_METHODS, TIER_MODES, TIER_PARTS):
+        sel = [r for r in rows if (r["method"], r["tier_mode"], r["tier"]) == (method, mode, part)]
+        if not sel:
+            continue
+        errs, signed, half, inside, beyond = _stats(sel)
+        lines.append(f"{method:7} {mode:10} {part:6} {errs.mean():12.4f} {errs.max():12.4f} {signed.mean():+12.4f} "
+                     f"{np.nanmean(half):13.4f} {inside:10.0%} {beyond:14.4f} {len(sel):4}")
+    ratios = sorted({r["cpu_ratio"] for r in rows})
+    lines += ["", "total: mean signed error (predicted - simulated) by CPU:GPU ratio",
+              "method  mode      " + "".join(f"{f'x{ratio:g}':>9}" for ratio in ratios)]
+    for method, mode in itertools.product(TIER_METHODS, TIER_MODES):
+        cells = []
+        for ratio in ratios:
+            sel = [r["signed_err"] for r in rows if (r["method"], r["tier_mode"], r["tier"], r["cpu_ratio"])
+                   == (method, mode, "total", ratio)]
+            cells.append(f"{np.mean(sel):+9.4f}" if sel else f"{'':9}")
+        lines.append(f"{method:7} {mode:10}" + "".join(cells))
+    labels = {}
+    for r in rows:
+        labels.setdefault(workload_label(r), None)
+    lines += ["", "total: mean signed error (predicted - simulated) by workload (rate/turns/think/system prompt)",
+              "method  mode      " + "".join(f"{label:>22}" for label in labels)]
+    for method, mode in itertools.product(TIER_METHODS, TIER_MODES):
+        cells = []
+        for label in labels:
+            sel = [r["signed_err"] for r in rows if (r["method"], r["tier_mode"], r["tier"]) == (method, mode, "total")
+                   and workload_label(r) == label]
+            cells.append(f"{np.mean(sel):+22.4f}" if sel else f"{'':22}")
+        lines.append(f"{method:7} {mode:10}" + "".join(cells))
+    return lines
+
+
+def workload_label(r: dict) -> str:
+    turns = f"{'geo' if r['turns_dist'] == 'geometric' else ''}{float(r['turns']):g}"
+    return (f"{float(r['arrival_rate']):g}/{turns}/{r['think_dist']}{float(r['think_time']):g}/"
+            f"{int(float(r['system_prompt_tokens']))}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a representative subset, under 2 minutes")
+    ap.add_argument("--quick", action="store_true",
+                    help="a representative subset, under 2 minutes (the tiered section: 6 more, about 20 s)")
     ap.add_argument("--out", default="out/validate", help="output folder (default out/validate)")
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="local worker processes")
     ap.add_argument("--dask", metavar="ADDRESS", help="run on an existing Dask cluster (optional extra)")
@@ -315,6 +521,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rescore", action="store_true",
                     help="recompute the models' predictions for finished points (after a model change)")
     ap.add_argument("--no-curve", action="store_true", help="skip the hit-rate-vs-capacity figure")
+    tiered = ap.add_mutually_exclusive_group()
+    tiered.add_argument("--no-tiered", action="store_true", help="skip the tiered (GPU -> CPU) section")
+    tiered.add_argument("--tiered-only", action="store_true", help="run only the tiered section")
     args = ap.parse_args(argv)
     args.replications = args.replications or (2 if args.quick else 3)
     args.requests = args.requests or (6000 if args.quick else 20000)
@@ -322,18 +531,30 @@ def main(argv=None) -> int:
         args.out = "out/validate-quick"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        rows = run(args)
-    except ValueError as e:  # e.g. --dask without the extra
-        sys.exit(f"validate: error: {e}")
-    write_csv(rows, out / "validation.csv")
-    lines = summary(rows)
-    write_atomic(out / "summary.txt", "\n".join(lines + [""] + breakdown(rows)) + "\n")
-    figures(rows, out)
-    if not args.quick and not args.no_curve:
-        curve_figure(out, args.replications, args.requests, args.seed)
-    print("\n".join(breakdown(rows)), file=sys.stderr)
-    print("\n".join(lines))
+    if not args.tiered_only:
+        try:
+            rows = run(args)
+        except ValueError as e:  # e.g. --dask without the extra
+            sys.exit(f"validate: error: {e}")
+        write_csv(rows, out / "validation.csv")
+        lines = summary(rows)
+        write_atomic(out / "summary.txt", "\n".join(lines + [""] + breakdown(rows)) + "\n")
+        figures(rows, out)
+        if not args.quick and not args.no_curve:
+            curve_figure(out, args.replications, args.requests, args.seed)
+        print("\n".join(breakdown(rows)), file=sys.stderr)
+        print("\n".join(lines), flush=True)
+    if not args.no_tiered:
+        try:
+            tiered_rows = run_tiered(args)
+        except ValueError as e:
+            sys.exit(f"validate: error: {e}")
+        write_atomic(out / "tiered.csv", csv_text(tiered_rows))
+        tiered_lines = tiered_summary(tiered_rows)
+        table = tiered_breakdown(tiered_rows)
+        write_atomic(out / "tiered_summary.txt", "\n".join(tiered_lines + [""] + table) + "\n")
+        print("\n".join(table), file=sys.stderr)
+        print("\n".join(tiered_lines))
     return 0
 
 

@@ -30,6 +30,10 @@ def executor(workers: int | None = None, dask_address: str | None = None) -> Ite
         yield pool
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: the process's umask, for the files write_atomic makes
+
+
 def write_atomic(path: Path | str, data: str | bytes) -> None:
     """Write ``data`` through a temporary file in the same folder and a rename: a reader (or a
     rerun after an interruption) never sees a half-written file."""
@@ -37,6 +41,7 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it 0600: give it the mode a plain open() would
         with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
         os.replace(tmp, path)

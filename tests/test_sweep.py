@@ -188,3 +188,14 @@ def test_sweep_on_a_dask_cluster(tmp_path, capsys):
     assert code == 0, err
     assert run(capsys, "sweep", grid, "--out", tmp_path / "local", "--workers", 1, "--no-progress")[0] == 0
     assert (tmp_path / "dask" / "results.csv").read_text() == (tmp_path / "local" / "results.csv").read_text()
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_file(tmp_path):
+    import os
+    import stat
+
+    from kvsim.batch import write_atomic
+
+    write_atomic(tmp_path / "a.txt", "x")
+    (tmp_path / "b.txt").write_text("x")
+    assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == stat.S_IMODE(os.stat(tmp_path / "b.txt").st_mode)

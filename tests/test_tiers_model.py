@@ -320,3 +320,19 @@ def test_capacity_for_tier_target_limits():
 def test_bad_inputs_name_the_parameter(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_no_tiered_total_beats_an_unlimited_cache():
+    # Exclusive FIFO adds an LRU remainder to a FIFO GPU; where the single-tier FIFO model runs high
+    # (deterministic think times, geometric turns) the sum once went above 1.
+    from analytic.distributions import ThinkTime, TurnCount
+    from analytic.ttl import no_eviction_ceiling
+
+    w = Workload(arrival_rate=0.5, turns=TurnCount("geometric", 8), think_time=ThinkTime("det", 10.0))
+    ceiling = no_eviction_ceiling(w, 16).token_hit_rate
+    for method in ("lru", "fifo"):
+        for mode in ("inclusive", "exclusive"):
+            for cpu in (5000, 20000):  # the GPU: where LRU gets 45% of the ceiling (the sum was 1.17-1.18)
+                m = tiered_model(w, (9945, cpu), 16, method, mode)
+                assert m.token_hit_rate <= ceiling + 1e-12, (method, mode, cpu)
+                assert all(t["token_hit_rate"] >= 0 for t in m.tiers.values())

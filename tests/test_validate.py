@@ -37,7 +37,7 @@ def test_summary_lines_and_resume(tmp_path, monkeypatch):
     calls = []
     real = validate.run_point
     monkeypatch.setattr(validate, "run_point", lambda *a: calls.append(a) or real(*a))
-    argv = ["--quick", "--out", str(tmp_path), "--workers", "1", "--requests", "1500", "--no-progress"]
+    argv = ["--quick", "--out", str(tmp_path), "--workers", "1", "--requests", "1500", "--no-progress", "--no-tiered"]
     # a finished point from an earlier, interrupted run is not redone
     first = real(points[0], 2, 1500, 0)
     (tmp_path / "points").mkdir()
@@ -49,3 +49,28 @@ def test_summary_lines_and_resume(tmp_path, monkeypatch):
     for method, line in zip(("lru", "fifo", "seed"), lines):
         assert line.startswith(f"{method}: mean_abs_err=") and line.endswith(" n=2")
     assert (tmp_path / "validation.csv").read_text().count("\n") == 7
+
+
+def test_tiered_section(tmp_path, monkeypatch):
+    validate = load("validate")
+    point = dict(arrival_rate=1.0, turns_dist="fixed", turns=5, think_time=30.0, think_dist="exp", think_cv=1.0,
+                 system_prompt_tokens=0, capacity_blocks=9778, cpu_blocks=19556, cpu_ratio=2, tier_mode="exclusive",
+                 target_fraction=0.45)
+    monkeypatch.setattr(validate, "tiered_grid", lambda quick: [point])
+    monkeypatch.setattr(validate, "executor", lambda workers, dask: ThreadPoolExecutor(1))
+    argv = ["--quick", "--tiered-only", "--out", str(tmp_path), "--workers", "1", "--requests", "3000",
+            "--no-progress"]
+    assert validate.main(argv) == 0
+    assert not (tmp_path / "validation.csv").exists()  # --tiered-only: no single-tier grid
+    assert (tmp_path / "points" / f"tiered-{validate.point_id(point)}.json").exists()
+    rows = {(r["method"], r["tier"]): r for r in validate.json.loads(
+        (tmp_path / "points" / f"tiered-{validate.point_id(point)}.json").read_text())}
+    assert set(rows) == {(m, t) for m in ("lru", "fifo") for t in ("gpu", "cpu", "total")}
+    for method in ("lru", "fifo"):
+        gpu, cpu, total = (rows[method, t] for t in ("gpu", "cpu", "total"))
+        assert abs(gpu["simulated"] + cpu["simulated"] - total["simulated"]) < 1e-9
+        assert cpu["simulated"] > 0.1  # the CPU tier adds hits here
+    assert rows["lru", "total"]["abs_err"] < 0.03, rows["lru", "total"]  # exclusive LRU: exact up to the LRU model
+    assert (tmp_path / "tiered.csv").read_text().count("\n") == 7
+    lines = (tmp_path / "tiered_summary.txt").read_text().splitlines()
+    assert lines[0].startswith("tiered lru exclusive gpu: mean_abs_err=") and lines[0].endswith(" n=1")
