@@ -289,7 +289,7 @@ def test_bad_policy(impl, policy):
 
 
 def test_bad_policy_message_names_the_value(impl):
-    with pytest.raises(ValueError, match=r"^policy must be one of lru, fifo, lfu \(got 'xyz'\)$"):
+    with pytest.raises(ValueError, match=r"^policy must be one of lru, fifo, lfu(, [a-z0-9-]+)* \(got 'xyz'\)$"):
         impl(4, "xyz")
 
 
@@ -316,10 +316,10 @@ def test_policy_name_case_and_numpy_capacity(impl):
 
 
 def test_policies_follow_the_protocol():
-    assert set(POLICIES) == set(BLOCK_POLICIES) == {"lru", "fifo", "lfu"}
+    assert set(POLICIES) == set(BLOCK_POLICIES) == {"lru", "fifo", "lfu", "s3fifo", "sieve", "arc", "lfu-aging", "sglang"}
     for per_block, table in ((False, POLICIES), (True, BLOCK_POLICIES)):
         for name, cls in table.items():
-            policy = make_policy(name, per_block)
+            policy = make_policy(name, per_block, capacity_blocks=8)
             assert isinstance(policy, cls) and isinstance(policy, EvictionPolicy)
             assert policy.name == name and len(policy) == 0
 
