@@ -313,14 +313,8 @@ class TieredCache:
             self.oversized += 1
             return _result(0, 0, True, zeros, zeros, zeros)
         # Lookups below the GPU (the GPU's serve changed nothing there).
-        total = r.hit_blocks
-        hits = [total]
-        for tier in self._lower:
-            h = 0
-            if total < max_hit_blocks and tier._size:
-                h = tier.lookup(_after(runs, total), max_hit_blocks - total)
-            hits.append(h)
-            total += h
+        hits = self._continued(runs, max_hit_blocks, r.hit_blocks)
+        total = sum(hits)
         stored = [0]
         tier_evicted = [r.evicted]
         if exclusive:
@@ -364,7 +358,12 @@ class TieredCache:
 
     def lookup_tiers(self, runs: Runs, max_hit_blocks: int) -> tuple[int, ...]:
         """The hit blocks a request would find now in each tier, changing nothing."""
-        total = self._gpu.lookup(runs, max_hit_blocks)
+        return tuple(self._continued(runs, max_hit_blocks, self._gpu.lookup(runs, max_hit_blocks)))
+
+    def _continued(self, runs: Runs, max_hit_blocks: int, gpu_hit: int) -> list[int]:
+        """The hit of each tier, GPU first: the GPU's ``gpu_hit``, then the run each lower tier
+        continues from where the tiers above stopped (capped at ``max_hit_blocks`` in all)."""
+        total = gpu_hit
         hits = [total]
         for tier in self._lower:
             h = 0
@@ -372,7 +371,7 @@ class TieredCache:
                 h = tier.lookup(_after(runs, total), max_hit_blocks - total)
             hits.append(h)
             total += h
-        return tuple(hits)
+        return hits
 
     def lookup(self, runs: Runs, max_hit_blocks: int) -> int:
         """The whole hit a request would find now (``hit_blocks`` of :meth:`serve_runs`)."""
