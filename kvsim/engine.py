@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from analytic.offload import Tiers
+from analytic.offload import TIER_NAMES, Tiers
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 from kvsim.cache import PrefixCache
 from kvsim.defaults import DEFAULT_MAX_EVENTS
@@ -310,7 +310,7 @@ class SimulationResult:
     def tier_names(self) -> tuple[str, ...]:
         """gpu, cpu (and disk) for a tiered cache; empty for a single tier."""
         n = len(self.replications[0].tier_hit_blocks) if self.replications else 0
-        return ("gpu", "cpu", "disk")[:n]
+        return TIER_NAMES[:n]
 
     def tiers(self) -> dict[str, dict]:
         """Per tier: token and block hit rates (Estimates over replications, as dicts), and the

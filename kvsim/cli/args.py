@@ -15,10 +15,10 @@ from functools import lru_cache
 
 from analytic import presets
 from analytic.distributions import THINK_KINDS, ThinkTime, TokenCount, TurnCount
+from analytic.offload import DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH_GBPS, OFFLOAD_MODES
 from analytic.scenario import MODEL_POLICIES, Fleet, Offload, Scenario
 from analytic.service import (DEFAULT_DECODE_PER_TOKEN, DEFAULT_MAX_RUNNING, DEFAULT_PREFILL_PER_TOKEN,
                               DEFAULT_SERVICE_PRESET, ServiceModel)
-from analytic.offload import DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH_GBPS, OFFLOAD_MODES
 from analytic.specs import (
     DEFAULT_ACTIVATION_RESERVE_GIB,
     DEFAULT_BLOCK_SIZE,
@@ -138,16 +138,15 @@ def add_fleet_args(p: argparse.ArgumentParser, simulation: bool) -> None:
 OFFLOAD_SIZE_FLAGS = tuple(f"{tier}_{unit}" for tier in ("cpu", "disk") for unit in ("gib", "tokens", "blocks"))
 
 
-def add_offload_args(p: argparse.ArgumentParser, gib: bool = True) -> None:
-    """The tiers below the GPU (``gib=False``: sizes in tokens or blocks only, where no model is
-    known to size GiB with)."""
+def add_offload_args(p: argparse.ArgumentParser) -> None:
+    """The tiers below the GPU (``kvsim replay``, which knows no model to size GiB with, has its
+    own: tokens and blocks only, in :mod:`kvsim.cli.replay`)."""
     g = p.add_argument_group("CPU / disk offload (tiers below the GPU's prefix cache)")
     for tier, what in (("cpu", "CPU DRAM"), ("disk", "local disk, below the CPU tier")):
         sizes = g.add_mutually_exclusive_group()
-        if gib:
-            sizes.add_argument(f"--{tier}-offload-gib", dest=f"{tier}_gib", type=float, metavar="GIB",
-                               help=f"{what} tier of GIB GiB (sized with the model's KV bytes per token, as "
-                                    "vLLM's --kv-offloading-size)")
+        sizes.add_argument(f"--{tier}-offload-gib", dest=f"{tier}_gib", type=float, metavar="GIB",
+                           help=f"{what} tier of GIB GiB (sized with the model's KV bytes per token, as "
+                                "vLLM's --kv-offloading-size)")
         sizes.add_argument(f"--{tier}-capacity-tokens", dest=f"{tier}_tokens", type=int, metavar="N",
                            help=f"{what} tier of N tokens")
         sizes.add_argument(f"--{tier}-capacity-blocks", dest=f"{tier}_blocks", type=int, metavar="N",

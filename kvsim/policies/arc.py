@@ -132,11 +132,12 @@ class ARCPolicy:
     def evict(self, n: int, pinned: Pinned = ()) -> None:
         t1, t2, b1, b2 = self._t1, self._t2, self._b1, self._b2
         c = self.capacity_blocks
+        p = self.p
         hits = self._hits
         parked1: list[int] = []  # pinned blocks taken off the LRU end of T1 / T2, LRU first
         parked2: list[int] = []
 
-        def take(lru: OrderedDict, parked: list) -> int | None:
+        def take_unpinned(lru: OrderedDict, parked: list) -> int | None:
             """Remove and return the least recent unpinned key of ``lru`` (None if none)."""
             while lru:
                 key = lru.popitem(False)[0]
@@ -146,40 +147,37 @@ class ARCPolicy:
                     return key
             return None
 
-        def replace(from_b2: bool) -> None:
+        def take_any(lru: OrderedDict, parked: list) -> int | None:
+            return lru.popitem(False)[0] if lru else None
+
+        take = take_unpinned if hits or pinned else take_any
+
+        kinds = self._kinds
+        n_kinds = len(kinds)
+        for j in range(n):
+            kind = kinds[j] if j < n_kinds else 0
             size1 = len(t1) + len(parked1)
-            if (size1 and (size1 > self.p or (size1 == self.p and from_b2))) or not (t2 or parked2):
+            if not kind:  # case IV: trim the ghosts first
+                if size1 + len(b1) >= c:
+                    if b1:
+                        b1.popitem(False)
+                    elif take(t1, parked1) is not None:  # T1 holds the whole cache: no ghost
+                        continue
+                elif b2 and size1 + len(t2) + len(parked2) + len(b1) + len(b2) >= 2 * c:
+                    b2.popitem(False)
+            # REPLACE
+            if (size1 and (size1 > p or (size1 == p and kind == 2))) or not (t2 or parked2):
                 key = take(t1, parked1)
                 if key is not None:
                     b1[key] = None
-                    return
-                b2[take(t2, parked2)] = None
+                else:
+                    b2[take(t2, parked2)] = None
             else:
                 key = take(t2, parked2)
                 if key is not None:
                     b2[key] = None
-                    return
-                b1[take(t1, parked1)] = None
-
-        kinds = self._kinds
-        for j in range(n):
-            kind = kinds[j] if j < len(kinds) else 0
-            if kind:
-                replace(kind == 2)
-                continue
-            size1 = len(t1) + len(parked1)
-            if size1 + len(b1) + 1 > c:
-                if b1:
-                    b1.popitem(False)
-                    replace(False)
                 else:
-                    key = take(t1, parked1)  # T1 holds the whole cache: evict, no ghost
-                    if key is None:
-                        replace(False)
-            else:
-                if size1 + len(t2) + len(parked2) + len(b1) + len(b2) >= 2 * c and b2:
-                    b2.popitem(False)
-                replace(False)
+                    b1[take(t1, parked1)] = None
         for lru, parked in ((t1, parked1), (t2, parked2)):
             for key in reversed(parked):
                 lru[key] = None

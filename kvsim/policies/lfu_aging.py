@@ -144,11 +144,15 @@ class LFUAgingPolicy:
                 count[key] = 1
                 priority[key] = 1 + age
         hit_counts, self._hit_counts = self._hit_counts, []
+        last = bucket = None  # a request's hits mostly share a count: look its bucket up once
         for j in range(hit_blocks - 1, -1, -1):
             key = keys[j]
             c = count[key] = hit_counts[j] + 1
             pr = priority[key] = c + age
-            self._bucket(pr)[key] = None
+            if pr != last:
+                bucket = self._bucket(pr)
+                last = pr
+            bucket[key] = None
 
     def cached_prefix(self, runs: Runs, max_hit_blocks: int) -> int:
         hit = 0
