@@ -37,7 +37,7 @@ from analytic.distributions import ThinkTime, TokenCount, TurnCount
 from analytic.plan import capacity_for_target
 from analytic.specs import Workload
 from analytic.ttl import no_eviction_ceiling
-from kvsim.batch import executor, write_atomic
+from kvsim.batch import executor, write_atomic, write_figure
 from kvsim.policies import POLICIES
 from kvsim.replay import policy_choices
 
@@ -161,10 +161,7 @@ def figure(path: Path, results: dict[str, dict]) -> None:
     axes[0][0].set_ylabel("token hit rate")
     axes[0][0].legend(fontsize=7)  # the first panel is a trace: it has belady too
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=70)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    write_figure(path, fig, dpi=70)
 
 
 def write_csv(path: Path, results: dict[str, dict]) -> None:

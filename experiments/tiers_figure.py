@@ -14,7 +14,6 @@ bf16, ``analytic.sizing.bytes_per_token``). Prints the numbers it plots; under 3
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from analytic.offload import Tiers
 from analytic.specs import Workload
 from analytic.tiers import tiered_model
 from analytic.ttl import no_eviction_ceiling
-from kvsim.batch import write_atomic
+from kvsim.batch import write_figure
 
 GPU_BLOCKS = 9778  # kvsim calc's default capacity
 BLOCK_SIZE = 16
@@ -101,10 +100,7 @@ def figure(path: Path, curve: dict, sims: dict, ceiling: float, workload: Worklo
     ax.set_title(f"inclusive LRU CPU tier; λ={w.arrival_rate:g} conv/s, {w.turns.mean:g} turns, "
                  f"exp think {w.think_time.mean:g} s, 200+300 tokens", fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    write_figure(path, fig, dpi=90)
 
 
 def main(argv=None) -> int:

@@ -45,7 +45,7 @@ from analytic.empirical import (
 )
 from analytic.offload import Tiers
 from analytic.specs import Workload
-from kvsim.batch import write_atomic
+from kvsim.batch import write_atomic, write_figure
 from kvsim.engine import simulate
 from kvsim.replay import replay, request_blocks
 from kvsim.templates import load_templates, template_profile, template_source
@@ -157,10 +157,7 @@ def figure(path: Path, rows: list[dict], title: str, block_size: int) -> None:
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    write_figure(path, fig, dpi=100)
 
 
 def summary_line(name: str, rows: list[dict], reference: str) -> str:
@@ -274,10 +271,7 @@ def tiers_figure(path: Path, rows: list[dict], info: dict) -> None:
     axes[0].set_ylim(0, max(0.5, ideal * 1.25))
     fig.suptitle(f"Mooncake conversation trace, replayed through GPU -> CPU tiers ({bs}-token blocks)", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    write_figure(path, fig, dpi=100)
 
 
 def main(argv=None) -> int:

@@ -51,3 +51,15 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def write_figure(path: Path | str, fig, dpi: int = 100) -> None:
+    """Save a matplotlib figure as PNG atomically (:func:`write_atomic`) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
