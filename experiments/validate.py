@@ -157,22 +157,28 @@ def score(row: dict, models: dict) -> dict:
     return {**row, "variant": variant, "predicted": predicted, "abs_err": abs(predicted - row["simulated"])}
 
 
+def run_missing(points: list[dict], path_of, run_one, args, what: str, desc: str) -> None:
+    """Run ``run_one(point, replications, requests, seed)`` for the points whose file
+    (``path_of(point)``) is missing, on the executor, writing each result atomically as it ends."""
+    todo = [p for p in points if not path_of(p).exists()]
+    print(f"{len(points)} {what}, {len(points) - len(todo)} already done", file=sys.stderr)
+    if not todo:
+        return
+    from tqdm import tqdm
+
+    with executor(args.workers, args.dask) as pool, tqdm(total=len(todo), file=sys.stderr, disable=args.no_progress,
+                                                         desc=desc) as bar:
+        futures = {pool.submit(run_one, p, args.replications, args.requests, args.seed): p for p in todo}
+        for future in as_completed(futures):
+            write_atomic(path_of(futures[future]), json.dumps(future.result()))
+            bar.update()
+
+
 def run(args) -> list[dict]:
     out = Path(args.out)
     points_dir = out / "points"
     points = grid(args.quick)
-    todo = [p for p in points if not (points_dir / f"{point_id(p)}.json").exists()]
-    print(f"{len(points)} configurations, {len(points) - len(todo)} already done", file=sys.stderr)
-    if todo:
-        from tqdm import tqdm
-
-        with executor(args.workers, args.dask) as pool, tqdm(total=len(todo), file=sys.stderr, disable=args.no_progress,
-                                                 desc="validate") as bar:
-            futures = {pool.submit(run_point, p, args.replications, args.requests, args.seed): p for p in todo}
-            for future in as_completed(futures):
-                p = futures[future]
-                write_atomic(points_dir / f"{point_id(p)}.json", json.dumps(future.result()))
-                bar.update()
+    run_missing(points, lambda p: points_dir / f"{point_id(p)}.json", run_point, args, "configurations", "validate")
     rows = []
     for p in points:
         point_rows = json.loads((points_dir / f"{point_id(p)}.json").read_text())
@@ -412,18 +418,8 @@ def run_tiered_point(p: dict, replications: int, requests_per_replication: int, 
 def run_tiered(args) -> list[dict]:
     points_dir = Path(args.out) / "points"
     points = tiered_grid(args.quick)
-    todo = [p for p in points if not tiered_point_file(points_dir, p).exists()]
-    print(f"{len(points)} tiered configurations, {len(points) - len(todo)} already done", file=sys.stderr)
-    if todo:
-        from tqdm import tqdm
-
-        with executor(args.workers, args.dask) as pool, tqdm(total=len(todo), file=sys.stderr, disable=args.no_progress,
-                                                 desc="validate tiered") as bar:
-            futures = {pool.submit(run_tiered_point, p, args.replications, args.requests, args.seed): p for p in todo}
-            for future in as_completed(futures):
-                p = futures[future]
-                write_atomic(tiered_point_file(points_dir, p), json.dumps(future.result()))
-                bar.update()
+    run_missing(points, lambda p: tiered_point_file(points_dir, p), run_tiered_point, args, "tiered configurations",
+                "validate tiered")
     rows = []
     for p in points:
         point_rows = json.loads(tiered_point_file(points_dir, p).read_text())
