@@ -83,7 +83,6 @@ from analytic.offload import DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH_
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 from analytic.ttl import ModelResult, _table, no_eviction_ceiling
 
-MODES = OFFLOAD_MODES
 DEFAULT_BANDWIDTHS_GBPS = {"cpu": DEFAULT_CPU_BANDWIDTH_GBPS, "disk": DEFAULT_DISK_BANDWIDTH_GBPS}
 # KV bytes per token of the model the default service times are for (Llama-3.1-8B, bf16: 131,072).
 DEFAULT_BYTES_PER_TOKEN = kv_bytes_per_token(presets.model(DEFAULT_SERVICE_PRESET), "bf16")
@@ -176,8 +175,8 @@ def _check(workload, block_size, method, mode) -> None:
     check_positive("block-size", block_size, integer=True)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"mode must be one of {', '.join(OFFLOAD_MODES)} (got {mode!r})")
 
 
 @dataclass(frozen=True)

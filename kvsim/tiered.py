@@ -94,9 +94,8 @@ from kvsim.cache import _INTERNED, PrefixCache, ServeResult
 from kvsim.policies import EvictionPolicy, Runs
 from kvsim.policies.base import supports_tiers
 
-__all__ = ["MODES", "TIER_NAMES", "TieredCache", "TieredServeResult", "make_cache", "tier_tokens"]
+__all__ = ["TIER_NAMES", "TieredCache", "TieredServeResult", "make_cache", "tier_tokens"]
 
-MODES = OFFLOAD_MODES
 
 
 class TieredServeResult(ServeResult):
@@ -242,8 +241,8 @@ class TieredCache:
                  policy: str | EvictionPolicy = "lru", *, cpu_policy: str | EvictionPolicy | None = None,
                  disk_policy: str | EvictionPolicy | None = None, mode: str = "inclusive",
                  block_size: int | None = None) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
+        if mode not in OFFLOAD_MODES:
+            raise ValueError(f"mode must be one of {', '.join(OFFLOAD_MODES)} (got {mode!r})")
         sizes = [_check_blocks("gpu_blocks", gpu_blocks), _check_blocks("cpu_blocks", cpu_blocks)]
         if _check_blocks("disk_blocks", disk_blocks):
             sizes.append(int(disk_blocks))
