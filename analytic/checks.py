@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_positive"]
+__all__ = ["MIN_ARRIVAL_RATE", "check_positive"]
+
+# Conversations per second below which the models and the trace replay refuse (one every 30 years):
+# the models' characteristic time grows as capacity / rate and a replay's gaps as 1 / rate; at
+# 1e-308 both overflow.
+MIN_ARRIVAL_RATE = 1e-9
 
 
 def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False,

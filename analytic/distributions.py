@@ -27,8 +27,12 @@ MAX_TURNS = 100_000
 # Coefficients of variation above this are refused: a lognormal of cv 100 already puts half its
 # mass below 1/10,000 of the mean, and larger ones overflow in the moments.
 MAX_CV = 100.0
+# ... and below this: a gamma's shape is 1/cv^2 (cv 1e-160 underflows it to a division by zero),
+# and a spread of 0.1% is a fixed value (det think times, a fixed token count).
+MIN_CV = 1e-3
 MAX_TOKENS = 10_000_000  # tokens of one message: the longest context of any model (Llama 4 Scout, 10M)
 MAX_SECONDS = 1e9  # a think time beyond 30 years is a typo
+MIN_SECONDS = 1e-6  # ... and one below a microsecond (the models divide by it: 1e-308 overflows)
 
 
 def _positive(name: str, value: float) -> None:
@@ -37,8 +41,8 @@ def _positive(name: str, value: float) -> None:
 
 
 def _cv(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= MAX_CV):
-        raise ValueError(f"{name} must be a number in (0, {MAX_CV:g}] (got {value!r})")
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and MIN_CV <= value <= MAX_CV):
+        raise ValueError(f"{name} must be a number in [{MIN_CV:g}, {MAX_CV:g}] (got {value!r})")
 
 
 def _kind(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -73,8 +77,9 @@ class ThinkTime:
             object.__setattr__(self, "mean", float(np.mean(self.samples)))
             object.__setattr__(self, "cv", float(np.std(self.samples) / self.mean) if self.mean else 0.0)
             return
-        if not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean) and 0 < self.mean <= MAX_SECONDS):
-            raise ValueError(f"think-time must be a number in (0, {MAX_SECONDS:g}] s (got {self.mean!r})")
+        if not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean)
+                and MIN_SECONDS <= self.mean <= MAX_SECONDS):
+            raise ValueError(f"think-time must be a number in [{MIN_SECONDS:g}, {MAX_SECONDS:g}] s (got {self.mean!r})")
         if self.kind in ("lognormal", "gamma"):
             _cv("think-cv", self.cv)
         elif self.kind == "exp":
@@ -311,8 +316,10 @@ class TurnCount:
             raise ValueError(f"turns must be a number >= 1 (got {self.mean!r})")
         if self.kind == "fixed" and int(self.mean) != self.mean:
             raise ValueError(f"turns must be a whole number >= 1 for fixed turns (got {self.mean!r})")
-        if self.longest > MAX_TURNS:
-            reach = "" if self.kind == "fixed" else f" (geometric with mean {self.mean:g} reaches {self.longest:,})"
+        # The mean first: a geometric mean above ~1e16 rounds q = 1 - 1/mean to 1 (log q = 0).
+        if self.mean > MAX_TURNS or self.longest > MAX_TURNS:
+            reach = ("" if self.kind == "fixed" or self.mean > MAX_TURNS else
+                     f" (geometric with mean {self.mean:g} reaches {self.longest:,})")
             raise ValueError(f"turns must be at most {MAX_TURNS:,} per conversation{reach} (got {self.mean:g})")
 
     @property

@@ -2,12 +2,14 @@
 
 Model values are read from ``presets.csv`` (a copy of ../shared/presets.csv, whose ``sources``
 column says where each value comes from); a preset is named by its ``model`` column lower-cased.
+GPU values are each vendor's datasheet, cited next to each.
 """
 
 from __future__ import annotations
 
 import csv
 import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -29,6 +31,81 @@ GPUS = {
 }
 
 
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU's datasheet figures: what the step time's roofline (``analytic.steptime``) needs.
+
+    FLOPs are peak *dense* tensor-core FLOPs per second (datasheets print the 2:4-sparse figure,
+    twice the dense one, with an asterisk); None: the GPU has no such unit. Bandwidths are bytes
+    per second; ``interconnect_bytes_per_s`` is the datasheet's per-GPU GPU-to-GPU figure, which
+    counts both directions (``link_bytes_per_s`` is one direction).
+    """
+
+    name: str
+    memory_gib: float
+    bf16_flops: float  # also fp16: every GPU here runs both at the same rate
+    fp8_flops: float | None
+    int8_flops: float | None  # int8 tensor ops per second
+    fp32_flops: float | None  # non-tensor FP32 (PyTorch does not use TF32 for matmuls by default)
+    hbm_bytes_per_s: float
+    interconnect_bytes_per_s: float
+    interconnect: str
+
+    @property
+    def link_bytes_per_s(self) -> float:
+        """One direction of the interconnect: what each hop of a ring all-reduce moves at (every
+        GPU sends to one neighbour while it receives from the other)."""
+        return self.interconnect_bytes_per_s / 2
+
+    def peak_flops(self, dtype: str) -> float | None:
+        """Peak dense FLOPs/s of matmuls in ``dtype`` (fp16 as bf16); None if the GPU has none."""
+        return {"bf16": self.bf16_flops, "fp16": self.bf16_flops, "fp8": self.fp8_flops,
+                "int8": self.int8_flops, "fp32": self.fp32_flops}.get(dtype)
+
+
+# Datasheets (dense figures = the printed sparse figure / 2):
+# * H100 SXM5: NVIDIA H100 Tensor Core GPU datasheet: BF16/FP16 1,979 TFLOPS*, FP8 3,958 TFLOPS*,
+#   INT8 3,958 TOPS* (*with sparsity), FP32 67 TFLOPS, HBM3 3.35 TB/s, NVLink 900 GB/s.
+# * H200 SXM: NVIDIA H200 datasheet: the H100's compute, HBM3e 4.8 TB/s, NVLink 900 GB/s.
+# * A100 SXM4: NVIDIA A100 datasheet: BF16/FP16 312 TFLOPS (624* sparse), INT8 624 TOPS,
+#   FP32 19.5 TFLOPS, no FP8; 40GB HBM2 1,555 GB/s, 80GB HBM2e 2,039 GB/s; NVLink 600 GB/s.
+# * L40S: NVIDIA L40S datasheet: BF16/FP16 362.05 TFLOPS (733* sparse), FP8 733 TFLOPS, INT8
+#   733 TOPS, FP32 91.6 TFLOPS, GDDR6 864 GB/s; no NVLink: PCIe Gen4 x16, 64 GB/s bidirectional.
+# * B200: NVIDIA DGX B200 datasheet (8 GPUs): 72 PFLOPS FP8 training (sparse) = 4.5 PFLOPS dense
+#   FP8 per GPU; HGX B200 per GPU: BF16 4.5 PFLOPS*, INT8 9 POPS*; HBM3e 64 TB/s over 8 GPUs =
+#   8 TB/s each; NVLink 5: 14.4 TB/s over 8 GPUs = 1.8 TB/s each. No FP32 figure is used.
+# * MI300X: AMD Instinct MI300X datasheet: FP16/BF16 1,307.4 TFLOPS (2,614.9 sparse), FP8
+#   2,614.9 TFLOPS, INT8 2,614.9 TOPS, FP32 163.4 TFLOPS, HBM3 5.3 TB/s; Infinity Fabric: 7 links
+#   x 128 GB/s = 896 GB/s per GPU.
+GPU_SPECS = {spec.name: spec for spec in (
+    GpuSpec("h100-80gb", GPUS["h100-80gb"], 989e12, 1979e12, 1979e12, 67e12, 3.35e12, 900e9, "NVLink 4"),
+    GpuSpec("h200-141gb", GPUS["h200-141gb"], 989e12, 1979e12, 1979e12, 67e12, 4.8e12, 900e9, "NVLink 4"),
+    GpuSpec("a100-40gb", GPUS["a100-40gb"], 312e12, None, 624e12, 19.5e12, 1555e9, 600e9, "NVLink 3"),
+    GpuSpec("a100-80gb", GPUS["a100-80gb"], 312e12, None, 624e12, 19.5e12, 2039e9, 600e9, "NVLink 3"),
+    GpuSpec("l40s-48gb", GPUS["l40s-48gb"], 362.05e12, 733e12, 733e12, 91.6e12, 864e9, 64e9, "PCIe Gen4 x16"),
+    GpuSpec("b200-180gb", GPUS["b200-180gb"], 2.25e15, 4.5e15, 4.5e15, None, 8e12, 1.8e12, "NVLink 5"),
+    GpuSpec("mi300x-192gb", GPUS["mi300x-192gb"], 1307.4e12, 2614.9e12, 2614.9e12, 163.4e12, 5.3e12, 896e9,
+            "Infinity Fabric"),
+)}
+
+
+def _active_params_b(row: dict) -> float | None:
+    """A MoE model's active parameters: the first "<N>B active" of the ``attention`` column, else of
+    the ``sources`` column (Mixtral: "12.9B active"); None for a dense model."""
+    for column in ("attention", "sources"):
+        match = re.search(r"(\d+(?:\.\d+)?)B active", row[column])
+        if match:
+            return float(match.group(1))
+    return None
+
+
+def _experts(text: str) -> tuple[int | None, int | None]:
+    """'MoE 128 experts top-8' / 'MoE FFN 8 experts top-2' / 'MoE 256 routed+1 shared top-8' ->
+    (routed experts, experts per token); (None, None) for a dense model."""
+    match = re.search(r"MoE(?: FFN)? (\d+) (?:experts|routed)\b.*?top-(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else (None, None)
+
+
 def _sliding_layers(text: str, layers: int) -> int:
     """'21 of 42: ...' -> 21; 'all 32 layers ...' -> 32; 'none' -> 0."""
     if text.startswith("all"):
@@ -44,6 +121,7 @@ def models() -> dict[str, ModelSpec]:
         for row in csv.DictReader(f):
             layers = int(row["layers"])
             window = int(row["sliding_window"]) if row["sliding_window"].isdigit() else 0
+            experts, per_token = _experts(row["attention"])
             out[row["model"].lower()] = ModelSpec(
                 name=row["model"].lower(),
                 layers=layers,
@@ -55,6 +133,11 @@ def models() -> dict[str, ModelSpec]:
                 sliding_window=window,
                 sliding_layers=_sliding_layers(row["sliding_layers"], layers) if window else 0,
                 max_context=int(row["max_context"]),
+                attention_heads=int(row["attention_heads"]),
+                hidden_size=int(row["hidden_size"]),
+                experts=experts,
+                experts_per_token=per_token,
+                active_params_b=_active_params_b(row) if experts else None,
             )
     return out
 
@@ -70,3 +153,10 @@ def gpu_memory_gib(name: str) -> float:
     if name.lower() not in GPUS:
         raise ValueError(f"gpu must be one of {', '.join(GPUS)} (got {name!r})")
     return GPUS[name.lower()]
+
+
+def gpu(name: str) -> GpuSpec:
+    """The datasheet figures of GPU preset ``name``."""
+    if name.lower() not in GPU_SPECS:
+        raise ValueError(f"gpu must be one of {', '.join(GPU_SPECS)} (got {name!r})")
+    return GPU_SPECS[name.lower()]

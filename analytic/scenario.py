@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from analytic.service import ServiceModel
+from analytic.serving import EngineOptions, EngineSpec
 from analytic.sizing import GIB, Capacity, capacity_from_gib, capacity_from_memory, capacity_from_tokens
 from analytic.offload import (DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH_GBPS, GB, MAX_TIER_BLOCKS,
                               OFFLOAD_MODES, Tiers)
@@ -170,6 +171,7 @@ class Scenario:
     fleet: Fleet = field(default_factory=Fleet)
     conversations: tuple[str, ...] | None = None
     offload: Offload = field(default_factory=Offload)
+    engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
         check_dtype("kv-dtype", self.kv_dtype)
@@ -179,6 +181,17 @@ class Scenario:
             raise ValueError("give exactly one of GPU memory (hardware), capacity-tokens and capacity-gib")
         if self.policy not in MODEL_POLICIES:
             raise ValueError(f"policy must be one of {', '.join(MODEL_POLICIES)} (got {self.policy!r})")
+        if self.engine.enabled and self.fleet.service is not None:
+            raise ValueError("give the engine (--engine, --step-time, ...) or the linear service time (--service, "
+                             "--prefill-per-token, ...), not both")
+
+    def engine_spec(self) -> EngineSpec:
+        """The step engine of this deployment: its step time from the model on the GPUs (the
+        roofline needs a GPU preset), vLLM's limits for that GPU unless given."""
+        hw = self.hardware
+        gpu = hw.gpu if hw is not None and hw.gpu != "custom" else None
+        return self.engine.spec(self.model, gpu, hw.gpu_memory_gib if hw else None, hw.gpus if hw else 1,
+                                self.weight_dtype, self.kv_dtype)
 
     def capacity(self) -> Capacity:
         if self.hardware is not None:

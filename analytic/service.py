@@ -12,9 +12,9 @@ from analytic import presets
 from analytic.specs import check_positive
 
 # Defaults: Llama-3.1-8B in bf16 on one H100 SXM, from first principles (roofline).
-# NVIDIA H100 SXM datasheet: 989 TFLOPS dense BF16, 3.35 TB/s HBM3.
-H100_BF16_FLOPS = 989e12
-H100_HBM_BYTES_PER_S = 3.35e12
+# NVIDIA H100 SXM datasheet (analytic.presets.GPU_SPECS): 989 TFLOPS dense BF16, 3.35 TB/s HBM3.
+H100_BF16_FLOPS = presets.gpu("h100-80gb").bf16_flops
+H100_HBM_BYTES_PER_S = presets.gpu("h100-80gb").hbm_bytes_per_s
 DEFAULT_SERVICE_PRESET = "llama-3.1-8b"
 PREFILL_UTILIZATION = 0.4  # assumed share of peak FLOPS prefill reaches (model FLOPs utilisation)
 _PARAMS = presets.model(DEFAULT_SERVICE_PRESET).params_b * 1e9

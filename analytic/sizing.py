@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from analytic.distributions import MAX_TOKENS
 from analytic.specs import DEFAULT_BLOCK_SIZE, DTYPE_BYTES, Hardware, ModelSpec, check_dtype, check_positive
 
 GIB = 1024**3
 # A trillion tokens (~100 PiB of KV at Llama-3.1-8B's 131 KB/token) is more than any deployment
 # holds: a capacity beyond it is a typo, and would overflow the simulator's integer block counts.
 MAX_CAPACITY_TOKENS = 10**12
+# A block longer than the longest context of any model is a typo (and a cache of zero blocks).
+MAX_BLOCK_SIZE = MAX_TOKENS
+# Model geometry: the largest real models have ~130 layers, 128 KV heads of 256 dims and an MLA
+# rank of 512; beyond these bounds a value is a typo (a huge one makes a cache of zero tokens).
+GEOMETRY_LIMITS = {"layers": 10_000, "kv_heads": 10_000, "head_dim": 100_000, "kv_lora_rank": 100_000,
+                   "qk_rope_head_dim": 100_000, "sliding_window": MAX_CAPACITY_TOKENS}
+# Weights: the largest models have ~2 trillion parameters; 100 trillion (or a million GiB) is a typo.
+MAX_PARAMS_B = 100_000.0
+MAX_MODEL_SIZE_GIB = 1e6
 SOURCE_FLAGS = {"gpu-memory": "gpu-memory-gb", "capacity-tokens": "capacity-tokens", "capacity-gib": "capacity-gib"}
 
 
@@ -20,9 +30,20 @@ def bytes_per_token(model: ModelSpec, kv_dtype: str = "bf16") -> float:
     MLA: layers x (kv_lora_rank + qk_rope_head_dim) x dtype bytes (the latent and the rope key).
     """
     check_dtype("kv-dtype", kv_dtype)
+    check_geometry(model)
     if model.is_mla:
         return model.layers * (model.kv_lora_rank + model.qk_rope_head_dim) * DTYPE_BYTES[kv_dtype]
     return 2 * model.layers * model.kv_heads * model.head_dim * DTYPE_BYTES[kv_dtype]
+
+
+def check_geometry(model: ModelSpec) -> None:
+    """Every dimension of the model within :data:`GEOMETRY_LIMITS` (ValueError naming the flag)."""
+    for field, limit in GEOMETRY_LIMITS.items():
+        check_positive(field.replace("_", "-"), getattr(model, field), integer=True, allow_zero=True, at_most=limit)
+
+
+def check_block_size(block_size) -> None:
+    check_positive("block-size", block_size, integer=True, at_most=MAX_BLOCK_SIZE)
 
 
 def bytes_for_sequence(model: ModelSpec, tokens: int, kv_dtype: str = "bf16") -> float:
@@ -35,7 +56,7 @@ def bytes_for_sequence(model: ModelSpec, tokens: int, kv_dtype: str = "bf16") ->
 
 def weights_bytes(params_b: float, weight_dtype: str = "bf16") -> float:
     check_dtype("weight-dtype", weight_dtype)
-    check_positive("params-b", params_b)
+    check_positive("params-b", params_b, at_most=MAX_PARAMS_B)
     return params_b * 1e9 * DTYPE_BYTES[weight_dtype]
 
 
@@ -80,9 +101,9 @@ def capacity_from_memory(
 
     Weights are ``model_size_gib`` when given, else parameters x weight-dtype bytes.
     """
-    check_positive("block-size", block_size, integer=True)
+    check_block_size(block_size)
     if model_size_gib is not None:
-        check_positive("model-size-gb", model_size_gib)
+        check_positive("model-size-gb", model_size_gib, at_most=MAX_MODEL_SIZE_GIB)
         weights = model_size_gib * GIB
     elif model.params_b is None:
         raise ValueError("params-b or model-size-gb is required to size the cache from GPU memory")
@@ -109,14 +130,14 @@ def capacity_from_memory(
 def capacity_from_tokens(model: ModelSpec, tokens: int, kv_dtype: str = "bf16",
                          block_size: int = DEFAULT_BLOCK_SIZE) -> Capacity:
     check_positive("capacity-tokens", tokens, integer=True)
-    check_positive("block-size", block_size, integer=True)
+    check_block_size(block_size)
     return _from_tokens(bytes_per_token(model, kv_dtype), tokens, block_size, "capacity-tokens")
 
 
 def capacity_from_gib(model: ModelSpec, gib: float, kv_dtype: str = "bf16",
                       block_size: int = DEFAULT_BLOCK_SIZE) -> Capacity:
     check_positive("capacity-gib", gib)
-    check_positive("block-size", block_size, integer=True)
+    check_block_size(block_size)
     bpt = bytes_per_token(model, kv_dtype)
     return _from_tokens(bpt, gib * GIB / bpt, block_size, "capacity-gib")
 

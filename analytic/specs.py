@@ -50,6 +50,14 @@ class ModelSpec:
     sliding_window: int = 0
     sliding_layers: int = 0
     max_context: int | None = None
+    # What the step time's roofline needs (analytic.steptime); None: not known. A dense model has
+    # no experts, and its active parameters are all its parameters.
+    attention_heads: int | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    experts: int | None = None
+    experts_per_token: int | None = None
+    active_params_b: float | None = None
 
     def __post_init__(self) -> None:
         check_positive("layers", self.layers, integer=True)
@@ -65,6 +73,22 @@ class ModelSpec:
             raise ValueError(f"sliding-layers must be <= layers ({self.layers}) (got {self.sliding_layers})")
         if bool(self.sliding_window) != bool(self.sliding_layers):
             raise ValueError("sliding-window and sliding-layers must be given together")
+        for name in ("attention_heads", "hidden_size", "intermediate_size", "experts", "experts_per_token"):
+            if getattr(self, name) is not None:
+                check_positive(name.replace("_", "-"), getattr(self, name), integer=True)
+        if (self.experts is None) != (self.experts_per_token is None):
+            raise ValueError("experts and experts-per-token must be given together")
+        if self.experts is not None and self.experts_per_token > self.experts:
+            raise ValueError(f"experts-per-token must be <= experts ({self.experts}) (got {self.experts_per_token})")
+        if self.active_params_b is not None:
+            check_positive("active-params-b", self.active_params_b)
+            if self.params_b is not None and self.active_params_b > self.params_b:
+                raise ValueError(f"active-params-b must be <= params-b ({self.params_b:g}) (got {self.active_params_b:g})")
+
+    @property
+    def active_params(self) -> float | None:
+        """Parameters (billions) one token's forward pass uses: all of a dense model's."""
+        return self.params_b if self.active_params_b is None else self.active_params_b
 
     @property
     def is_mla(self) -> bool:

@@ -43,6 +43,8 @@ from functools import lru_cache
 import numpy as np
 from scipy import special
 
+from analytic.checks import MIN_ARRIVAL_RATE
+from analytic.sizing import check_block_size
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
 
 SIZE_PATHS = 2000  # sampled size paths when token counts are drawn ...
@@ -340,7 +342,10 @@ def _check(workload: Workload, capacity_blocks, block_size) -> None:
     if not isinstance(workload, Workload):
         raise ValueError(f"workload must be an analytic.specs.Workload (got {type(workload).__name__})")
     check_positive("capacity-blocks", capacity_blocks, integer=True, allow_zero=True)
-    check_positive("block-size", block_size, integer=True)
+    check_block_size(block_size)
+    if workload.arrival_rate < MIN_ARRIVAL_RATE:  # the characteristic time ~ capacity / rate overflows
+        raise ValueError(f"arrival-rate must be a number >= {MIN_ARRIVAL_RATE:g} for the models (got "
+                         f"{workload.arrival_rate!r})")
 
 
 def _metrics(table: _Table, keep_any: np.ndarray, keep_share=None, keep_full=None):

@@ -92,7 +92,7 @@ STARTUP_TARGETS = {"help": 1.5, "calc": 3.0}  # times the numpy + simpy floor
 READING_TARGET = 1.5  # kvsim replay / libCacheSim process_trace
 MODEL_TARGET_S = 0.05
 FLEET_TARGET_S = 0.5
-SECTIONS = ("simulation", "streams", "mooncake", "startup", "reading", "models")
+SECTIONS = ("simulation", "streams", "mooncake", "startup", "reading", "models", "engine")
 
 # libCacheSim's LRU over the exported CSV, as one process: argv = csv, capacity in objects.
 LIBCACHESIM_SCRIPT = """
@@ -141,6 +141,33 @@ def simulation(workload: Workload, capacity: int, policy: str, per_block: bool, 
     c = counters[-1]
     return {"policy": policy, "per_block": per_block, "turns": c.requests, "cpu_s": seconds,
             "turns_per_s": c.requests / seconds, "token_hit_rate": c.token_hit_rate}
+
+
+def engine(duration: float = 1800.0) -> dict:
+    """The default workload with and without the step engine (roofline on the default GPU), one
+    replication each, CPU time side by side; and the engine's plain stepper, for the fast path's gain."""
+    from analytic.steptime import roofline
+    from analytic.serving import EngineSpec
+    from kvsim.engine import simulate
+    from kvsim.fleet import simulate_fleet
+
+    from analytic import presets
+
+    spec = EngineSpec(roofline(presets.model("llama-3.1-8b"), "a100-40gb"), 2048, 256)
+    window = dict(duration=duration, warmup=300.0, replications=1, progress=False)
+    results = {}
+
+    def timed(name, fn):
+        out = []
+        results[name] = cpu_seconds(lambda: out.append(fn()), repeat=1)
+        return out[-1]
+
+    timed("instant", lambda: simulate(DEFAULT, DEFAULT_CAPACITY, **window))
+    fast = timed("engine", lambda: simulate_fleet(DEFAULT, DEFAULT_CAPACITY, 1, engine=spec, **window))
+    timed("plain", lambda: simulate_fleet(DEFAULT, DEFAULT_CAPACITY, 1, engine=spec, fast=False, **window))
+    return {"cpu_s": results, "steps": fast.as_dict()["serving"]["steps"],
+            "engine_vs_instant": results["engine"] / results["instant"],
+            "plain_vs_fast": results["plain"] / results["engine"]}
 
 
 def request_stream(workload: Workload, conversations: int, seed: int = 0) -> list[tuple]:
@@ -371,7 +398,7 @@ def profile(fn, lines: int = 14) -> str:
 
 
 def sections(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = [n.strip() for n in text.split(",")]  # an empty item (a,,b) is refused, not dropped
     unknown = [n for n in names if n not in SECTIONS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"sections are {', '.join(SECTIONS)} (got {text!r})")
@@ -427,6 +454,9 @@ def main(argv=None) -> int:
         out["models"] = models()
         out["model_evaluation_s"] = max(out["models"]["lru"]["median_s"], out["models"]["fifo"]["median_s"])
         out["fleet_model_s"] = out["models"]["fleet"]["seconds"]
+    if "engine" in run:
+        out["engine"] = engine()
+        out["engine_vs_instant"] = out["engine"]["engine_vs_instant"]
     if args.profile:
         if "simulation" in run:
             out["profile_default_simulation"] = profile(
@@ -444,6 +474,12 @@ def main(argv=None) -> int:
 
 def report(out: dict, trace: Path) -> None:
     print(f"{out['machine']}; load average {', '.join(f'{x:.1f}' for x in out['load_average'])}; CPU time")
+    if "engine" in out:
+        e = out["engine"]
+        t = e["cpu_s"]
+        print(f"engine     default workload, 1800 s: instant {t['instant']:.2f} s, engine {t['engine']:.2f} s "
+              f"({e['steps']:,} steps) = {e['engine_vs_instant']:.1f}x the instant simulation (target 3x); plain "
+              f"stepper {t['plain']:.2f} s = {e['plain_vs_fast']:.1f}x the fast path")
     for name in ("default", "long_context"):
         for r in out.get(name, ()):
             kind = "per-block" if r["per_block"] else "run-based"

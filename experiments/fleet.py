@@ -38,6 +38,7 @@ from analytic.plan import capacity_for_target  # noqa: E402
 from analytic.specs import Workload  # noqa: E402
 from analytic.ttl import no_eviction_ceiling  # noqa: E402
 from kvsim.batch import executor, write_atomic  # noqa: E402
+from kvsim.cli.parser import UsageError, output_file, output_folder  # noqa: E402
 
 BLOCK_SIZE = 16
 ROUTERS = ("random", "round-robin", "least-loaded", "affinity", "cache-aware")
@@ -274,6 +275,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--figure", help="also copy the figure here (e.g. docs/fleet.png)")
     args = ap.parse_args(argv)
+    try:  # output paths checked before any work (kvsim.cli.parser)
+        output_folder("--out", args.out)
+        args.figure = output_file("--figure", args.figure, figure=True)
+    except UsageError as e:
+        print(f"fleet: error: {e}", file=sys.stderr)
+        return 2
     args.replications = args.replications or (2 if args.quick else 3)
     args.requests = args.requests or (10000 if args.quick else 40000)
     args.validation_requests = args.validation_requests or (6000 if args.quick else 20000)

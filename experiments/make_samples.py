@@ -22,7 +22,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import shutil
+import sys
 from pathlib import Path
+
+from kvsim.cli.parser import UsageError, output_folder
 
 MOONCAKE_REQUESTS = 500
 AGENTIC_FILES = ("trace_0001.json.gz", "trace_0006.json.gz", "trace_0011.json.gz", "trace_0013.json.gz",
@@ -40,8 +43,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = Path(__file__).resolve().parents[2] / "shared" / "traces"
     ap.add_argument("--traces", type=Path, default=default, help=f"folder of the shared traces (default {default})")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "kvsim" / "samples")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "kvsim" / "samples"))
     args = ap.parse_args(argv)
+    try:  # output paths checked before any work (kvsim.cli.parser)
+        args.out = Path(output_folder("--out", args.out))
+    except UsageError as e:
+        print(f"make_samples: error: {e}", file=sys.stderr)
+        return 2
 
     lines = []
     with open(args.traces / "mooncake" / "conversation_trace.jsonl", "rb") as f:

@@ -26,7 +26,6 @@ import argparse
 import csv
 import io
 import json
-import shutil
 import sys
 from concurrent.futures import as_completed
 from pathlib import Path
@@ -38,6 +37,7 @@ from analytic.plan import capacity_for_target
 from analytic.specs import Workload
 from analytic.ttl import no_eviction_ceiling
 from kvsim.batch import executor, write_atomic, write_figure
+from kvsim.cli.parser import UsageError, output_file, output_folder
 from kvsim.policies import POLICIES
 from kvsim.replay import policy_choices
 
@@ -177,15 +177,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = Path(__file__).resolve().parents[2] / "shared" / "traces"
     ap.add_argument("--traces", type=Path, default=default, help=f"folder of the shared traces (default {default})")
-    ap.add_argument("--out", type=Path, default=Path("out/policies"))
+    ap.add_argument("--out", default="out/policies")
     ap.add_argument("--quick", action="store_true", help="fewer capacities, sessions and replications")
     ap.add_argument("--workers", type=int, default=None, help="local worker processes (default one per core)")
     ap.add_argument("--sessions", type=int, default=40, help="agentic sessions replayed (default 40)")
     ap.add_argument("--agentic-rate", type=float, default=0.01, help="agentic sessions started per second")
     ap.add_argument("--replications", type=int, default=None, help="synthetic: per capacity (default 3, quick 1)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--figure", type=Path, help="also copy the figure here (e.g. docs/policies.png)")
+    ap.add_argument("--figure", help="also draw the figure here (e.g. docs/policies.png)")
     args = ap.parse_args(argv)
+    try:  # output paths checked before any work (kvsim.cli.parser)
+        args.out = Path(output_folder("--out", args.out))
+        args.figure = output_file("--figure", args.figure, figure=True)
+    except UsageError as e:
+        print(f"policies: error: {e}", file=sys.stderr)
+        return 2
     replications = args.replications or (1 if args.quick else 3)
     points = 5 if args.quick else 9
     jobs: dict[str, tuple] = {}
@@ -216,7 +222,7 @@ def main(argv=None) -> int:
     write_csv(args.out / "policies.csv", results)
     figure(args.out / "policies.png", results)
     if args.figure:
-        shutil.copyfile(args.out / "policies.png", args.figure)
+        figure(Path(args.figure), results)
     return 0
 
 

@@ -28,6 +28,7 @@ from analytic.specs import Workload
 from analytic.tiers import tiered_model
 from analytic.ttl import no_eviction_ceiling
 from kvsim.batch import write_figure
+from kvsim.cli.parser import UsageError, output_file
 
 GPU_BLOCKS = 9778  # kvsim calc's default capacity
 BLOCK_SIZE = 16
@@ -105,11 +106,17 @@ def figure(path: Path, curve: dict, sims: dict, ceiling: float, workload: Worklo
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "tiers.png")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "tiers.png"),
+                    help="the figure to write (default docs/tiers.png)")
     ap.add_argument("--replications", type=int, default=3)
     ap.add_argument("--requests", type=int, default=20000, help="measured requests per replication")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    try:  # output paths checked before any work (kvsim.cli.parser)
+        args.out = Path(output_file("--out", args.out, figure=True))
+    except UsageError as e:
+        print(f"tiers_figure: error: {e}", file=sys.stderr)
+        return 2
     workload = Workload()
     ceiling = no_eviction_ceiling(workload, BLOCK_SIZE).token_hit_rate
     cpus = sorted({int(round(r * GPU_BLOCKS)) for r in np.linspace(0, 16, 129)} |

@@ -46,6 +46,7 @@ from analytic.empirical import (
 from analytic.offload import Tiers
 from analytic.specs import Workload
 from kvsim.batch import write_atomic, write_figure
+from kvsim.cli.parser import UsageError, output_folder
 from kvsim.engine import simulate
 from kvsim.replay import replay, request_blocks
 from kvsim.templates import load_templates, template_profile, template_source
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = Path(__file__).resolve().parents[2] / "shared" / "traces"
     ap.add_argument("--traces", type=Path, default=default, help=f"folder of the shared traces (default {default})")
-    ap.add_argument("--out", type=Path, default=Path("out/traces"))
+    ap.add_argument("--out", default="out/traces")
     ap.add_argument("--quick", action="store_true", help="fewer capacities and sessions")
     ap.add_argument("--sessions", type=int, default=40, help="agentic sessions used as templates (default 40)")
     ap.add_argument("--max-session-hours", type=float, default=3.0)
@@ -291,6 +292,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.traces.is_dir():
         print(f"traces: error: no trace folder at {args.traces} (give --traces)", file=sys.stderr)
+        return 2
+    try:  # output paths checked before any work (kvsim.cli.parser)
+        args.out = Path(output_folder("--out", args.out))
+    except UsageError as e:
+        print(f"traces: error: {e}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     lines = []

@@ -55,6 +55,7 @@ from analytic.specs import Workload
 from analytic.tiers import tiered_model
 from analytic.ttl import no_eviction_ceiling
 from kvsim.batch import executor, write_atomic
+from kvsim.cli.parser import UsageError, output_folder
 
 BLOCK_SIZE = 16
 INPUT_TOKENS, OUTPUT_TOKENS = 200, 300
@@ -525,6 +526,11 @@ def main(argv=None) -> int:
     args.requests = args.requests or (6000 if args.quick else 20000)
     if args.quick and args.out == "out/validate":
         args.out = "out/validate-quick"
+    try:  # output paths checked before any work (kvsim.cli.parser)
+        output_folder("--out", args.out)
+    except UsageError as e:
+        print(f"validate: error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.tiered_only:

@@ -54,12 +54,13 @@ def write_atomic(path: Path | str, data: str | bytes) -> None:
 
 
 def write_figure(path: Path | str, fig, dpi: int = 100) -> None:
-    """Save a matplotlib figure as PNG atomically (:func:`write_atomic`) and close it."""
+    """Save a matplotlib figure atomically (:func:`write_atomic`), in the format of the path's
+    extension (PNG without one), and close it."""
     import io
 
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".").lower() or "png", dpi=dpi)
     plt.close(fig)
     write_atomic(path, buf.getvalue())

@@ -46,8 +46,9 @@ def export_libcachesim_csv(traces, output, *, block_size: int | None = None, tra
     tail first; libCacheSim does none of these.
     """
     output = Path(output)
-    if bytes_per_token is not None and (type(bytes_per_token) is not int or bytes_per_token < 1):
-        raise ValueError(f"bytes-per-token must be an integer >= 1 (got {bytes_per_token!r})")
+    if bytes_per_token is not None and (type(bytes_per_token) is not int or not 1 <= bytes_per_token <= 10**9):
+        # 1 GB a token is beyond any model (Llama-3.1-405B bf16: 516 KB); obj_size must fit libCacheSim's int64
+        raise ValueError(f"bytes-per-token must be an integer in [1, 1,000,000,000] (got {bytes_per_token!r})")
     directory = output.parent if str(output.parent) else Path(".")
     if not directory.is_dir():
         raise ValueError(f"cannot write {output}: no such directory {directory}")

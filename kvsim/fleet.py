@@ -25,18 +25,21 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import count
 
 import numpy as np
 import simpy
 
 from analytic.service import ServiceModel
+from analytic.serving import EngineSpec
 from analytic.offload import Tiers
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
-from kvsim.cache import PrefixCache
+from kvsim.cache import PrefixCache, runs_of
 from kvsim.defaults import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, DEFAULT_MAX_EVENTS
 from kvsim.engine import (ConversationSource, Counters, Estimate, SimulationResult, checked_source,
                           counting_server, drive, progress_bar, run_arrivals,
                           run_window)
+from kvsim.step_engine import EngineInstance, EngineRequest, ServingStats, merged, serving_summary
 from kvsim.tiered import make_cache, tier_tokens
 from kvsim.workload import Turn
 
@@ -218,13 +221,22 @@ class Latencies:
     waiting_at_end: int = 0  # requests still queued when the run stopped (grows without bound if overloaded)
 
 
-def _run_instant(source, arrival_rate, instances, router, block_size, duration, warmup, rng, progress) -> None:
-    """Zero service time: :func:`kvsim.engine.drive`, each turn routed then served at once."""
+def _run_instant(source, arrival_rate, instances, router, block_size, duration, warmup, rng, progress,
+                 requests: list | None = None) -> None:
+    """Zero service time: :func:`kvsim.engine.drive`, each turn routed then served at once.
+    ``requests``: a list that gets each request's hit (an :class:`EngineRequest` without times)."""
     servers = [counting_server(inst.cache, inst.counters, block_size, warmup) for inst in instances]
     choose = router.choose
+    serial = count()
 
     def on_turn(turn: Turn, now: float, cid: int) -> None:
-        servers[choose(cid, turn)](turn, now)
+        i = choose(cid, turn)
+        result = servers[i](turn, now)
+        if requests is not None:
+            req = EngineRequest(next(serial), now, turn.prompt_tokens, turn.output_tokens, (), turn=turn.index)
+            req.instance = i
+            req.hit_tokens = 0 if result.oversized else min(result.hit_blocks * block_size, turn.prompt_tokens)
+            requests.append(req)
 
     drive(source, arrival_rate, duration, rng, on_turn, progress)
     for server in servers:
@@ -302,6 +314,100 @@ def _run_served(source, arrival_rate, instances, router, service: ServiceModel, 
     return lat
 
 
+class _EngineCache:
+    """The router's view of an engine instance's cache (what :class:`CacheAwareRouter` reads)."""
+
+    def __init__(self, engine: EngineInstance) -> None:
+        self.engine = engine
+
+    runs = staticmethod(runs_of)
+
+    def lookup(self, runs, max_hit_blocks: int) -> int:
+        keys = [k for first, n in runs for k in range(first, first + n)][:max_hit_blocks]
+        return self.engine.lookup(keys, max_hit_blocks)
+
+    @property
+    def free_blocks(self) -> int:
+        return self.engine.free_blocks()
+
+
+class _EngineView:
+    """An engine instance as the routers see it: its load and its cache."""
+
+    def __init__(self, engine: EngineInstance) -> None:
+        self.engine = engine
+        self.cache = _EngineCache(engine)
+
+    @property
+    def outstanding(self) -> int:
+        return self.engine.outstanding
+
+
+def _run_engine(source, arrival_rate, capacities, router: str, router_options: dict, spec: EngineSpec,
+                block_size, duration, warmup, rng, router_rng, progress, fast: bool = True,
+                keep_requests: bool = False) -> tuple[list[Counters], list[ServingStats]]:
+    """Conversations through step engines behind ``router``: a turn is submitted when it arrives
+    (its think time after the previous response finished), measured if it arrives in
+    ``[warmup, duration)``. New conversations and turns stop at ``duration``; the requests
+    already sent are served to the end (so every measured request finishes)."""
+    env = simpy.Environment()
+    timeout = env.timeout
+    window = duration - warmup
+    counters = [Counters(window=window) for _ in capacities]
+    stats = [ServingStats(warmup, duration, requests=[] if keep_requests else None) for _ in capacities]
+    serial = count()
+
+    def finished(req: EngineRequest) -> None:
+        turns, cid = req.payload
+        arrive(turns, cid)
+
+    engines = [EngineInstance(env, spec, c, block_size, stats[i], counters[i], finished, index=i, fast=fast)
+               for i, c in enumerate(capacities)]
+    chooser = make_router(router, [_EngineView(e) for e in engines], router_rng, **router_options)
+    choose = chooser.choose
+    open_ = True
+
+    def submit(turns, turn: Turn, cid: int) -> None:
+        if not open_:
+            return
+        now = env.now
+        keys = list(turn.keys)
+        req = EngineRequest(next(serial), now, turn.prompt_tokens, turn.output_tokens, keys,
+                            measured=now >= warmup, turn=turn.index, payload=(turns, cid))
+        engines[choose(cid, turn)].submit(req)
+
+    def arrive(turns, cid: int) -> None:
+        turn = next(turns, None)
+        if turn is None:
+            return
+        if turn.delay:
+            timeout(turn.delay, (turns, turn, cid)).callbacks.append(due)
+        else:
+            submit(turns, turn, cid)
+
+    def due(event) -> None:
+        submit(*event.value)
+
+    evictions_at_warmup = [0] * len(engines)
+
+    def at_warmup(_) -> None:
+        for i, e in enumerate(engines):
+            evictions_at_warmup[i] = e.pool.evictions
+
+    timeout(warmup).callbacks.append(at_warmup)
+    run_arrivals(env, source, arrival_rate, duration, rng, lambda turns, cid: arrive(iter(turns), cid), progress)
+    open_ = False
+    for e, s in zip(engines, stats):
+        s.waiting_at_end = len(e.waiting)
+    while any(e.outstanding for e in engines):  # serve what was sent; nothing new arrives
+        env.step()
+    for e, c, s, ev in zip(engines, counters, stats, evictions_at_warmup):
+        c.evictions = e.pool.evictions - ev
+        c.occupancy_area = s.held_area + s.cached_area
+        c.occupancy_peak = s.used_peak
+    return counters, stats
+
+
 def _percentile(values: list[float], q: float):
     return float(np.percentile(values, q)) if values else None
 
@@ -319,6 +425,13 @@ class FleetResult:
     service: ServiceModel | None
     duration: float
     warmup: float
+    engine: EngineSpec | None = None
+    serving: list[list[ServingStats]] | None = None  # [replication][instance], with the engine
+    requests: list | None = None  # without the engine, if kept: the first replication's requests and hits
+
+    def serving_stats(self) -> list[ServingStats]:
+        """One :class:`ServingStats` per replication, its instances merged."""
+        return [merged(rep) for rep in self.serving]
 
     def instance(self, i: int) -> SimulationResult:
         return SimulationResult(self.policy, self.capacities[i], self.block_size,
@@ -367,6 +480,10 @@ class FleetResult:
                   "capacity_blocks": list(self.capacities), **fleet,
                   "load_imbalance": self.load_imbalance.as_dict(), "per_instance": instances,
                   "service": None, "queue_delay_s": None, "ttft_s": None}
+        if self.engine is not None:
+            record["engine"] = self.engine.as_dict()
+            record["serving"] = serving_summary(self.serving_stats())
+            del record["queue_delay_s"], record["ttft_s"]
         if self.service is not None:
             record["service"] = self.service.__dict__
             record["queue_delay_s"] = self.latency("queue_delay")
@@ -425,6 +542,9 @@ def simulate_fleet(
     progress: bool | None = None,
     max_events: int | None = DEFAULT_MAX_EVENTS,
     tiers: Tiers | None = None,
+    engine: EngineSpec | None = None,
+    fast: bool = True,
+    keep_requests: bool = False,
 ) -> FleetResult:
     """Simulate ``workload`` over ``instances`` instances of ``capacity_blocks`` blocks each (or
     one instance per entry of a list of capacities) behind ``router`` (one of :data:`ROUTERS`).
@@ -435,15 +555,29 @@ def simulate_fleet(
     ``tiers``: every instance has these CPU (and disk) tiers below its GPU cache; with a service
     model a hit from below the GPU costs its load time (``Tiers.load_s_per_token``) instead of its
     prefill.
+
+    ``engine``: every instance is a step engine (:mod:`kvsim.step_engine`, vLLM's scheduler)
+    instead; the result's ``serving`` has what it measured (``keep_requests``: every request,
+    for ``--requests-out``; ``fast=False``: the plain stepper, for the tests).
     """
     capacities = _capacities(capacity_blocks, instances)
+    if engine is not None:
+        if service is not None:
+            raise ValueError("give the engine or the linear service model, not both")
+        if policy != "lru":
+            raise ValueError(f"policy must be lru with the engine (vLLM's block pool evicts the least recently "
+                             f"freed block) (got {policy!r})")
+        if tiers is not None:
+            raise ValueError("offload tiers are not in the engine yet: leave out --cpu-offload-gib/--disk-... "
+                             "with --engine")
     duration, warmup = run_window(workload, duration, warmup, source)
     source = checked_source(workload, source, block_size, duration, warmup, replications, seed, max_events)
     options = dict(router_options or {})
     if router == "cache-aware":
         options.setdefault("block_size", block_size)
     bar = progress_bar(progress, duration * replications, f"fleet {router} {policy}")
-    runs, latencies = [], []
+    runs, latencies, serving = [], [], []
+    kept = None
     try:
         for r in range(replications):
             window = duration - warmup
@@ -452,8 +586,18 @@ def simulate_fleet(
             chooser = make_router(router, fleet, np.random.default_rng([seed, r, 1]), **options)
             rng = np.random.default_rng([seed, r])
             tick = bar.update if bar else None
+            if engine is not None:
+                counters, stats = _run_engine(source, workload.arrival_rate, capacities, router, options, engine,
+                                              block_size, duration, warmup, rng, np.random.default_rng([seed, r, 1]),
+                                              tick, fast, keep_requests)
+                runs.append(counters)
+                serving.append(stats)
+                continue
             if service is None:
-                _run_instant(source, workload.arrival_rate, fleet, chooser, block_size, duration, warmup, rng, tick)
+                if keep_requests and kept is None:
+                    kept = []
+                _run_instant(source, workload.arrival_rate, fleet, chooser, block_size, duration, warmup, rng, tick,
+                             kept if r == 0 else None)
             else:
                 latencies.append(_run_served(source, workload.arrival_rate, fleet, chooser, service, block_size,
                                              duration, warmup, rng, tick, tiers.load_s_per_token if tiers else ()))
@@ -462,4 +606,4 @@ def simulate_fleet(
         if bar:
             bar.close()
     return FleetResult(router, policy, capacities, block_size, runs, latencies if service else None, service,
-                       duration, warmup)
+                       duration, warmup, engine, serving if engine is not None else None, kept)

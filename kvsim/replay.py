@@ -59,7 +59,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from analytic.offload import Tiers
+from analytic.offload import MAX_TIER_BLOCKS, Tiers
 from kvsim.cache import PrefixCache, runs_of
 from kvsim.policies import POLICIES
 from kvsim.policies.belady import BeladyPolicy, Future
@@ -189,8 +189,8 @@ def _sizes(values, what: str) -> list[int]:
         values = [values]
     out = []
     for v in values:
-        if type(v) is not int or v < 0:
-            raise ValueError(f"{what} must be integers >= 0 (got {v!r})")
+        if type(v) is not int or not 0 <= v <= MAX_TIER_BLOCKS:
+            raise ValueError(f"{what} must be integers in [0, {MAX_TIER_BLOCKS:,}] (got {v!r})")
         out.append(v)
     return out
 
@@ -382,8 +382,8 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
     names = policy_names(policies)
     if (tiers is not None or tier_tokens is not None) and (curve or "belady" in names):
         raise ValueError("the CPU/disk tiers work with the online policies, not with --curve or belady")
-    capacities = _sizes(capacities_blocks, "capacities")
-    tokens = _sizes(capacities_tokens, "capacity tokens")
+    capacities = _sizes(capacities_blocks, "capacity-blocks")
+    tokens = _sizes(capacities_tokens, "capacity-tokens")
     if max_requests is not None and (type(max_requests) is not int or max_requests < 1):
         raise ValueError(f"max-requests must be an integer >= 1 (got {max_requests!r})")
     reading = dict(trace_block_size=trace_block_size, time_unit=time_unit, arrival_rate=arrival_rate,

@@ -163,6 +163,8 @@ def trace_files(paths) -> list[Path]:
         paths = [paths]
     files: list[Path] = []
     for p in paths:
+        if not os.fspath(p).strip():  # Path("") is the current folder: an empty name is a slip, not "."
+            raise TraceError(f"trace paths (TRACE, --conversations) must name a file or folder (got {os.fspath(p)!r})")
         p = Path(p)
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.is_file() and _is_trace_name(q.name))
@@ -578,9 +580,14 @@ def open_traces(paths, *, trace_block_size: int | None = None, time_unit: str = 
     """
     files = trace_files(paths)
     stats = stats if stats is not None else TraceStats()
-    if arrival_rate is not None and not (isinstance(arrival_rate, (int, float)) and arrival_rate > 0
-                                         and math.isfinite(arrival_rate)):
-        raise ValueError(f"arrival-rate must be a number > 0 (got {arrival_rate!r})")
+    if arrival_rate is not None:
+        from analytic.checks import MIN_ARRIVAL_RATE
+        from analytic.specs import MAX_ARRIVAL_RATE  # numpy: loaded below to draw the starts anyway
+
+        if not (isinstance(arrival_rate, (int, float)) and math.isfinite(arrival_rate)
+                and MIN_ARRIVAL_RATE <= arrival_rate <= MAX_ARRIVAL_RATE):
+            raise ValueError(f"arrival-rate must be a number in [{MIN_ARRIVAL_RATE:g}, {MAX_ARRIVAL_RATE:g}] "
+                             f"(got {arrival_rate!r})")
     infos = [_file_info(p, trace_format(p), trace_block_size, time_unit) for p in files]
     conversations = [i for i, info in enumerate(infos) if info["format"] == "conversation"]
     if type(seed) is not int or seed < 0:

@@ -29,6 +29,7 @@ from analytic.specs import (
     ModelSpec,
     Workload,
 )
+from kvsim.cli.engine_args import engine_options
 from kvsim.cli.parser import UsageError, check_finite
 from kvsim.defaults import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, DEFAULT_MAX_EVENTS, ROUTER_NAMES
 
@@ -47,6 +48,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--preset", help=f"model preset (see `kvsim presets`; default {DEFAULT_PRESET} "
                                     "when no --layers is given)")
+    g.add_argument("--model-config", metavar="PATH",
+                   help="a Hugging Face config.json: layers, heads, sizes, experts and parameters read from it "
+                        "(instead of --preset or --layers/--kv-heads/--head-dim)")
     g.add_argument("--layers", type=int)
     g.add_argument("--kv-heads", type=int)
     g.add_argument("--head-dim", type=int)
@@ -65,7 +69,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_memory_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("memory (GPU memory, or the cache capacity directly)")
     g.add_argument("--gpu", help=f"GPU preset: {', '.join(presets.GPUS)} (default {DEFAULT_GPU})")
-    g.add_argument("--gpus", type=int, default=1, help="GPUs per instance (tensor parallel; default 1)")
+    g.add_argument("--gpus", "--tp", dest="gpus", type=int, default=1,
+                   help="GPUs per instance, tensor parallel (--tp N is the same flag; default 1)")
     g.add_argument("--gpu-memory-gb", type=float, help="memory per GPU in GiB, instead of --gpu")
     g.add_argument("--memory-utilization", type=float, default=DEFAULT_MEMORY_UTILIZATION,
                    help=f"fraction of GPU memory the engine may use (default {DEFAULT_MEMORY_UTILIZATION}, as vLLM)")
@@ -223,6 +228,15 @@ def _named(flag: str, value: str | None) -> str | None:
 def _model(v: Mapping) -> ModelSpec:
     custom = [v.get("layers"), v.get("kv_heads"), v.get("head_dim")]
     preset = _named("preset", v.get("preset"))
+    config = _named("model-config", v.get("model_config"))
+    if config:
+        given = [f for f in ("preset", "layers", "kv_heads", "head_dim", *CUSTOM_MODEL_FLAGS) if v.get(f) is not None]
+        if given:
+            raise UsageError(f"--model-config cannot be combined with --{given[0].replace('_', '-')} (the file "
+                             "describes the model)")
+        from analytic.hfconfig import model_from_config
+
+        return _with_params(model_from_config(config), v.get("params_b"))
     if preset and any(x is not None for x in custom):
         raise UsageError("--preset cannot be combined with --layers/--kv-heads/--head-dim")
     if not any(x is not None for x in custom):
@@ -239,10 +253,16 @@ def _model(v: Mapping) -> ModelSpec:
             kv_lora_rank=v.get("kv_lora_rank") or 0, qk_rope_head_dim=v.get("qk_rope_head_dim") or 0,
             sliding_window=v.get("sliding_window") or 0, sliding_layers=v.get("sliding_layers") or 0,
         )
-    model = presets.model(preset or DEFAULT_PRESET)
-    if v.get("params_b") is not None:
-        model = replace(model, params_b=v["params_b"])
-    return model
+    return _with_params(presets.model(preset or DEFAULT_PRESET), v.get("params_b"))
+
+
+def _with_params(model: ModelSpec, params_b: float | None) -> ModelSpec:
+    """``model`` with ``--params-b`` (the weights), if given; active parameters above it are dropped."""
+    if params_b is None:
+        return model
+    active = model.active_params_b
+    return replace(model, params_b=params_b,
+                   active_params_b=active if active is None or not params_b > 0 or active <= params_b else None)
 
 
 def _hardware(v: Mapping) -> Hardware | None:
@@ -334,7 +354,7 @@ def scenario_from_values(v: Mapping, *, sized_offload: bool = True) -> Scenario:
         capacity_tokens=v.get("capacity_tokens") if hardware is None else None,
         capacity_gib=v.get("capacity_gib") if hardware is None else None,
         policy=policy if policy in MODEL_POLICIES else "lru", fleet=_fleet(v), conversations=conversations,
-        offload=offload_from_values(v, sized_offload),
+        offload=offload_from_values(v, sized_offload), engine=engine_options(v),
     )
 
 

@@ -8,6 +8,7 @@ import json
 from analytic.scenario import Scenario, inputs_summary
 from kvsim.cli.args import (SimulationSettings, add_json_arg, add_scenario_args, add_simulation_args,
                             scenario_from_values, simulation_from_values, synthetic_only)
+from kvsim.cli.parser import output_file
 from kvsim.cli.text import ci, describe, fmt
 
 
@@ -20,8 +21,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def cmd(a) -> int:
+    figure = output_file("--figure", a.figure, figure=True)
     scenario = scenario_from_values(vars(a))
-    record, lines = compare_record(scenario, simulation_from_values(vars(a)), figure=a.figure)
+    record, lines = compare_record(scenario, simulation_from_values(vars(a)), figure=figure)
     if a.json:
         print(json.dumps(record, indent=2))
     else:
@@ -30,6 +32,8 @@ def cmd(a) -> int:
 
 
 def compare_record(scenario: Scenario, settings: SimulationSettings, figure: str | None = None):
+    """The comparison's record and text lines; ``figure`` is a path checked by
+    :func:`~kvsim.cli.parser.output_file` (the one written and printed)."""
     from kvsim.compare import SIM_POLICIES, compare, memory_figure
     from kvsim.engine import run_window
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable
 from importlib import import_module
 
-from kvsim.cli.parser import Parser, UsageError, check_finite
+from kvsim.cli.parser import Parser, UsageError, check_finite, flag_names
 
 # Each command: its module, the function there that adds its flags, its one-line help. A command's
 # module (and what it imports) is loaded only when that command is run or its flags are asked for.
@@ -67,8 +67,10 @@ def command_of(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser(command_of(argv)).parse_args(argv)
-        check_finite(vars(args))
+        parser = build_parser(command_of(argv))
+        args = parser.parse_args(argv)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        check_finite(vars(args), flag_names(sub.choices[args.command]))
         return args.func(args)
     except (UsageError, ValueError) as e:
         print(f"kvsim: error: {e}", file=sys.stderr)

@@ -8,6 +8,8 @@ import json
 import math
 
 from analytic.offload import OFFLOAD_MODES, Tiers
+from kvsim.cli.parser import output_file
+from kvsim.cli.engine_args import add_engine_args, engine_asked, engine_options
 from kvsim.export import export_libcachesim_csv
 from kvsim.replay import OFFLINE_POLICIES, policy_choices, policy_names, replay
 
@@ -16,8 +18,8 @@ __all__ = ["cmd_export_trace", "cmd_replay", "configure_export_parser", "configu
 
 
 def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    try:  # an empty item (1,,2 or a trailing comma) is refused, not dropped
+        values = [int(v.replace("_", "")) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas (got {text!r})") from None
     if not values or any(v < 0 for v in values):
@@ -108,6 +110,16 @@ def configure_replay_parser(p: argparse.ArgumentParser) -> None:
                            help=f"{what} tier of N tokens (floor(N / block size) blocks)")
     o.add_argument("--offload-mode", choices=OFFLOAD_MODES,
                    help="inclusive (write-through, the default) or exclusive (GPU evictions move down)")
+    add_engine_args(p)
+    e = p.add_argument_group("the engine's model and GPU (for the roofline step time and the capacity)")
+    e.add_argument("--rate-scale", type=_positive_float, default=1.0,
+                   help="with --engine: replay the same requests this many times faster (default 1)")
+    e.add_argument("--preset", help="model preset (default llama-3.1-8b)")
+    e.add_argument("--model-config", metavar="PATH", help="a Hugging Face config.json describing the model")
+    e.add_argument("--gpu", help="GPU preset (default a100-40gb); its memory sizes the cache unless a capacity is given")
+    e.add_argument("--tp", "--gpus", dest="gpus", type=_positive_int, default=1, help="GPUs per instance (tensor parallel)")
+    e.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
+    e.add_argument("--weight-dtype", default="bf16", help="weight dtype (default bf16)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_replay)
 
@@ -139,6 +151,10 @@ def _pct(x) -> str:
 
 
 def cmd_replay(a) -> int:
+    if engine_asked(vars(a)):
+        return _cmd_replay_engine(a)
+    if a.requests_out is not None:
+        raise ValueError("--requests-out: without --engine replay writes no requests yet; add --engine")
     if a.curve and "lru" not in a.policy:
         raise ValueError("--curve computes LRU: use it with --policy lru (or a list with lru)")
     record = replay(a.traces, a.policy, a.capacity_blocks or [], capacities_tokens=a.capacity_tokens,
@@ -178,6 +194,61 @@ def cmd_replay(a) -> int:
               f"built in {record['belady_future_s']:.2f} s")
     print(f"replayed in {record['elapsed_s']:.2f} s" + (f" ({rate:,.0f} requests/s)" if rate else ""))
     _report_skips(record)
+    return 0
+
+
+def _cmd_replay_engine(a) -> int:
+    """``kvsim replay --engine``: the trace's requests at their times through one step engine."""
+    from analytic import presets
+    from analytic.sizing import capacity_from_memory
+    from analytic.specs import DEFAULT_ACTIVATION_RESERVE_GIB, DEFAULT_MEMORY_UTILIZATION, Hardware, check_dtype
+    from kvsim.cli.args import DEFAULT_GPU, DEFAULT_PRESET, _model
+    from kvsim.cli.simulate import engine_line, serving_lines, write_requests
+    from kvsim.replay_engine import replay_engine
+
+    requests_out = output_file("requests-out", a.requests_out)
+    if a.policy != ["lru"]:
+        raise ValueError(f"policy must be lru with --engine (vLLM's block pool) (got {','.join(a.policy)})")
+    if a.curve or any(getattr(a, f) is not None for f in ("cpu_blocks", "cpu_tokens", "disk_blocks", "disk_tokens")):
+        raise ValueError("--curve and the CPU/disk tiers are not in the engine yet: leave them out with --engine")
+    sizes = [x for x in (a.capacity_blocks, a.capacity_tokens) if x]
+    if sizes and len(sizes[0]) > 1:
+        raise ValueError("--engine replays one capacity: give one value of --capacity-blocks or --capacity-tokens")
+    check_dtype("kv-dtype", a.kv_dtype)
+    check_dtype("weight-dtype", a.weight_dtype)
+    model = _model({"preset": a.preset or (None if a.model_config else DEFAULT_PRESET), "model_config": a.model_config})
+    gpu = a.gpu or DEFAULT_GPU
+    memory = presets.gpu_memory_gib(gpu)
+    spec = engine_options(vars(a)).spec(model, gpu, memory, a.gpus, a.weight_dtype, a.kv_dtype)
+    hardware = Hardware(memory, a.gpus, DEFAULT_MEMORY_UTILIZATION, DEFAULT_ACTIVATION_RESERVE_GIB, gpu=gpu)
+
+    def from_memory(bs: int) -> int:
+        return capacity_from_memory(model, hardware, a.kv_dtype, a.weight_dtype, bs).capacity_blocks
+
+    kwargs = replay_kwargs(a)
+    del kwargs["vllm"]
+    record, served = replay_engine(a.traces, spec, a.capacity_blocks[0] if a.capacity_blocks else None,
+                                   capacity_tokens=a.capacity_tokens[0] if a.capacity_tokens else None,
+                                   rate_scale=a.rate_scale, keep_requests=True, capacity_for_block_size=from_memory,
+                                   **kwargs)
+    if requests_out:
+        write_requests(requests_out, served)
+    if a.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    inp = record["inputs"]
+    print(engine_line(spec))
+    print(f"cache     {inp['capacity_blocks']:,} blocks of {inp['block_size']} tokens"
+          + ("" if a.capacity_blocks or a.capacity_tokens else f" ({model.name} on {a.gpus} x {gpu})"))
+    print(f"requests  {record['requests']:,}, arrivals {a.rate_scale:g}x as recorded; served in "
+          f"{record['makespan_s']:,.1f} s of simulated time")
+    print(f"hits      token_hit_rate {_pct(record['token_hit_rate'])}, request_hit_rate "
+          f"{_pct(record['request_hit_rate'])} (under load, at first scheduling)")
+    for line in serving_lines([record], label=lambda r: "replay"):
+        print(line)
+    if requests_out:
+        print(f"\nrequests: {requests_out}")
+    print(f"replayed in {record['elapsed_s']:.2f} s")
     return 0
 
 
@@ -234,7 +305,8 @@ def configure_export_parser(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export_trace(a) -> int:
-    summary = export_libcachesim_csv(a.traces, a.output, bytes_per_token=a.bytes_per_token, **replay_kwargs(a))
+    output = output_file("--output", a.output)
+    summary = export_libcachesim_csv(a.traces, output, bytes_per_token=a.bytes_per_token, **replay_kwargs(a))
     if a.json:
         print(json.dumps(summary, indent=2))
         return 0

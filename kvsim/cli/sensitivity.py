@@ -11,6 +11,7 @@ from analytic.scenario import MODEL_POLICIES
 from analytic.sensitivity import DEFAULT_STEP, sensitivity
 from kvsim.batch import write_atomic
 from kvsim.cli.args import UsageError, add_json_arg, add_scenario_args, scenario_from_values
+from kvsim.cli.parser import output_file
 from kvsim.cli.text import describe
 
 
@@ -59,12 +60,13 @@ def sensitivity_lines(result: dict) -> list[str]:
 def cmd(a) -> int:
     if a.conversations:  # before the templates are read: there is nothing to move in them
         raise UsageError("--conversations: sensitivity and advice work on synthetic workloads only")
+    figure = output_file("--figure", a.figure, figure=True)
     scenario = scenario_from_values(vars(a))
     result = sensitivity(scenario, step=a.step, method=a.method)
     capacity = scenario.capacity()
-    if a.figure:
+    if figure:
         w = scenario.workload
-        tornado_figure(a.figure, result,
+        tornado_figure(figure, result,
                        title=f"{scenario.model.name}, KV {scenario.kv_dtype}, {capacity.capacity_tokens:,} tokens of "
                              f"cache; {w.arrival_rate:g} conv/s, {w.turns.mean:g} turns, think {w.think_time.mean:g} s")
     if a.json:
@@ -73,8 +75,8 @@ def cmd(a) -> int:
     print("\n".join(describe(scenario.model, capacity.as_dict(), scenario.workload, scenario.kv_dtype)))
     print()
     print("\n".join(sensitivity_lines(result)))
-    if a.figure:
-        print(f"figure: {a.figure}")
+    if figure:
+        print(f"figure: {figure}")
     return 0
 
 

@@ -42,6 +42,8 @@ def cmd(a) -> int:
     from kvsim.page import calc  # the page's models (scipy): loaded to serve, not to print --help
     from kvsim.serve import check_allowed_name, make_server
 
+    if not a.host.strip():  # "" would listen on every address: a slip, not a choice (0.0.0.0 says it)
+        raise UsageError(f"host must name an address, e.g. 127.0.0.1 or 0.0.0.0 for all (got {a.host!r})")
     if not (0 <= a.port <= 65535):
         raise UsageError(f"port must be in 0..65535 (got {a.port})")
     try:

@@ -8,6 +8,8 @@ import json
 from analytic.scenario import Scenario, inputs_summary
 from kvsim.cli.args import (SimulationSettings, UsageError, add_fleet_args, add_json_arg, add_offload_args,
                             add_scenario_args, add_simulation_args, load_templates, scenario_from_values, simulation_from_values)
+from kvsim.cli.engine_args import add_engine_args
+from kvsim.cli.parser import output_file
 from kvsim.cli.text import add_tier_bytes, ci, describe, offload_line, offload_summary, seconds
 from kvsim.defaults import ROUTER_NAMES
 from kvsim.policies import POLICIES
@@ -17,6 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_scenario_args(p)
     p.add_argument("--policy", default="lru", choices=[*POLICIES, "all"], help="eviction policy (default lru)")
     add_fleet_args(p, simulation=True)
+    add_engine_args(p)
     add_offload_args(p)
     add_simulation_args(p)
     add_json_arg(p)
@@ -24,8 +27,13 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def cmd(a) -> int:
+    requests_out = output_file("requests-out", a.requests_out)
     scenario = scenario_from_values(vars(a))
-    record, lines = simulate_record(scenario, a.policy, simulation_from_values(vars(a)), progress=None)
+    settings = simulation_from_values(vars(a))
+    if requests_out and (settings.replications != 1 or a.policy == "all" or scenario.fleet.router == "all"):
+        raise UsageError("--requests-out writes the requests of one run: give --replications 1 and one --policy "
+                         "and --router")
+    record, lines = simulate_record(scenario, a.policy, settings, progress=None, requests_out=requests_out)
     if a.json:
         print(json.dumps(record, indent=2))
     else:
@@ -34,9 +42,10 @@ def cmd(a) -> int:
 
 
 def simulate_record(scenario: Scenario, policy: str, settings: SimulationSettings,
-                    progress: bool | None = None) -> tuple[dict, list[str]]:
+                    progress: bool | None = None, requests_out: str | None = None) -> tuple[dict, list[str]]:
     """``kvsim simulate``'s JSON record and its text: one result per policy (and router), under
-    ``results`` when there are several."""
+    ``results`` when there are several. ``requests_out``: write the requests of the (one) run
+    there, one row each (:data:`kvsim.step_engine.REQUEST_COLUMNS`)."""
     from kvsim.engine import run_window, simulate
 
     s = scenario
@@ -62,8 +71,12 @@ def simulate_record(scenario: Scenario, policy: str, settings: SimulationSetting
     if tiers is not None:
         inputs["offload"] = offload_summary(tiers, capacity.bytes_per_token, s.block_size)
         header.append(offload_line(tiers, capacity.bytes_per_token, s.block_size))
-    if s.fleet.simulated:
-        results = _fleet_results(s, source, policies, window, progress, tiers)
+    engine = s.engine_spec() if s.engine.enabled else None
+    if engine is not None:
+        inputs["engine"] = engine.as_dict()
+        header.append(engine_line(engine))
+    if s.fleet.simulated or engine is not None or requests_out:
+        results = _fleet_results(s, source, policies, window, progress, tiers, engine, requests_out)
     else:
         results = [simulate(s.workload, capacity.capacity_blocks, p, block_size=s.block_size, duration=duration,
                             warmup=warmup, replications=settings.replications, seed=settings.seed, source=source,
@@ -73,8 +86,32 @@ def simulate_record(scenario: Scenario, policy: str, settings: SimulationSetting
         for r in results:
             add_tier_bytes(r["tiers"], s.block_size, capacity.bytes_per_token)
     record = {"inputs": inputs, **results[0]} if len(results) == 1 else {"inputs": inputs, "results": results}
-    lines = header + (_fleet_lines(s, results, window) if s.fleet.simulated else _lines(results, window))
+    lines = header + (_fleet_lines(s, results, window) if s.fleet.simulated or engine is not None or requests_out
+                      else _lines(results, window))
+    if requests_out:
+        lines.append(f"\nrequests: {requests_out}")
     return record, lines
+
+
+def engine_line(engine) -> str:
+    return (f"engine    vLLM scheduler: {engine.max_num_batched_tokens:,} tokens and {engine.max_num_seqs:,} requests "
+            f"per step, prefix caching {'on' if engine.prefix_caching else 'off'}; step time "
+            f"{engine.step_time.describe()}")
+
+
+def write_requests(path: str, requests) -> None:
+    """One row per request (:data:`kvsim.step_engine.REQUEST_COLUMNS`), written atomically."""
+    import csv
+    import io
+
+    from kvsim.batch import write_atomic
+    from kvsim.step_engine import REQUEST_COLUMNS, request_rows
+
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(REQUEST_COLUMNS)
+    w.writerows(request_rows(requests))
+    write_atomic(path, out.getvalue())
 
 
 def tier_cell(r: dict) -> str:
@@ -124,8 +161,9 @@ def _lines(results: list[dict], window: SimulationSettings) -> list[str]:
 # ----------------------------------------------------------------------------- fleets
 
 
-def _fleet_results(s: Scenario, source, policies, w: SimulationSettings, progress, tiers=None) -> list[dict]:
-    """``--instances`` / ``--router`` / service flags: the fleet simulator, with its model beside."""
+def _fleet_results(s: Scenario, source, policies, w: SimulationSettings, progress, tiers=None, engine=None,
+                   requests_out: str | None = None) -> list[dict]:
+    """``--instances`` / ``--router`` / service or engine flags: the fleet simulator, with its model beside."""
     from kvsim.fleet import simulate_fleet
 
     capacities = s.instance_capacities()
@@ -140,11 +178,20 @@ def _fleet_results(s: Scenario, source, policies, w: SimulationSettings, progres
                                     block_size=s.block_size, duration=w.duration, warmup=w.warmup,
                                     replications=w.replications, seed=w.seed, source=source,
                                     router_options=options if router == "cache-aware" else None, progress=progress,
-                                    max_events=w.max_events, tiers=tiers)
+                                    max_events=w.max_events, tiers=tiers, engine=engine,
+                                    keep_requests=bool(requests_out))
+            if requests_out:
+                write_requests(requests_out, _all_requests(result))
             record = result.as_dict()
             record["model"] = _fleet_prediction(s, capacities, router, policy, source)
             results.append(record)
     return results
+
+
+def _all_requests(result) -> list:
+    if result.serving is not None:
+        return [q for stats in result.serving[0] for q in stats.requests]
+    return result.requests
 
 
 def _fleet_prediction(s: Scenario, capacities, router, policy, source) -> dict | None:
@@ -169,7 +216,9 @@ def _fleet_lines(s: Scenario, results: list[dict], window: SimulationSettings) -
     same = len(set(capacities)) == 1
     fleet = (f"{len(capacities)} instance{'s' if len(capacities) > 1 else ''} x {capacities[0]:,} blocks" if same
              else f"{len(capacities)} instances of {', '.join(f'{c:,}' for c in capacities)} blocks")
-    lines = [f"fleet     {fleet}; " + ("no service time (requests take no time)" if service is None else
+    engine = results[0].get("engine")
+    lines = [f"fleet     {fleet}; " + ("served by the engine above" if engine else
+                                        "no service time (requests take no time)" if service is None else
              f"service {service.prefill_per_token:.3g} s/uncached prompt token + {service.decode_per_token:.3g} "
              f"s/output token, {service.max_running} at once per instance"),
              _window_line(window),
@@ -186,6 +235,8 @@ def _fleet_lines(s: Scenario, results: list[dict], window: SimulationSettings) -
                           for i in r["per_instance"][:8])
         more = " ..." if len(r["per_instance"]) > 8 else ""
         lines.append(f"{r['policy']:6} {r['router']:12} {parts}{more}")
+    if results[0].get("serving"):
+        lines += serving_lines(results)
     if service is not None:
         lines.append(f"\nlatency (s)         {'queue mean':>10} {'queue p99':>10} {'TTFT mean':>10} {'TTFT p50':>10} "
                      f"{'TTFT p99':>10} {'waiting at end':>15}")
@@ -194,4 +245,25 @@ def _fleet_lines(s: Scenario, results: list[dict], window: SimulationSettings) -
             cells = (q["mean"]["mean"], q["p99"], t["mean"]["mean"], t["p50"], t["p99"])
             lines.append(f"{r['policy']:6} {r['router']:12} " + " ".join(seconds(x) for x in cells)
                          + f" {r['waiting_at_end']:>15,}")
+    return lines
+
+
+def serving_lines(results: list[dict], label=lambda r: f"{r['policy']:6} {r['router']:12}") -> list[str]:
+    """The engine's figures of each result: latencies (mean, p50, p90, p99), throughput, KV usage."""
+    lines = [f"\nlatency (s)              {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9}"]
+    names = {"ttft_s": "TTFT", "tpot_s": "TPOT", "itl_s": "ITL", "e2e_s": "E2E", "queue_s": "queue"}
+    for r in results:
+        for key, name in names.items():
+            m = r["serving"][key]
+            lines.append(f"{label(r)[:19]:19} {name:5} " + " ".join(seconds(x) for x in
+                                                                (m["mean"]["mean"], m["p50"], m["p90"], m["p99"])))
+    lines.append(f"\n{'':19} {'requests/s':>10} {'input tok/s':>12} {'output tok/s':>13} {'preemptions':>11} "
+                 f"{'KV usage mean/peak':>19} {'cached':>7} {'waiting at end':>14}")
+    for r in results:
+        v = r["serving"]
+        t, kv = v["throughput"], v["kv_usage"]
+        lines.append(f"{label(r)[:19]:19} {t['requests_per_s']['mean']:>10.3f} {t['input_tokens_per_s']['mean']:>12,.0f} "
+                     f"{t['output_tokens_per_s']['mean']:>13,.0f} {v['preemptions']:>11,} "
+                     f"{kv['mean']['mean']:>10.3f} / {kv['peak']:.3f} {kv['cached_mean']['mean']:>7.3f} "
+                     f"{v['waiting_at_end']:>14,}")
     return lines

@@ -28,9 +28,10 @@ from pathlib import Path
 from kvsim.batch import executor, write_atomic
 from kvsim.cli import calc, plan, simulate
 from kvsim.cli.args import scenario_from_values, simulation_from_values
-from kvsim.cli.parser import Parser, UsageError, check_finite
+from kvsim.cli.parser import Parser, UsageError, check_finite, flag_names, output_folder
 from kvsim.cli.replay import configure_replay_parser, replay_kwargs
 from kvsim.replay import replay
+from kvsim.traces import trace_files
 
 COMMANDS = ("calc", "simulate", "replay", "plan")
 ESTIMATE = ("mean", "ci_low", "ci_high")  # a simulated figure's columns
@@ -137,6 +138,12 @@ def load_grid(path: str) -> Grid:
         for value in values:
             if isinstance(value, (dict, list)):
                 raise UsageError(f"grid.{key}: each value must be a number, a string or a boolean (got {value!r})")
+    for name, table in (("base", base), ("grid", grid)):
+        for key, value in table.items():
+            switch = key in flags and flags[key].nargs == 0  # an on/off flag (--json, --vllm, --curve)
+            for v in (value if name == "grid" else [value]):
+                if isinstance(v, bool) and not switch:  # false would drop the flag: its default, silently
+                    raise UsageError(f"{name}.{key} must be a value for --{key}, not a boolean (got {v!r})")
     keys = tuple(grid)
     points = tuple(itertools.product(*(grid[k] for k in keys)))
     g = Grid(command, base, keys, points)
@@ -150,9 +157,12 @@ def load_grid(path: str) -> Grid:
 
 
 def check_point(g: Grid, point: tuple) -> None:
-    a = command_parser(g.command).parse_args(g.argv(point))
-    check_finite(vars(a))
-    if g.command != "replay":
+    parser = command_parser(g.command)
+    a = parser.parse_args(g.argv(point))
+    check_finite(vars(a), flag_names(parser))
+    if g.command == "replay":
+        trace_files(a.traces)  # each trace path names files (not read yet: that is the work)
+    else:
         scenario = scenario_from_values(vars(a))
         scenario.capacity()
         if g.command == "simulate":
@@ -246,6 +256,7 @@ def write_results(path: Path, header: list[str], grid: Grid, done: dict) -> None
 
 
 def cmd(a) -> int:
+    output_folder("--out", a.out)
     grid = load_grid(a.grid)
     if a.workers is not None and a.workers < 1:
         raise UsageError(f"workers must be a whole number >= 1 (got {a.workers})")
