@@ -70,5 +70,5 @@ class EngineOptions:
             tokens, seqs = steptime.DEFAULT_MAX_NUM_BATCHED_TOKENS, steptime.DEFAULT_MAX_NUM_SEQS
         else:
             tokens, seqs = steptime.default_engine_limits(gpu_memory_gib, gpu or "")
-        return EngineSpec(step_time, self.max_num_batched_tokens or tokens, self.max_num_seqs or seqs,
-                          self.prefix_caching)
+        return EngineSpec(step_time, tokens if self.max_num_batched_tokens is None else self.max_num_batched_tokens,
+                          seqs if self.max_num_seqs is None else self.max_num_seqs, self.prefix_caching)

@@ -24,16 +24,19 @@ SOURCE_FLAGS = {"gpu-memory": "gpu-memory-gb", "capacity-tokens": "capacity-toke
 
 
 def bytes_per_token(model: ModelSpec, kv_dtype: str = "bf16") -> float:
-    """KV bytes one token takes when every layer caches every token (no sliding window).
+    """KV bytes one token takes when every attention layer caches every token (no sliding window).
 
     Full attention: 2 (K and V) x layers x kv_heads x head_dim x dtype bytes.
     MLA: layers x (kv_lora_rank + qk_rope_head_dim) x dtype bytes (the latent and the rope key).
+    Layers with a recurrent state (Mamba, linear attention) cache nothing per token and are not
+    counted (:attr:`~analytic.specs.ModelSpec.kv_layers`); their state is per request
+    (:mod:`analytic.hybrid`).
     """
     check_dtype("kv-dtype", kv_dtype)
     check_geometry(model)
     if model.is_mla:
-        return model.layers * (model.kv_lora_rank + model.qk_rope_head_dim) * DTYPE_BYTES[kv_dtype]
-    return 2 * model.layers * model.kv_heads * model.head_dim * DTYPE_BYTES[kv_dtype]
+        return model.kv_layers * (model.kv_lora_rank + model.qk_rope_head_dim) * DTYPE_BYTES[kv_dtype]
+    return 2 * model.kv_layers * model.kv_heads * model.head_dim * DTYPE_BYTES[kv_dtype]
 
 
 def check_geometry(model: ModelSpec) -> None:
@@ -49,8 +52,8 @@ def check_block_size(block_size) -> None:
 def bytes_for_sequence(model: ModelSpec, tokens: int, kv_dtype: str = "bf16") -> float:
     """Exact KV bytes of one sequence of ``tokens`` tokens: sliding layers keep only their window."""
     check_positive("tokens", tokens, integer=True, allow_zero=True)
-    per_layer = bytes_per_token(model, kv_dtype) / model.layers
-    full_layers = model.layers - model.sliding_layers
+    per_layer = bytes_per_token(model, kv_dtype) / model.kv_layers
+    full_layers = model.kv_layers - model.sliding_layers
     return per_layer * (full_layers * tokens + model.sliding_layers * min(tokens, model.sliding_window))
 
 

@@ -31,6 +31,77 @@ def check_dtype(name: str, value: str) -> None:
         raise ValueError(f"{name} must be one of {', '.join(DTYPE_BYTES)} (got {value!r})")
 
 
+# The kinds of layer a KV cache distinguishes (vLLM's KV cache specs): full attention (MHA/GQA/MQA
+# or MLA: every token of the context), sliding window (the last ``window`` tokens) and recurrent
+# state (Mamba 1/2 SSMs and linear attention such as Qwen3-Next's Gated DeltaNet: one fixed-size
+# state per request, whatever the context).
+LAYER_KINDS = ("full", "sliding", "mamba")
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """``layers`` layers of one kind (:data:`LAYER_KINDS`).
+
+    A sliding group keeps ``window`` tokens. A mamba group's state per layer and request is the
+    arrays ``state_shapes`` (conv state, SSM / recurrent state, at tensor parallelism 1) of
+    ``state_dtypes``; tensor parallelism divides axis ``shard_axes[i]`` of shape i. vLLM's
+    prefix caching (``mamba_cache_mode="align"``) keeps 2 + ``checkpoint_blocks`` states per
+    request (Mamba2 and Gated DeltaNet mixers export a mid-prefill checkpoint: 1) and aligns
+    blocks to ``checkpoint_alignment`` tokens (Gated DeltaNet on FlashInfer: 64).
+    """
+
+    kind: str
+    layers: int
+    window: int = 0
+    state_shapes: tuple[tuple[int, ...], ...] = ()
+    state_dtypes: tuple[str, ...] = ()
+    shard_axes: tuple[int, ...] = ()
+    checkpoint_blocks: int = 0
+    checkpoint_alignment: int = 1
+    mixer: str = ""  # what computes the state, for the output: mamba1, mamba2, gated-deltanet
+
+    def __post_init__(self) -> None:
+        if self.kind not in LAYER_KINDS:
+            raise ValueError(f"layer-kind must be one of {', '.join(LAYER_KINDS)} (got {self.kind!r})")
+        check_positive("layers", self.layers, integer=True)
+        object.__setattr__(self, "state_shapes", tuple(tuple(s) for s in self.state_shapes))
+        object.__setattr__(self, "state_dtypes", tuple(self.state_dtypes))
+        object.__setattr__(self, "shard_axes", tuple(self.shard_axes) or tuple(0 for _ in self.state_shapes))
+        if self.kind == "sliding":
+            check_positive("sliding-window", self.window, integer=True)
+        elif self.window:
+            raise ValueError(f"sliding-window applies to sliding layers only (a {self.kind} group got {self.window})")
+        if self.kind == "mamba":
+            if not self.state_shapes or len(self.state_dtypes) != len(self.state_shapes) \
+                    or len(self.shard_axes) != len(self.state_shapes):
+                raise ValueError("state-shapes, state-dtypes and shard-axes of a mamba group must be given, one "
+                                 "per state array")
+            for dtype in self.state_dtypes:
+                check_dtype("state-dtype", dtype)
+            for shape, axis in zip(self.state_shapes, self.shard_axes):
+                for dim in shape:
+                    check_positive("state-shape", dim, integer=True, allow_zero=True)
+                if not 0 <= axis < len(shape):
+                    raise ValueError(f"shard-axes: axis {axis} is not an axis of state shape {shape}")
+            if self.state_bytes() <= 0:
+                raise ValueError(f"state-shapes: the SSM state of a mamba group must be > 0 bytes (got {self.state_shapes})")
+        elif self.state_shapes:
+            raise ValueError(f"state-shapes apply to mamba layers only (a {self.kind} group got them)")
+        check_positive("checkpoint-blocks", self.checkpoint_blocks, integer=True, allow_zero=True)
+        check_positive("checkpoint-alignment", self.checkpoint_alignment, integer=True)
+
+    def state_bytes(self, tp: int = 1) -> int:
+        """Bytes of one layer's state for one request on one of ``tp`` tensor-parallel GPUs (vLLM's
+        MambaSpec page before padding): each shape with its sharded axis divided by ``tp``."""
+        total = 0.0
+        for shape, dtype, axis in zip(self.state_shapes, self.state_dtypes, self.shard_axes):
+            n = 1
+            for i, dim in enumerate(shape):
+                n *= dim // tp if i == axis else dim
+            total += n * DTYPE_BYTES[dtype]
+        return int(total)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Attention geometry and size of a model.
@@ -58,8 +129,13 @@ class ModelSpec:
     experts: int | None = None
     experts_per_token: int | None = None
     active_params_b: float | None = None
+    # The layers by kind, for hybrid models with linear-attention / SSM layers (``()``: derived from
+    # ``layers``, ``sliding_window`` and ``sliding_layers``, see :attr:`groups`).
+    layer_groups: tuple[LayerGroup, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "layer_groups", tuple(
+            g if isinstance(g, LayerGroup) else LayerGroup(**g) for g in (self.layer_groups or ())))
         check_positive("layers", self.layers, integer=True)
         check_positive("kv-heads", self.kv_heads, integer=True)
         check_positive("head-dim", self.head_dim, integer=True)
@@ -84,6 +160,13 @@ class ModelSpec:
             check_positive("active-params-b", self.active_params_b)
             if self.params_b is not None and self.active_params_b > self.params_b:
                 raise ValueError(f"active-params-b must be <= params-b ({self.params_b:g}) (got {self.active_params_b:g})")
+        if self.layer_groups:
+            sliding = [g for g in self.layer_groups if g.kind == "sliding"]
+            if sum(g.layers for g in sliding) != self.sliding_layers or any(
+                    g.window != self.sliding_window for g in sliding):
+                raise ValueError("layer-groups: the sliding groups must match sliding-window and sliding-layers")
+            if sum(g.layers for g in self.layer_groups if g.kind != "mamba") > self.layers:
+                raise ValueError(f"layer-groups: more attention layers than layers ({self.layers})")
 
     @property
     def active_params(self) -> float | None:
@@ -95,7 +178,36 @@ class ModelSpec:
         return self.kv_lora_rank > 0
 
     @property
+    def groups(self) -> tuple[LayerGroup, ...]:
+        """The layers by kind: ``layer_groups`` if given, else the full-attention layers and the
+        sliding ones (a model without sliding layers: one full-attention group)."""
+        if self.layer_groups:
+            return self.layer_groups
+        full = self.layers - self.sliding_layers
+        return tuple(g for g in (LayerGroup("full", full) if full else None,
+                                 LayerGroup("sliding", self.sliding_layers, self.sliding_window)
+                                 if self.sliding_layers else None) if g is not None)
+
+    @property
+    def kv_layers(self) -> int:
+        """Layers that cache a K/V (or MLA latent) entry per token: all but the recurrent ones."""
+        if not self.layer_groups:
+            return self.layers
+        return sum(g.layers for g in self.layer_groups if g.kind != "mamba")
+
+    @property
+    def is_hybrid(self) -> bool:
+        """Some layers keep less than the whole context (sliding window or recurrent state)."""
+        return any(g.kind != "full" for g in self.groups)
+
+    @property
     def attention(self) -> str:
+        mamba = [g for g in self.layer_groups if g.kind == "mamba"]
+        if mamba:
+            parts = [f"{g.layers} {'MLA' if self.is_mla else 'full attention'}" if g.kind == "full" else
+                     f"{g.layers} sliding window {g.window}" if g.kind == "sliding" else
+                     f"{g.layers} {g.mixer or 'SSM'}" for g in self.layer_groups]
+            return f"hybrid: {' + '.join(parts)} layers"
         if self.is_mla:
             return "MLA"
         if self.sliding_layers:

@@ -345,7 +345,7 @@ class _EngineView:
 
 def _run_engine(source, arrival_rate, capacities, router: str, router_options: dict, spec: EngineSpec,
                 block_size, duration, warmup, rng, router_rng, progress, fast: bool = True,
-                keep_requests: bool = False) -> tuple[list[Counters], list[ServingStats]]:
+                keep_requests: bool = False, tiers: Tiers | None = None) -> tuple[list[Counters], list[ServingStats]]:
     """Conversations through step engines behind ``router``: a turn is submitted when it arrives
     (its think time after the previous response finished), measured if it arrives in
     ``[warmup, duration)``. New conversations and turns stop at ``duration``; the requests
@@ -361,8 +361,8 @@ def _run_engine(source, arrival_rate, capacities, router: str, router_options: d
         turns, cid = req.payload
         arrive(turns, cid)
 
-    engines = [EngineInstance(env, spec, c, block_size, stats[i], counters[i], finished, index=i, fast=fast)
-               for i, c in enumerate(capacities)]
+    engines = [EngineInstance(env, spec, c, block_size, stats[i], counters[i], finished, index=i, fast=fast,
+                              tiers=tiers) for i, c in enumerate(capacities)]
     chooser = make_router(router, [_EngineView(e) for e in engines], router_rng, **router_options)
     choose = chooser.choose
     open_ = True
@@ -567,9 +567,7 @@ def simulate_fleet(
         if policy != "lru":
             raise ValueError(f"policy must be lru with the engine (vLLM's block pool evicts the least recently "
                              f"freed block) (got {policy!r})")
-        if tiers is not None:
-            raise ValueError("offload tiers are not in the engine yet: leave out --cpu-offload-gib/--disk-... "
-                             "with --engine")
+
     duration, warmup = run_window(workload, duration, warmup, source)
     source = checked_source(workload, source, block_size, duration, warmup, replications, seed, max_events)
     options = dict(router_options or {})
@@ -589,7 +587,7 @@ def simulate_fleet(
             if engine is not None:
                 counters, stats = _run_engine(source, workload.arrival_rate, capacities, router, options, engine,
                                               block_size, duration, warmup, rng, np.random.default_rng([seed, r, 1]),
-                                              tick, fast, keep_requests)
+                                              tick, fast, keep_requests, tiers)
                 runs.append(counters)
                 serving.append(stats)
                 continue

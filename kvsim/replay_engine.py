@@ -30,11 +30,14 @@ def replay_engine(traces, engine: EngineSpec, capacity_blocks: int | None = None
                   capacity_tokens: int | None = None, block_size: int | None = None,
                   trace_block_size: int | None = None, time_unit: str = "auto", arrival_rate: float | None = None,
                   seed: int = 0, skip_bad: bool = False, max_requests: int | None = None, rate_scale: float = 1.0,
-                  keep_requests: bool = False, fast: bool = True, capacity_for_block_size=None) -> tuple[dict, list]:
+                  keep_requests: bool = False, fast: bool = True, capacity_for_block_size=None,
+                  tiers=None, tier_tokens: tuple[int, int] | None = None) -> tuple[dict, list]:
     """Replay ``traces`` (as :func:`kvsim.replay.replay` reads them) through one engine of
     ``capacity_blocks`` blocks (or ``capacity_tokens``, or ``capacity_for_block_size(bs)``
     once the block size is known); return ``(record, requests)``: the JSON record and, with
-    ``keep_requests``, the :class:`~kvsim.step_engine.EngineRequest` of every request."""
+    ``keep_requests``, the :class:`~kvsim.step_engine.EngineRequest` of every request.
+    ``tiers`` (:class:`analytic.offload.Tiers`, inclusive): CPU (and disk) tiers below the GPU,
+    sized in ``tier_tokens`` ``(cpu, disk)`` instead of blocks if given."""
     if not (isinstance(rate_scale, (int, float)) and math.isfinite(rate_scale) and 0 < rate_scale <= MAX_RATE_SCALE):
         raise ValueError(f"rate-scale must be a number in (0, {MAX_RATE_SCALE:g}] (got {rate_scale!r})")
     reading = dict(trace_block_size=trace_block_size, time_unit=time_unit, arrival_rate=arrival_rate, seed=seed,
@@ -47,6 +50,10 @@ def replay_engine(traces, engine: EngineSpec, capacity_blocks: int | None = None
         bs = first.block_size if first is not None else 1
     if capacity_blocks is None:
         capacity_blocks = capacity_tokens // bs if capacity_tokens is not None else capacity_for_block_size(bs)
+    if tier_tokens is not None:
+        from dataclasses import replace
+
+        tiers = replace(tiers, cpu_blocks=tier_tokens[0] // bs, disk_blocks=tier_tokens[1] // bs)
     # Read every request first: the engine needs them as arrivals, and the largest must fit.
     requests: list[tuple[float, list, int, int, str]] = []
     req = first
@@ -70,7 +77,7 @@ def replay_engine(traces, engine: EngineSpec, capacity_blocks: int | None = None
     start = requests[0][0]
     stats = ServingStats(0.0, math.inf, requests=[] if keep_requests else None)
     counters = Counters()
-    instance = EngineInstance(env, engine, capacity_blocks, bs, stats, counters, fast=fast)
+    instance = EngineInstance(env, engine, capacity_blocks, bs, stats, counters, fast=fast, tiers=tiers)
     submit = instance.submit
     served = []
     for i, (t, keys, inp, out, _) in enumerate(requests):
@@ -93,6 +100,10 @@ def replay_engine(traces, engine: EngineSpec, capacity_blocks: int | None = None
         "request_hit_rate": counters.requests_hit / counters.requests if counters.requests else None,
         "block_hit_rate": counters.hit_blocks / counters.prompt_blocks if counters.prompt_blocks else None,
         "evictions": counters.evictions,
+        **({"tiers": {name: {"token_hit_rate": t / prompt if prompt else None, "hit_blocks": h, "stored_blocks": st}
+                      for name, t, h, st in zip(tiers.names, counters.tier_hit_tokens, counters.tier_hit_blocks,
+                                                counters.tier_stored_blocks)}}
+           if counters.tier_hit_blocks else {}),
         "serving": serving_summary([stats]),
         "elapsed_s": elapsed,
         "skipped": tstats.skipped,

@@ -37,8 +37,8 @@ inputs, pipeline parallelism, the watermark (0 by default) and ``max_model_len``
 refused only when they could never fit the cache: ``oversized``).
 
 **Speed.** A run of steps in which every running request decodes and nothing else can happen
-(no request waits, or the request cap holds the queue back; no request finishes; the free
-blocks cover every block the run needs) is *skipped*: its step times are summed in one loop
+(no request waits, or the request cap holds the queue back; no request finishes before the
+run's last step; the free blocks cover every block the run needs) is *skipped*: its step times are summed in one loop
 over integers (the context grows by one token per request per step, so each step's inputs are
 known in advance) and its blocks allocated in bulk, without touching the requests per step. An
 arrival cuts the skip at the step in progress. ``fast=False`` runs the plain stepper; the tests
@@ -267,7 +267,7 @@ class EngineInstance:
 
     def __init__(self, env: simpy.Environment, spec: EngineSpec, capacity_blocks: int, block_size: int,
                  stats: ServingStats, counters, on_finish: Callable[[EngineRequest], None] | None = None,
-                 index: int = 0, fast: bool = True) -> None:
+                 index: int = 0, fast: bool = True, tiers=None) -> None:
         self.env = env
         self.spec = spec
         self.block_size = block_size
@@ -286,13 +286,30 @@ class EngineInstance:
         self._uids = count(1)
         stats.capacity = capacity_blocks
         self.step_log: list | None = None  # a list: gets (start, {request index: tokens}) per step
+        # Tiers below the GPU (analytic.offload.Tiers, inclusive only): an LRU PrefixCache each,
+        # with its load time per token; requests whose hits are there wait for their loads.
+        self.lower: list[tuple] = []
+        self.ready: deque[EngineRequest] = deque()  # loaded, holding blocks: admitted first
+        self.loading = 0
+        if tiers is not None and (tiers.cpu_blocks or tiers.disk_blocks):
+            if tiers.mode != "inclusive":
+                raise ValueError("offload-mode must be inclusive with the engine (vLLM's offloading connector "
+                                 f"writes through) (got {tiers.mode!r})")
+            from kvsim.cache import PrefixCache
+
+            sizes = (tiers.cpu_blocks, tiers.disk_blocks)[:len(tiers.names) - 1]
+            self.lower = [(PrefixCache(n, "lru"), cost) for n, cost in zip(sizes, tiers.load_s_per_token[1:])]
+            self.fast = False  # stores below follow the steps one by one: no skipping
+            counters.tier_hit_blocks = [0] * (1 + len(self.lower))
+            counters.tier_hit_tokens = [0] * (1 + len(self.lower))
+            counters.tier_stored_blocks = [0] * (1 + len(self.lower))
 
     # ------------------------------------------------------------------ the router's view
 
     @property
     def outstanding(self) -> int:
         """Requests sent here and not finished: running + waiting."""
-        return len(self.running) + len(self.waiting)
+        return len(self.running) + len(self.waiting) + len(self.ready) + self.loading
 
     def kv_usage(self) -> float:
         self.sync()
@@ -381,11 +398,19 @@ class EngineInstance:
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
-            n = min(req.num_tokens - req.computed, budget)
+            computed = req.computed
+            if req.num_tokens - computed == 1 and computed % bs and (computed + 1) % bs:
+                # A decode that needs no new block and fills none: the common case, inlined.
+                req.computed = computed + 1
+                scheduled.append((req, 1))
+                budget -= 1
+                i += 1
+                continue
+            n = min(req.num_tokens - computed, budget)
             if n <= 0:
                 i += 1
                 continue
-            need = -(-(req.computed + n) // bs) - len(req.table)
+            need = -(-(computed + n) // bs) - len(req.table)
             while need > pool.num_free():
                 victim = running.pop()
                 self._preempt(victim)
@@ -403,6 +428,21 @@ class EngineInstance:
             return scheduled
         waiting = self.waiting
         now = self.env.now
+        ready = self.ready
+        while ready and budget > 0 and len(running) < spec.max_num_seqs:
+            # Requests whose blocks were loaded from below hold them and go first (vLLM's
+            # kv_holding_waiting queue); the whole sequence must still fit.
+            req = ready[0]
+            if -(-req.num_tokens // bs) - len(req.table) > pool.num_free():
+                return scheduled
+            ready.popleft()
+            n = min(req.num_tokens - req.computed, budget)
+            self._grow(req, n, -(-(req.computed + n) // bs) - len(req.table))
+            running.append(req)
+            scheduled.append((req, n))
+            budget -= n
+        if ready:
+            return scheduled
         while waiting and budget > 0 and len(running) < spec.max_num_seqs:
             req = waiting[0]
             # Every waiting request has nothing computed (new, or preempted: recompute).
@@ -418,6 +458,12 @@ class EngineInstance:
             # The whole sequence must fit (vLLM's scheduler_reserve_full_isl), then this chunk.
             if -(-req.num_tokens // bs) - hit + taken > pool.num_free():
                 break
+            if self.lower and pool.caching:
+                below = self._lower_hits(keys, hit, max_hit)
+                if any(below):
+                    waiting.popleft()
+                    self._load(req, hits, keys, hit, below, now)
+                    continue
             n = min(req.num_tokens - computed, budget)
             waiting.popleft()
             pool.touch(hits)
@@ -445,7 +491,67 @@ class EngineInstance:
             for j in range(req.ncached, full):
                 table[j] = pool.cache(req.key(j))
             if full > req.ncached:
+                if self.lower:
+                    self._store_below(req.block_keys(full)[req.ncached:full])
                 req.ncached = full
+
+    # ------------------------------------------------------------------ tiers below the GPU
+
+    def _lower_hits(self, keys: list, hit: int, max_hit: int) -> tuple[int, ...]:
+        """Blocks that continue the GPU hit from each lower tier in turn (the cap applies to all)."""
+        from kvsim.cache import runs_of
+
+        found = []
+        at = hit
+        for tier, _ in self.lower:
+            n = tier.lookup(runs_of(keys[at:max_hit]), max_hit - at) if at < max_hit else 0
+            found.append(n)
+            at += n
+        return tuple(found)
+
+    def _store_below(self, keys: list) -> None:
+        """Write-through: blocks just cached on the GPU are stored in every lower tier (refreshed
+        if there), unless more than the tier holds (vLLM's offloading gives up on those)."""
+        from kvsim.cache import runs_of
+
+        runs = runs_of(keys)
+        n = len(keys)
+        c = self.counters
+        for i, (tier, _) in enumerate(self.lower, 1):
+            if n > tier.capacity_blocks:
+                continue
+            if c.tier_stored_blocks and self.stats.warmup <= self.env.now < self.stats.end:
+                c.tier_stored_blocks[i] += sum(1 for k in keys if k not in tier)
+            tier.serve_runs(runs, n, n)
+
+    def _load(self, req: EngineRequest, hits: list[int], keys: list, hit: int, below: tuple, now: float) -> None:
+        """Admit ``req`` for loading: it holds its GPU hits and new blocks for the blocks found
+        below, and waits the transfer (bytes / each tier's bandwidth) before it is scheduled."""
+        pool, bs = self.pool, self.block_size
+        loaded = sum(below)
+        pool.touch(hits)
+        pool.allocate(loaded)
+        req.table = hits + [-1] * loaded
+        req.ncached = hit
+        req.computed = (hit + loaded) * bs
+        seconds = sum(n * bs * cost for n, (_, cost) in zip(below, self.lower))
+        if req.hit_tokens is None:
+            self._first_scheduled(req, req.computed, now, below)
+        self.loading += 1
+
+        def loaded_(_) -> None:
+            # The loaded blocks are cached (hashed) when their load completes, as vLLM does.
+            self.loading -= 1
+            table = req.table
+            for j in range(req.ncached, hit + loaded):
+                table[j] = pool.cache(req.key(j))
+            req.ncached = hit + loaded
+            self.ready.append(req)
+            if not self._busy:
+                self._busy = True
+                self._at(self.env.now, self._step)
+
+        self.env.timeout(seconds).callbacks.append(loaded_)
 
     def _preempt(self, req: EngineRequest) -> None:
         self.pool.free(req.table)
@@ -457,7 +563,7 @@ class EngineInstance:
             self.stats.preemptions += 1
         self.waiting.appendleft(req)
 
-    def _first_scheduled(self, req: EngineRequest, computed: int, now: float) -> None:
+    def _first_scheduled(self, req: EngineRequest, computed: int, now: float, below: tuple = ()) -> None:
         req.hit_tokens = computed
         req.first_scheduled = now
         if not req.measured:
@@ -467,6 +573,11 @@ class EngineInstance:
         c.prompt_tokens += req.prompt_tokens
         c.prompt_blocks += -(-req.prompt_tokens // self.block_size)
         c.turn_requests[req.turn] = c.turn_requests.get(req.turn, 0) + 1
+        if c.tier_hit_blocks:
+            gpu = computed // self.block_size - sum(below)
+            for i, blocks in enumerate((gpu, *below)):
+                c.tier_hit_blocks[i] += blocks
+                c.tier_hit_tokens[i] += blocks * self.block_size
         if computed:
             c.requests_hit += 1
             c.hit_tokens += computed
@@ -566,7 +677,7 @@ class EngineInstance:
             left = req.max_tokens - req.outputs
             if left < remaining:
                 remaining = left
-        steps = remaining - 1  # the step in which a request finishes is a plain one
+        steps = remaining  # up to the step in which the first request finishes
         if steps < 2:
             return False
         skip = _Skip(self, steps)
@@ -622,6 +733,12 @@ class _Skip:
         for req in running:
             starts_block[(req.num_tokens - 1) % bs] += 1
         self.starts_block = starts_block
+        # Requests by the step (mod bs) at which they fill a block: step s fills one for request
+        # i when p_i + s is a multiple of bs. Each list keeps the running order.
+        self.filling: list[list] = [[] for _ in range(bs)]
+        for req in running:
+            p = req.num_tokens - 1
+            self.filling[(-p) % bs].append((req, p))
         free = pool.num_free()
         seconds = instance._seconds
         times = []
@@ -659,10 +776,22 @@ class _Skip:
         stats = inst.stats
         warmup, window_end = stats.warmup, stats.end
         times, new_blocks = self.times, self.new_blocks
+        caching = pool.caching
+        filling = self.filling
         for s in range(self.allocated, steps):
             n = new_blocks[s]
             if n:
                 pool.allocate(n)
+            if caching:
+                # The blocks this step fills, cached in running order as the plain stepper does
+                # (the order decides which copy a lookup finds when two requests cache one key).
+                for req, p in filling[(s + 1) % bs]:
+                    j = (p + s + 1) // bs - 1
+                    table = req.table
+                    if len(table) <= j:
+                        table.extend([-1] * (j + 1 - len(table)))
+                    table[j] = pool.cache(req.key(j))
+                    req.ncached = j + 1
             end = times[s]
             if start < window_end and end > warmup:  # as _count_step, inlined: this loop runs per step
                 held = pool.held
@@ -677,19 +806,10 @@ class _Skip:
             start = end
         stats.steps += steps - self.allocated
         inst._last_step_start = times[steps - 2] if steps > 1 else self.start
-        caching = pool.caching
         for req, p in zip(self.requests, self.positions):
-            tokens = p + steps  # known tokens after ``steps`` steps, all but the last computed
-            grow = -(-tokens // bs) - len(req.table)
+            grow = -(-(p + steps) // bs) - len(req.table)  # p + steps tokens known after ``steps`` steps
             if grow > 0:
                 req.table.extend([-1] * grow)
-            if caching:
-                full = tokens // bs
-                if full > req.ncached:
-                    table = req.table
-                    for j in range(req.ncached, full):
-                        table[j] = pool.cache(req.key(j))
-                    req.ncached = full
         self.allocated = steps
 
     def finish(self) -> None:
@@ -727,6 +847,9 @@ class _Skip:
             if warmup <= t < window_end:
                 stats.output_tokens_in_window += r
             previous = t
+        for req in self.requests:  # in running order, as the plain stepper finishes them
+            if req.outputs >= req.max_tokens:
+                self.instance._finish(req, end)
 
 
 # ---------------------------------------------------------------------------- summaries

@@ -19,12 +19,13 @@ from kvsim.step_engine import EngineInstance, EngineRequest, ServingStats
 ONE_SECOND = LinearStepTime(1.0, 0.0, 0.0)
 
 
-def run(requests, capacity, *, bs=4, budget=8, seqs=4, step=ONE_SECOND, fast=True, caching=True):
+def run(requests, capacity, *, bs=4, budget=8, seqs=4, step=ONE_SECOND, fast=True, caching=True, tiers=None):
     """Serve ``requests`` = [(arrival, prompt keys, prompt tokens, output tokens)] on one engine;
     return (the EngineRequests by index, the step log, the instance)."""
     env = simpy.Environment()
     stats = ServingStats(0.0, math.inf, requests=[])
-    inst = EngineInstance(env, EngineSpec(step, budget, seqs, caching), capacity, bs, stats, Counters(), fast=fast)
+    inst = EngineInstance(env, EngineSpec(step, budget, seqs, caching), capacity, bs, stats, Counters(), fast=fast,
+                          tiers=tiers)
     inst.step_log = []
     reqs = []
     for i, (arrival, keys, prompt, out) in enumerate(requests):
@@ -97,6 +98,26 @@ def test_prefill_only_request():
     (r,), log, _ = run([(0.0, [1, 2], 9, 0)], capacity=10)
     assert log == [(0.0, {0: 8}), (1.0, {0: 1})]
     assert r.first_token == r.finish == 2.0 and r.outputs == 0
+
+
+def test_a_hit_from_the_cpu_tier_waits_for_its_load():
+    from analytic.offload import Tiers
+
+    # GPU of 6 blocks of 4 tokens, CPU tier of 100 (write-through) loading at 0.5 s per token.
+    # R0 leaves blocks [1, 2]; R1 (5 blocks) evicts the LRU tail, block 2; R2 = [1, 2, 9] hits
+    # block 1 on the GPU and block 2 in the CPU tier: admitted at t=10, it loads 4 tokens (2 s),
+    # then computes its last 4 prompt tokens in one step: first token at 13.
+    reqs, log, inst = run([(0.0, [1, 2], 8, 1), (5.0, [3, 4, 5, 6, 7], 20, 1), (10.0, [1, 2, 9], 12, 1)],
+                          capacity=6, budget=100, tiers=Tiers(cpu_blocks=100, cpu_load_s_per_token=0.5))
+    r2 = reqs[2]
+    assert (r2.hit_tokens, r2.first_scheduled, r2.first_token, r2.finish) == (8, 10.0, 13.0, 13.0)
+    assert log[-1] == (12.0, {2: 4})
+    c = inst.counters
+    assert c.tier_hit_blocks == [1, 1] and c.tier_stored_blocks[1] == 2 + 5 + 1
+    # without the tier the same request recomputes block 2: hit 4 tokens, first token at 11
+    plain = run([(0.0, [1, 2], 8, 1), (5.0, [3, 4, 5, 6, 7], 20, 1), (10.0, [1, 2, 9], 12, 1)],
+                capacity=6, budget=100)[0][2]
+    assert (plain.hit_tokens, plain.first_token) == (4, 11.0)
 
 
 def test_no_prefix_caching():
@@ -195,3 +216,55 @@ def test_engine_refuses_what_it_does_not_model():
         EngineSpec(ONE_SECOND, 4, 8)
     with pytest.raises(ValueError, match="max-num-seqs must be"):
         EngineSpec(ONE_SECOND, 8, 0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-num-batched-tokens", "0"], "max-num-batched-tokens must be a whole number > 0"),
+    (["--max-num-seqs", "-1"], "max-num-seqs must be a whole number > 0"),
+    (["--max-num-batched-tokens", "10", "--max-num-seqs", "20"], "max-num-batched-tokens must be >= max-num-seqs"),
+    (["--step-time", "linear:nan,0,0"], "step-time alpha must be a finite number >= 0"),
+    (["--step-time", "linear:-1,0,0"], "step-time alpha must be a finite number >= 0"),
+    (["--step-time", "linear:1,2"], "step-time must be roofline"),
+    (["--engine", "--model-config", "/nonexistent/config.json"], "model-config: /nonexistent/config.json"),
+    (["--engine", "--gpu-memory-gb", "80"], "step-time: the roofline needs the GPU"),
+    (["--engine", "--policy", "fifo"], "policy must be lru with the engine"),
+    (["--engine", "--service"], "give the engine"),
+    (["--engine", "--requests-out", "/tmp"], "--requests-out must be a file path, not a folder"),
+])
+def test_engine_flags_refused_in_one_line(args, message, capsys):
+    from kvsim.cli.main import main
+
+    assert main(["simulate", *args, "--duration", "700", "--warmup", "100", "--replications", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_replay_refuses_a_request_larger_than_the_cache(tmp_path, capsys):
+    import json
+
+    from kvsim.cli.main import main
+
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps({"timestamp": t, "input_length": 40, "output_length": 600 if t == 3 else 4,
+                                         "hash_ids": [1, 2, 10 + t]}) + "\n" for t in range(6)))
+    assert main(["replay", str(trace), "--trace-block-size", "16", "--engine", "--step-time", "linear:0.01,0,0",
+                 "--capacity-blocks", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "capacity: the largest request (40 input + 600 output tokens = 40 blocks of 16" in err
+
+
+def test_requests_out_with_the_engine(tmp_path):
+    import csv
+
+    from kvsim.cli.main import main
+
+    out = tmp_path / "requests.csv"
+    assert main(["simulate", "--engine", "--step-time", "linear:0.01,1e-5,0", "--capacity-tokens", "100000",
+                 "--duration", "300", "--warmup", "100", "--replications", "1", "--requests-out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["request", "arrival_s", "instance", "prompt_tokens", "output_tokens", "hit_tokens",
+                             "first_scheduled_s", "ttft_s", "e2e_s", "preemptions"]
+    assert [int(r["request"]) for r in rows] == list(range(len(rows)))
+    for r in rows:
+        assert float(r["e2e_s"]) >= float(r["ttft_s"]) > 0
+        assert float(r["first_scheduled_s"]) >= float(r["arrival_s"])

@@ -30,7 +30,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def engine_asked(v: Mapping) -> bool:
-    return bool(v.get("engine")) or any(v.get(f) not in (None, False) for f in ENGINE_FLAGS)
+    return bool(v.get("engine")) or bool(v.get("no_prefix_caching")) or any(
+        v.get(f) is not None for f in ENGINE_FLAGS if f != "no_prefix_caching")
 
 
 def engine_options(v: Mapping):

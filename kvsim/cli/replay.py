@@ -206,11 +206,11 @@ def _cmd_replay_engine(a) -> int:
     from kvsim.cli.simulate import engine_line, serving_lines, write_requests
     from kvsim.replay_engine import replay_engine
 
-    requests_out = output_file("requests-out", a.requests_out)
+    requests_out = output_file("--requests-out", a.requests_out)
     if a.policy != ["lru"]:
         raise ValueError(f"policy must be lru with --engine (vLLM's block pool) (got {','.join(a.policy)})")
-    if a.curve or any(getattr(a, f) is not None for f in ("cpu_blocks", "cpu_tokens", "disk_blocks", "disk_tokens")):
-        raise ValueError("--curve and the CPU/disk tiers are not in the engine yet: leave them out with --engine")
+    if a.curve:
+        raise ValueError("--curve computes LRU hit rates without the engine: leave it out with --engine")
     sizes = [x for x in (a.capacity_blocks, a.capacity_tokens) if x]
     if sizes and len(sizes[0]) > 1:
         raise ValueError("--engine replays one capacity: give one value of --capacity-blocks or --capacity-tokens")
@@ -227,10 +227,20 @@ def _cmd_replay_engine(a) -> int:
 
     kwargs = replay_kwargs(a)
     del kwargs["vllm"]
+    tiers = replay_tiers(a)
+    if tiers:  # the tiers' load time per token: the model's KV bytes over the default bandwidths
+        from dataclasses import replace
+
+        from analytic.offload import DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH_GBPS, GB
+        from analytic.sizing import bytes_per_token
+
+        per_token = bytes_per_token(model, a.kv_dtype)
+        tiers["tiers"] = replace(tiers["tiers"], cpu_load_s_per_token=per_token / (DEFAULT_CPU_BANDWIDTH_GBPS * GB),
+                                 disk_load_s_per_token=per_token / (DEFAULT_DISK_BANDWIDTH_GBPS * GB))
     record, served = replay_engine(a.traces, spec, a.capacity_blocks[0] if a.capacity_blocks else None,
                                    capacity_tokens=a.capacity_tokens[0] if a.capacity_tokens else None,
                                    rate_scale=a.rate_scale, keep_requests=True, capacity_for_block_size=from_memory,
-                                   **kwargs)
+                                   **kwargs, **tiers)
     if requests_out:
         write_requests(requests_out, served)
     if a.json:
@@ -243,7 +253,9 @@ def _cmd_replay_engine(a) -> int:
     print(f"requests  {record['requests']:,}, arrivals {a.rate_scale:g}x as recorded; served in "
           f"{record['makespan_s']:,.1f} s of simulated time")
     print(f"hits      token_hit_rate {_pct(record['token_hit_rate'])}, request_hit_rate "
-          f"{_pct(record['request_hit_rate'])} (under load, at first scheduling)")
+          f"{_pct(record['request_hit_rate'])} (under load, at first scheduling)"
+          + (" = " + " + ".join(f"{name} {_pct(t['token_hit_rate'])}" for name, t in record["tiers"].items())
+             if "tiers" in record else ""))
     for line in serving_lines([record], label=lambda r: "replay"):
         print(line)
     if requests_out:

@@ -27,7 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def cmd(a) -> int:
-    requests_out = output_file("requests-out", a.requests_out)
+    requests_out = output_file("--requests-out", a.requests_out)
     scenario = scenario_from_values(vars(a))
     settings = simulation_from_values(vars(a))
     if requests_out and (settings.replications != 1 or a.policy == "all" or scenario.fleet.router == "all"):
