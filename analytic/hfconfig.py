@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from analytic.specs import ModelSpec
+from analytic.specs import LayerGroup, ModelSpec
 
 # Gated MLPs (SwiGLU/GeGLU: gate, up and down projections), as every model family kvsim has a
 # preset for (Llama, Mistral, Mixtral, Qwen, DeepSeek, Gemma, Phi-3, gpt-oss).
@@ -97,6 +97,108 @@ def _sliding(c: _Config, layers: int) -> tuple[int, int]:
     return (window, sliding) if sliding else (0, 0)
 
 
+# Layer kinds as configs name them (``layer_types``, ``layers_block_type``, NemotronH's
+# ``hybrid_override_pattern``): full attention, sliding window, recurrent state (Mamba, linear
+# attention), both (Falcon-H1: attention and Mamba side by side in every layer), or no mixer (MLP).
+LAYER_TYPE_KINDS = {"full_attention": "full", "attention": "full", "sliding_attention": "sliding",
+                    "linear_attention": "mamba", "mamba": "mamba", "hybrid": "both", "mlp": None, "moe": None}
+PATTERN_KINDS = {"M": "mamba", "*": "full", "-": None, "E": None}
+# Gated DeltaNet (Qwen3-Next) in vLLM 0.33 on Hopper: FlashInfer's prefill exports one checkpoint
+# state mid-prefill, on a 64-token grid (vllm/model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py,
+# FLASHINFER_GDN_CHECKPOINT_ALIGNMENT); Mamba2 mixers export one at any position (mamba_mixer2.py).
+GDN_CHECKPOINT = (1, 64)
+MAMBA2_CHECKPOINT = (1, 1)
+TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def _layer_kinds(c: _Config, layers: int) -> list[str | None] | None:
+    """Each layer's kind (LAYER_TYPE_KINDS' values), or None when the config does not list them."""
+    types = c.get("layer_types")
+    key = "layer_types"
+    if not isinstance(types, list) and isinstance(c.get("layers_block_type"), list):
+        types, key = c.get("layers_block_type"), "layers_block_type"
+    if isinstance(types, list):
+        kinds = []
+        for i, t in enumerate(types[:layers]):
+            if t not in LAYER_TYPE_KINDS:
+                raise ValueError(f"model-config: {c.path}: {key}[{i}] is {t!r}, not a layer kind kvsim knows "
+                                 f"({', '.join(LAYER_TYPE_KINDS)})")
+            kinds.append(LAYER_TYPE_KINDS[t])
+        return kinds
+    pattern = c.get("hybrid_override_pattern")
+    if isinstance(pattern, str):
+        for i, ch in enumerate(pattern):
+            if ch not in PATTERN_KINDS:
+                raise ValueError(f"model-config: {c.path}: hybrid_override_pattern[{i}] is {ch!r}, not a layer kind "
+                                 f"kvsim knows (M Mamba, * attention, - MLP, E experts)")
+        return [PATTERN_KINDS[ch] for ch in pattern]
+    if c.has("attn_layer_period"):  # Jamba
+        period = c.int("attn_layer_period")
+        offset = c.int("attn_layer_offset", default=0, allow_zero=True)
+        return ["full" if i % period == offset else "mamba" for i in range(layers)]
+    model_type = str(c.get("model_type", ""))
+    if model_type == "qwen3_next":
+        interval = c.int("full_attention_interval", default=4)
+        return ["full" if (i + 1) % interval == 0 else "mamba" for i in range(layers)]
+    if model_type == "falcon_h1":
+        return ["both"] * layers
+    return None
+
+
+def _dtype(c: _Config, key: str, default: str) -> str:
+    value = c.get(key)
+    if value is None or value == "auto":
+        return default
+    if value not in TORCH_DTYPES:
+        raise ValueError(f"model-config: {c.path}: {key} must be one of {', '.join(TORCH_DTYPES)} (got {value!r})")
+    return TORCH_DTYPES[value]
+
+
+def _mamba_group(c: _Config, layers: int, hidden: int) -> LayerGroup:
+    """The recurrent state of ``layers`` layers from the config's Mamba / linear-attention fields,
+    with the shapes vLLM 0.33 allocates (vllm/model_executor/layers/mamba/mamba_utils.py:
+    gated_delta_net_state_shape, mamba2_state_shape, mamba1_state_shape; conv states (kernel - 1,
+    dim), TP splits the dim; SSM states TP-split on their first axis)."""
+    model_dtype = _dtype(c, "torch_dtype", _dtype(c, "dtype", "bf16"))
+    nemotron = str(c.get("model_type", "")).startswith("nemotron_h")
+    ssm_dtype = _dtype(c, "mamba_ssm_cache_dtype", "fp32" if nemotron else model_dtype)
+    if c.has("linear_num_value_heads"):  # Qwen3-Next Gated DeltaNet
+        nk, nv = c.int("linear_num_key_heads"), c.int("linear_num_value_heads")
+        kd, vd = c.int("linear_key_head_dim"), c.int("linear_value_head_dim")
+        kernel = c.int("linear_conv_kernel_dim")
+        shapes, mixer, (blocks, align) = ((kernel - 1, kd * nk * 2 + vd * nv), (nv, vd, kd)), "gated-deltanet", GDN_CHECKPOINT
+        dtypes = (model_dtype, model_dtype)
+    elif c.has("mamba_n_heads") or c.has("mamba_num_heads"):  # Mamba2: NemotronH, Granite 4.0-H, Falcon-H1, Bamba
+        heads = c.int("mamba_n_heads", "mamba_num_heads")
+        state = c.int("ssm_state_size", "mamba_d_state")
+        groups = c.int("n_groups", "mamba_n_groups", default=1)
+        kernel = c.int("conv_kernel", "mamba_d_conv", default=4)
+        if c.has("mamba_d_ssm"):
+            inner = c.int("mamba_d_ssm")
+        elif nemotron:
+            inner = heads * c.int("mamba_head_dim", "mamba_d_head")
+        else:
+            inner = c.int("mamba_expand", "expand", default=2) * hidden
+        head_dim = c.get("mamba_d_head", c.get("mamba_head_dim", "auto"))
+        head_dim = inner // heads if head_dim == "auto" else c.int("mamba_d_head", "mamba_head_dim")
+        shapes, mixer, (blocks, align) = ((kernel - 1, inner + 2 * groups * state), (heads, head_dim, state)), \
+            "mamba2", MAMBA2_CHECKPOINT
+        dtypes = (model_dtype, ssm_dtype)
+    elif c.has("mamba_d_state"):  # Mamba1: Jamba
+        inner = c.int("mamba_expand", default=2) * hidden
+        kernel = c.int("mamba_d_conv", default=4)
+        shapes, mixer, (blocks, align) = ((kernel - 1, inner), (inner, c.int("mamba_d_state"))), "mamba1", (0, 1)
+        dtypes = (model_dtype, ssm_dtype)
+    else:
+        raise ValueError(f"model-config: {c.path} has Mamba / linear-attention layers but lacks their state fields "
+                         "(mamba_d_state / ssm_state_size, or linear_num_value_heads)")
+    if any(dim <= 0 for shape in shapes for dim in shape):
+        raise ValueError(f"model-config: {c.path}: the SSM state of a {mixer} layer is 0 bytes ({shapes}): "
+                         "check mamba_d_conv / conv_kernel / linear_conv_kernel_dim")
+    return LayerGroup("mamba", layers, state_shapes=shapes, state_dtypes=dtypes, shard_axes=(1, 0),
+                      checkpoint_blocks=blocks, checkpoint_alignment=align, mixer=mixer)
+
+
 def model_from_config(path: str | Path) -> ModelSpec:
     """The :class:`~analytic.specs.ModelSpec` of a Hugging Face ``config.json``: geometry, context
     length and parameters (total, and active for mixture-of-experts models) estimated from the
@@ -154,13 +256,29 @@ def model_from_config(path: str | Path) -> ModelSpec:
     total = embeddings + layers * attention + mlp_total + norms
     active = embeddings + layers * attention + mlp_active + norms
     window, sliding = _sliding(c, layers)
+    context = c.int("max_position_embeddings", default=0, allow_zero=True) or None
+    if window and context and window > context:
+        raise ValueError(f"model-config: {c.path}: sliding_window {window} is larger than max_position_embeddings "
+                         f"{context} (the context limit)")
+    kinds = _layer_kinds(c, layers)
+    groups = ()
+    if kinds is not None and any(k in ("mamba", "both") for k in kinds):
+        full = sum(1 for k in kinds if k in ("full", "both"))
+        sliding = sum(1 for k in kinds if k == "sliding")
+        window = window if sliding else 0
+        if sliding and not window:
+            raise ValueError(f"model-config: {c.path}: sliding_attention layers need sliding_window > 0")
+        groups = tuple(g for g in (
+            LayerGroup("full", full) if full else None,
+            LayerGroup("sliding", sliding, window) if sliding else None,
+            _mamba_group(c, sum(1 for k in kinds if k in ("mamba", "both")), hidden)) if g is not None)
     name = c.get("_name_or_path") or c.path.parent.name or "custom"
     return ModelSpec(
         name=str(name).rstrip("/").rpartition("/")[2].lower() or "custom",
         layers=layers, kv_heads=kv_heads, head_dim=head_dim, params_b=total / 1e9,
         kv_lora_rank=kv_lora_rank, qk_rope_head_dim=rope_dim,
-        sliding_window=window, sliding_layers=sliding,
-        max_context=c.int("max_position_embeddings", default=0, allow_zero=True) or None,
+        sliding_window=window, sliding_layers=sliding, layer_groups=groups,
+        max_context=context,
         attention_heads=heads, hidden_size=hidden,
         intermediate_size=c.int("moe_intermediate_size", "intermediate_size") if experts else c.int("intermediate_size"),
         experts=experts or None, experts_per_token=per_token,

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from analytic.specs import ModelSpec
+from analytic.specs import LayerGroup, ModelSpec
 
 PRESETS_CSV = Path(__file__).with_name("presets.csv")
+# Hybrid models with Mamba / linear-attention layers (not in ../shared/presets.csv): each row's
+# ``sources`` column names the file every value was read from; values not found are left empty.
+HYBRID_PRESETS_CSV = Path(__file__).with_name("hybrid_presets.csv")
 
 # Per-GPU memory as each vendor documents it ("80GB" etc.). HBM is sized in powers of two, so
 # the nominal figure is read as GiB, as the original calculator did; the driver reports a
@@ -142,8 +145,36 @@ def models() -> dict[str, ModelSpec]:
     return out
 
 
+def _shapes(text: str) -> tuple[tuple[int, ...], ...]:
+    """'3x8192;32x128x128' -> ((3, 8192), (32, 128, 128))."""
+    return tuple(tuple(int(d) for d in shape.split("x")) for shape in text.split(";"))
+
+
+@cache
+def hybrid_models() -> dict[str, ModelSpec]:
+    """The presets of ``hybrid_presets.csv``: attention layers plus Mamba / linear-attention ones."""
+    out = {}
+    with HYBRID_PRESETS_CSV.open(newline="") as f:
+        for row in csv.DictReader(f):
+            number = lambda key, kind=int: kind(row[key]) if row[key] else None  # noqa: E731
+            mamba = LayerGroup("mamba", int(row["mamba_layers"]), state_shapes=_shapes(row["state_shapes"]),
+                               state_dtypes=tuple(row["state_dtypes"].split(";")),
+                               shard_axes=tuple(int(a) for a in row["shard_axes"].split(";")),
+                               checkpoint_blocks=int(row["checkpoint_blocks"]),
+                               checkpoint_alignment=int(row["checkpoint_alignment"]), mixer=row["mixer"])
+            out[row["model"].lower()] = ModelSpec(
+                name=row["model"].lower(), layers=int(row["layers"]), kv_heads=int(row["kv_heads"]),
+                head_dim=int(row["head_dim"]), params_b=number("params_b", float), max_context=number("max_context"),
+                attention_heads=int(row["attention_heads"]), hidden_size=int(row["hidden_size"]),
+                experts=number("experts"), experts_per_token=number("experts_per_token"),
+                active_params_b=number("active_params_b", float),
+                layer_groups=(LayerGroup("full", int(row["full_layers"])), mamba),
+            )
+    return out
+
+
 def model(name: str) -> ModelSpec:
-    table = models()
+    table = {**models(), **hybrid_models()}
     if name.lower() not in table:
         raise ValueError(f"preset must be one of {', '.join(table)} (got {name!r})")
     return table[name.lower()]

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from analytic.service import ServiceModel
 from analytic.serving import EngineOptions, EngineSpec
 from analytic.sizing import GIB, Capacity, capacity_from_gib, capacity_from_memory, capacity_from_tokens
 from analytic.offload import (DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH_GBPS, GB, MAX_TIER_BLOCKS,
@@ -40,7 +39,7 @@ def default_evaluate(workload: Workload, capacity_blocks: int, block_size: int, 
 
 @dataclass(frozen=True)
 class Fleet:
-    """Serving instances behind a router, and the optional service time.
+    """Serving instances behind a router.
 
     ``None`` means "not asked for": one instance, and the default router (affinity) if a fleet
     is asked for at all. ``instance_capacity_tokens`` gives instances of different sizes; the
@@ -53,7 +52,6 @@ class Fleet:
     cache_threshold: float | None = None
     balance_abs: int | None = None
     balance_rel: float | None = None
-    service: ServiceModel | None = None
 
     def __post_init__(self) -> None:
         if self.instances is not None:
@@ -75,8 +73,8 @@ class Fleet:
 
     @property
     def simulated(self) -> bool:
-        """Whether the fleet simulator is needed (a fleet, or a service time)."""
-        return self.routed or self.instance_capacity_tokens is not None or self.service is not None
+        """Whether the fleet simulator is needed (a fleet, or instances of their own sizes)."""
+        return self.routed or self.instance_capacity_tokens is not None
 
     @property
     def size(self) -> int:
@@ -181,9 +179,6 @@ class Scenario:
             raise ValueError("give exactly one of GPU memory (hardware), capacity-tokens and capacity-gib")
         if self.policy not in MODEL_POLICIES:
             raise ValueError(f"policy must be one of {', '.join(MODEL_POLICIES)} (got {self.policy!r})")
-        if self.engine.enabled and self.fleet.service is not None:
-            raise ValueError("give the engine (--engine, --step-time, ...) or the linear service time (--service, "
-                             "--prefill-per-token, ...), not both")
 
     def engine_spec(self) -> EngineSpec:
         """The step engine of this deployment: its step time from the model on the GPUs (the
@@ -231,7 +226,10 @@ class Scenario:
 
 def inputs_summary(model: ModelSpec, workload: Workload, **extra) -> dict:
     """Every input, JSON-ready, so a result can be reproduced from its own record."""
-    return {"model": asdict(model), "workload": workload_dict(workload), **extra}
+    model_dict = asdict(model)
+    if not model.layer_groups:  # a model described by its fields alone: its record as before hybrid models
+        del model_dict["layer_groups"]
+    return {"model": model_dict, "workload": workload_dict(workload), **extra}
 
 
 def workload_dict(workload: Workload) -> dict:

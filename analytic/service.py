@@ -1,7 +1,8 @@
-"""Service time of a request on one serving instance: the simulator's optional service model.
+"""Prefill and decode time per token of one request alone: what the offload models' TTFT
+estimates charge (``analytic.tiers``: a hit saves its prefill, a load costs its transfer).
 
-A spec like the model, hardware and workload ones: the fleet simulator charges it
-(``kvsim.fleet``), and the scenario carries it (``analytic.scenario``).
+The simulator's service is the step engine (``kvsim.step_engine``, its step time in
+``analytic.steptime``); this linear, unbatched rate is only the closed-form estimate of a prefill.
 """
 
 from __future__ import annotations
@@ -23,10 +24,6 @@ DEFAULT_PREFILL_PER_TOKEN = 2 * _PARAMS / (PREFILL_UTILIZATION * H100_BF16_FLOPS
 # Decode is memory-bound: each step reads the bf16 weights (2 bytes per parameter) once and gives
 # every running request one token, so a request's output takes one step per token.
 DEFAULT_DECODE_PER_TOKEN = 2 * _PARAMS / H100_HBM_BYTES_PER_S  # 4.8e-3 s/token
-# Requests in service per instance: vLLM's max_num_seqs default (EngineArgs.get_batch_defaults)
-# below 70 GiB and on A100s; H100-class GPUs get 1024 there, but a step of 1024 decodes is far
-# slower than the weight read this model charges, so the smaller batch stays the default.
-DEFAULT_MAX_RUNNING = 256
 
 
 @dataclass(frozen=True)
@@ -38,14 +35,12 @@ class ServiceModel:
     prefill_per_token: float = DEFAULT_PREFILL_PER_TOKEN
     decode_per_token: float = DEFAULT_DECODE_PER_TOKEN
     prefill_base: float = 0.0
-    max_running: int = DEFAULT_MAX_RUNNING
 
     def __post_init__(self) -> None:
         # Bounds that catch typos: a second per token is a thousand times today's slowest GPUs.
         check_positive("prefill-per-token", self.prefill_per_token, allow_zero=True, at_most=1.0)
         check_positive("decode-per-token", self.decode_per_token, allow_zero=True, at_most=1.0)
         check_positive("prefill-base", self.prefill_base, allow_zero=True, at_most=3600.0)
-        check_positive("max-running", self.max_running, integer=True, at_most=1_000_000)
 
     def prefill(self, uncached_tokens: int) -> float:
         return self.prefill_base + self.prefill_per_token * uncached_tokens

@@ -77,6 +77,7 @@ class Capacity:
     usable_gib: float | None = None  # after the memory-utilisation fraction
     weights_gib: float | None = None
     activation_reserve_gib: float | None = None
+    hybrid: dict | None = None  # vLLM's hybrid KV cache manager's plan (analytic.hybrid), for hybrid models
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

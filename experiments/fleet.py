@@ -4,8 +4,9 @@
 
 1. **Routers vs N.** One chat workload over N = 1, 2, 4, 8, 16 instances sharing a fixed total
    cache (each instance gets total / N blocks), every router, simulated with zero service time
-   (the cache effect alone) and with the default service model (Llama-3.1-8B on H100: time to
-   first token), next to the affinity and random-routing LRU models.
+   (the cache effect alone) and with the serving engine (vLLM's scheduler, roofline step time of
+   Llama-3.1-8B on one H100 per instance: time to first token), next to the affinity and
+   random-routing LRU models.
 2. **The memory random routing needs** to reach affinity's hit rate at each N (the random model
    inverted with ``capacity_to_match``; checked by simulating random routing at that capacity).
 3. **Validation** of the two fleet models against the simulator over a grid of workloads
@@ -64,14 +65,14 @@ def chat_total_blocks() -> int:
 
 def simulate_point(p: dict) -> dict:
     """One fleet simulation (in a worker)."""
-    from kvsim.fleet import ServiceModel, simulate_fleet
+    from kvsim.fleet import simulate_fleet
 
     workload = CHAT if p["workload"] == "chat" else workload_of(p["workload"])
-    service = ServiceModel() if p["service"] else None
+    engine = engine_spec() if p["engine"] else None
     # Warm-up: five conversation lifetimes; measured: enough requests for a tight estimate.
     warmup = 5 * workload.turns.mean * workload.think_time.mean
     window = p["requests"] / (workload.arrival_rate * workload.turns.mean)
-    r = simulate_fleet(workload, p["capacity_blocks"], p["instances"], p["router"], "lru", service=service,
+    r = simulate_fleet(workload, p["capacity_blocks"], p["instances"], p["router"], "lru", engine=engine,
                        block_size=BLOCK_SIZE, duration=warmup + window, warmup=warmup,
                        replications=p["replications"], seed=p["seed"], progress=False)
     d = r.as_dict()
@@ -79,10 +80,23 @@ def simulate_point(p: dict) -> dict:
     row = {"simulated": d["token_hit_rate"]["mean"], "ci_lo": lo, "ci_hi": hi,
            "request_hit_rate": d["request_hit_rate"]["mean"], "load_imbalance": d["load_imbalance"]["mean"],
            "requests": d["requests_measured"]}
-    if service is not None:
-        row.update(ttft_mean=d["ttft_s"]["mean"]["mean"], ttft_p50=d["ttft_s"]["p50"], ttft_p99=d["ttft_s"]["p99"],
-                   queue_delay_mean=d["queue_delay_s"]["mean"]["mean"])
+    if engine is not None:
+        v = d["serving"]
+        row.update(ttft_mean=v["ttft_s"]["mean"]["mean"], ttft_p50=v["ttft_s"]["p50"], ttft_p99=v["ttft_s"]["p99"],
+                   queue_delay_mean=v["queue_s"]["mean"]["mean"], preemptions=v["preemptions"])
     return row
+
+
+def engine_spec():
+    """The engine of every instance with service time: Llama-3.1-8B in bf16 on one H100, roofline
+    step time, vLLM serve's limits for that GPU."""
+    from analytic import presets
+    from analytic.serving import EngineSpec
+    from analytic.steptime import default_engine_limits, roofline
+
+    gpu = "h100-80gb"
+    return EngineSpec(roofline(presets.model("llama-3.1-8b"), gpu),
+                      *default_engine_limits(presets.gpu_memory_gib(gpu), gpu))
 
 
 def run_points(points: list[dict], out: Path, workers: int, desc: str) -> list[dict]:
@@ -104,9 +118,9 @@ def run_points(points: list[dict], out: Path, workers: int, desc: str) -> list[d
 
 
 def routers_vs_n(args, total: int) -> list[dict]:
-    points = [{"workload": "chat", "instances": n, "capacity_blocks": total // n, "router": router, "service": service,
+    points = [{"workload": "chat", "instances": n, "capacity_blocks": total // n, "router": router, "engine": engine,
                "requests": args.requests, "replications": args.replications, "seed": args.seed}
-              for n in args.instances for router in ROUTERS for service in (False, True)]
+              for n in args.instances for router in ROUTERS for engine in (False, True)]
     rows = run_points(points, Path(args.out), args.workers, "routers")
     for row in rows:
         row["model"] = (fleet_model(CHAT, [row["capacity_blocks"]] * row["instances"], row["router"]).token_hit_rate
@@ -131,7 +145,7 @@ def memory_to_match(args, total: int) -> list[dict]:
         rows.append({"instances": n, "affinity_model": affinity, "random_blocks": needed,
                      "memory_factor": needed * n / total, "note": ""})
         points.append({"workload": "chat", "instances": n, "capacity_blocks": needed, "router": "random",
-                       "service": False, "requests": args.requests, "replications": args.replications,
+                       "engine": False, "requests": args.requests, "replications": args.replications,
                        "seed": args.seed})
     simulated = {p["instances"]: p for p in run_points(points, Path(args.out), args.workers, "match")}
     for row in rows:
@@ -165,7 +179,7 @@ def validation_grid(quick: bool) -> list[dict]:
 
 def validation(args) -> list[dict]:
     grid = validation_grid(args.quick)
-    points = [{**{k: v for k, v in g.items() if k != "share"}, "router": router, "service": False,
+    points = [{**{k: v for k, v in g.items() if k != "share"}, "router": router, "engine": False,
                "requests": args.validation_requests, "replications": args.replications, "seed": args.seed}
               for g in grid for router in MODELLED]
     rows = run_points(points, Path(args.out), args.workers, "validate")
@@ -192,7 +206,7 @@ def figure(rows: list[dict], match: list[dict], total: int, path: Path) -> None:
     ns = sorted({r["instances"] for r in rows})
     colours = dict(zip(ROUTERS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for router in ROUTERS:
-        sims = sorted((r for r in rows if r["router"] == router and not r["service"]), key=lambda r: r["instances"])
+        sims = sorted((r for r in rows if r["router"] == router and not r["engine"]), key=lambda r: r["instances"])
         x = [r["instances"] for r in sims]
         y = np.array([r["simulated"] for r in sims])
         err = np.array([[r["simulated"] - r["ci_lo"], r["ci_hi"] - r["simulated"]] for r in sims]).T
@@ -200,13 +214,13 @@ def figure(rows: list[dict], match: list[dict], total: int, path: Path) -> None:
                          label=f"{router} (sim)")
         if router in MODELLED:
             axes[0].plot(x, [r["model"] for r in sims], "-", color=colours[router], lw=1, label=f"{router} (model)")
-        served = sorted((r for r in rows if r["router"] == router and r["service"]), key=lambda r: r["instances"])
+        served = sorted((r for r in rows if r["router"] == router and r["engine"]), key=lambda r: r["instances"])
         axes[1].plot([r["instances"] for r in served], [1000 * r["ttft_mean"] for r in served], "o-", ms=4,
                      color=colours[router], label=router)
     axes[0].set(xscale="log", xlabel="instances N (total cache fixed)", ylabel="fleet token hit rate",
                 title=f"hit rate vs N ({total:,} blocks in all)")
     axes[1].set(xscale="log", xlabel="instances N", ylabel="mean time to first token (ms)",
-                title="with service time (Llama-3.1-8B, H100)")
+                title="served by the engine (Llama-3.1-8B, H100)")
     for ax in axes[:2]:
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.minorticks_off()
@@ -231,14 +245,14 @@ def summary(rows: list[dict], match: list[dict], validation_rows: list[dict], to
     for router in ROUTERS:
         cells = []
         for n in ns:
-            r = next(r for r in rows if r["router"] == router and r["instances"] == n and not r["service"])
+            r = next(r for r in rows if r["router"] == router and r["instances"] == n and not r["engine"])
             cells.append(f"{r['simulated']:.3f}" + (f" ({r['model']:.3f})" if r["model"] is not None else ""))
         lines.append(f"{router:13}" + "".join(f"{c:>17}" for c in cells))
-    lines.append("\nwith service time: mean TTFT ms (token hit rate)")
+    lines.append("\nserved by the engine (vLLM's scheduler, Llama-3.1-8B on one H100 each): mean TTFT ms (token hit rate)")
     for router in ROUTERS:
         cells = []
         for n in ns:
-            r = next(r for r in rows if r["router"] == router and r["instances"] == n and r["service"])
+            r = next(r for r in rows if r["router"] == router and r["instances"] == n and r["engine"])
             cells.append(f"{1000 * r['ttft_mean']:.0f} ({r['simulated']:.3f})")
         lines.append(f"{router:13}" + "".join(f"{c:>17}" for c in cells))
     lines.append("\nmemory random routing needs to match affinity (per instance; model, then simulated hit rate)")
@@ -294,7 +308,7 @@ def main(argv=None) -> int:
     match = memory_to_match(args, total)
     checks = validation(args)
     for name, table in (("routers", rows), ("match", match), ("validation", checks)):
-        fields = list(dict.fromkeys(k for row in table for k in row))  # service rows have more columns
+        fields = list(dict.fromkeys(k for row in table for k in row))  # engine rows have more columns
         write_csv([{k: row.get(k) for k in fields} for row in table], out / f"{name}.csv")
     lines = summary(rows, match, checks, total)
     write_atomic(out / "summary.txt", "\n".join(lines) + "\n")

@@ -1,36 +1,29 @@
-"""A fleet of serving instances behind a router, with an optional service time.
+"""A fleet of serving instances behind a router.
 
 Each instance has its own prefix cache (DESIGN.md §3; capacities may differ). Every request of
 a conversation goes through the router, which picks an instance (:data:`ROUTERS`).
 
-Without a service model (the default) a request is served the instant it arrives, exactly as in
+By default a request is served the instant it arrives, exactly as in
 :func:`kvsim.engine.simulate`: a fleet of one is the single-instance simulator, draw for draw.
 
-With a :class:`ServiceModel`, a request takes time: prefill grows with its *uncached* prompt
-tokens and decode with its output tokens (linear, one request's speed independent of the
-others'). An instance serves up to ``max_running`` requests at once; the others wait in its
-queue, first come first served, like vLLM's scheduler, which also waits while the head of the
-queue does not fit in the cache beside the requests in service. A request in service pins its
-blocks (:meth:`PrefixCache.begin`); its lookup, evictions and touches happen when it starts
-(vLLM ranks a block for LRU when it is freed, one service time later: a small difference next
-to think times). The next turn of the conversation arrives a think time after the response
-completes. Queueing delay (arrival to start) and time to first token (arrival to the end of
-prefill) are reported with the hit rates.
+With an :class:`~analytic.serving.EngineSpec` every instance is a step engine
+(:mod:`kvsim.step_engine`, vLLM's continuous-batching scheduler): requests queue, batch, get
+chunked and preempted, and take the time of their steps; the next turn of a conversation
+arrives a think time after its response completes. The routers see each instance's running and
+waiting requests and its cache.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import count
 
 import numpy as np
 import simpy
 
-from analytic.service import ServiceModel
 from analytic.serving import EngineSpec
 from analytic.offload import Tiers
 from analytic.specs import DEFAULT_BLOCK_SIZE, Workload, check_positive
@@ -40,7 +33,7 @@ from kvsim.engine import (ConversationSource, Counters, Estimate, SimulationResu
                           counting_server, drive, progress_bar, run_arrivals,
                           run_window)
 from kvsim.step_engine import EngineInstance, EngineRequest, ServingStats, merged, serving_summary
-from kvsim.tiered import make_cache, tier_tokens
+from kvsim.tiered import make_cache
 from kvsim.workload import Turn
 
 # ---------------------------------------------------------------------------- instances and routers
@@ -48,18 +41,12 @@ from kvsim.workload import Turn
 
 @dataclass
 class Instance:
-    """One serving instance: its cache, the requests in service and its queue."""
+    """One instance of the instant simulation: its cache (nothing is ever outstanding)."""
 
     index: int
     cache: PrefixCache
     counters: Counters
-    running: int = 0
-    queue: deque = field(default_factory=deque)
-
-    @property
-    def outstanding(self) -> int:
-        """Requests sent here and not finished (the load a router sees)."""
-        return self.running + len(self.queue)
+    outstanding: int = 0  # requests sent here and not finished: the load a router sees
 
 
 def _request_runs(instance: Instance, turn: Turn):
@@ -212,15 +199,6 @@ def make_router(name: str, instances: Sequence[Instance], rng: np.random.Generat
 # ---------------------------------------------------------------------------- the simulation
 
 
-@dataclass
-class Latencies:
-    """Per-request seconds of the requests measured in one replication (with a service model)."""
-
-    queue_delay: list[float] = field(default_factory=list)
-    ttft: list[float] = field(default_factory=list)
-    waiting_at_end: int = 0  # requests still queued when the run stopped (grows without bound if overloaded)
-
-
 def _run_instant(source, arrival_rate, instances, router, block_size, duration, warmup, rng, progress,
                  requests: list | None = None) -> None:
     """Zero service time: :func:`kvsim.engine.drive`, each turn routed then served at once.
@@ -243,77 +221,6 @@ def _run_instant(source, arrival_rate, instances, router, block_size, duration, 
         server.close(duration)
 
 
-def _load_seconds(tier_hits: Sequence[int], load_costs: Sequence[float], block_size: int, prompt_tokens: int) -> float:
-    """Seconds to load a request's hits from below the GPU: each tier's hit tokens times its load
-    time per token (0 for the GPU)."""
-    return sum(t * cost for t, cost in zip(tier_tokens(tier_hits, block_size, prompt_tokens), load_costs))
-
-
-def _run_served(source, arrival_rate, instances, router, service: ServiceModel, block_size, duration, warmup,
-                rng, progress, load_costs: Sequence[float] = ()) -> Latencies:
-    """With a service time: queues, pinned blocks, think time from the end of the response.
-    ``load_costs``: a tiered cache's load time per token of each tier (GPU first)."""
-    env = simpy.Environment()
-    timeout = env.timeout
-    lat = Latencies()
-    max_running = service.max_running
-    begins = [counting_server(inst.cache, inst.counters, block_size, warmup, inst.cache.begin)
-              for inst in instances]
-    choose = router.choose
-
-    def submit(turns, turn: Turn, cid: int) -> None:
-        inst = instances[choose(cid, turn)]
-        inst.queue.append((turns, turn, cid, env.now, _request_runs(inst, turn)))
-        start_waiting(inst)
-
-    def start_waiting(inst: Instance) -> None:
-        cache, queue = inst.cache, inst.queue
-        while queue and inst.running < max_running:
-            turns, turn, cid, arrived, runs = queue[0]
-            if turn.alloc_blocks <= cache.capacity_blocks and not cache.fits(runs, turn.alloc_blocks):
-                return  # the head waits for blocks to be freed, and so does everyone behind it
-            queue.popleft()
-            now = env.now
-            result = begins[inst.index](turn, now, runs=runs)
-            hit_tokens = 0 if result.oversized else min(result.hit_blocks * block_size, turn.prompt_tokens)
-            prefill = service.prefill(turn.prompt_tokens - hit_tokens)
-            if load_costs and not result.oversized:
-                prefill += _load_seconds(result.tier_hits, load_costs, block_size, turn.prompt_tokens)
-            if now >= warmup:
-                lat.queue_delay.append(now - arrived)
-                lat.ttft.append(now - arrived + prefill)
-            inst.running += 1
-            done = timeout(prefill + service.decode(turn.output_tokens), (inst, turns, turn, cid, runs, result.oversized))
-            done.callbacks.append(finished)
-
-    def finished(event) -> None:
-        inst, turns, turn, cid, runs, oversized = event.value
-        if not oversized:
-            inst.cache.end(runs, turn.alloc_blocks)
-        inst.running -= 1
-        start_waiting(inst)
-        arrive(turns, cid)
-
-    def arrive(turns, cid: int) -> None:
-        """The conversation's next turn arrives after its think time (``delay``)."""
-        turn = next(turns, None)
-        if turn is None:
-            return
-        if turn.delay:
-            timeout(turn.delay, (turns, turn, cid)).callbacks.append(due)
-        else:
-            submit(turns, turn, cid)
-
-    def due(event) -> None:
-        submit(*event.value)
-
-    run_arrivals(env, source, arrival_rate, duration, rng, lambda turns, cid: arrive(iter(turns), cid), progress)
-    for begin in begins:
-        begin.close(duration)
-    lat.waiting_at_end = sum(len(inst.queue) for inst in instances)
-    return lat
-
-
 class _EngineCache:
     """The router's view of an engine instance's cache (what :class:`CacheAwareRouter` reads)."""
 
@@ -323,8 +230,7 @@ class _EngineCache:
     runs = staticmethod(runs_of)
 
     def lookup(self, runs, max_hit_blocks: int) -> int:
-        keys = [k for first, n in runs for k in range(first, first + n)][:max_hit_blocks]
-        return self.engine.lookup(keys, max_hit_blocks)
+        return self.engine.lookup(runs, max_hit_blocks)
 
     @property
     def free_blocks(self) -> int:
@@ -408,10 +314,6 @@ def _run_engine(source, arrival_rate, capacities, router: str, router_options: d
     return counters, stats
 
 
-def _percentile(values: list[float], q: float):
-    return float(np.percentile(values, q)) if values else None
-
-
 @dataclass(frozen=True)
 class FleetResult:
     """What a fleet simulation measured: per replication, one :class:`Counters` per instance."""
@@ -421,8 +323,6 @@ class FleetResult:
     capacities: tuple[int, ...]
     block_size: int
     replications: list[list[Counters]]  # [replication][instance]
-    latencies: list[Latencies] | None  # per replication; None without a service model
-    service: ServiceModel | None
     duration: float
     warmup: float
     engine: EngineSpec | None = None
@@ -452,15 +352,6 @@ class FleetResult:
             values.append(max(counts) / np.mean(counts) if sum(counts) else math.nan)
         return Estimate.of(values)
 
-    def latency(self, name: str) -> dict | None:
-        """Mean over replications (95% CI) and pooled percentiles of ``queue_delay`` or ``ttft``."""
-        if self.latencies is None:
-            return None
-        per_rep = [getattr(lat, name) for lat in self.latencies]
-        pooled = [x for values in per_rep for x in values]
-        return {"mean": Estimate.of([float(np.mean(v)) if v else math.nan for v in per_rep]).as_dict(),
-                "p50": _percentile(pooled, 50), "p90": _percentile(pooled, 90), "p99": _percentile(pooled, 99)}
-
     def as_dict(self) -> dict:
         fleet = self.fleet.as_dict()
         del fleet["capacity_blocks"]
@@ -479,16 +370,10 @@ class FleetResult:
         record = {"router": self.router, "instances": len(self.capacities),
                   "capacity_blocks": list(self.capacities), **fleet,
                   "load_imbalance": self.load_imbalance.as_dict(), "per_instance": instances,
-                  "service": None, "queue_delay_s": None, "ttft_s": None}
+                  "engine": None, "serving": None}
         if self.engine is not None:
             record["engine"] = self.engine.as_dict()
             record["serving"] = serving_summary(self.serving_stats())
-            del record["queue_delay_s"], record["ttft_s"]
-        if self.service is not None:
-            record["service"] = self.service.__dict__
-            record["queue_delay_s"] = self.latency("queue_delay")
-            record["ttft_s"] = self.latency("ttft")
-            record["waiting_at_end"] = sum(lat.waiting_at_end for lat in self.latencies)
         return record
 
 
@@ -531,7 +416,6 @@ def simulate_fleet(
     router: str = "affinity",
     policy: str = "lru",
     *,
-    service: ServiceModel | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     duration: float | None = None,
     warmup: float | None = None,
@@ -549,21 +433,18 @@ def simulate_fleet(
     """Simulate ``workload`` over ``instances`` instances of ``capacity_blocks`` blocks each (or
     one instance per entry of a list of capacities) behind ``router`` (one of :data:`ROUTERS`).
 
-    ``service=None``: zero service time (a fleet of one equals :func:`kvsim.engine.simulate`).
+    Without ``engine`` requests take no time (a fleet of one equals :func:`kvsim.engine.simulate`).
     The window, ``source`` and seeds are as in :func:`kvsim.engine.simulate`; the router draws
     from its own stream, so every router sees the same conversations. ``max_events``: as there.
-    ``tiers``: every instance has these CPU (and disk) tiers below its GPU cache; with a service
-    model a hit from below the GPU costs its load time (``Tiers.load_s_per_token``) instead of its
-    prefill.
+    ``tiers``: every instance has these CPU (and disk) tiers below its GPU cache.
 
-    ``engine``: every instance is a step engine (:mod:`kvsim.step_engine`, vLLM's scheduler)
-    instead; the result's ``serving`` has what it measured (``keep_requests``: every request,
-    for ``--requests-out``; ``fast=False``: the plain stepper, for the tests).
+    ``engine``: every instance is a step engine (:mod:`kvsim.step_engine`, vLLM's scheduler);
+    the result's ``serving`` has what it measured (its TTFT counts the loads from below the GPU
+    at the tiers' bandwidth). ``keep_requests``: every request, for ``--requests-out`` (without
+    the engine, the first replication's hits); ``fast=False``: the plain stepper, for the tests.
     """
     capacities = _capacities(capacity_blocks, instances)
     if engine is not None:
-        if service is not None:
-            raise ValueError("give the engine or the linear service model, not both")
         if policy != "lru":
             raise ValueError(f"policy must be lru with the engine (vLLM's block pool evicts the least recently "
                              f"freed block) (got {policy!r})")
@@ -574,34 +455,30 @@ def simulate_fleet(
     if router == "cache-aware":
         options.setdefault("block_size", block_size)
     bar = progress_bar(progress, duration * replications, f"fleet {router} {policy}")
-    runs, latencies, serving = [], [], []
+    runs, serving = [], []
     kept = None
     try:
         for r in range(replications):
-            window = duration - warmup
-            fleet = [Instance(i, make_cache(c, policy, tiers, block_size), Counters(window=window))
-                     for i, c in enumerate(capacities)]
-            chooser = make_router(router, fleet, np.random.default_rng([seed, r, 1]), **options)
             rng = np.random.default_rng([seed, r])
+            router_rng = np.random.default_rng([seed, r, 1])
             tick = bar.update if bar else None
             if engine is not None:
                 counters, stats = _run_engine(source, workload.arrival_rate, capacities, router, options, engine,
-                                              block_size, duration, warmup, rng, np.random.default_rng([seed, r, 1]),
-                                              tick, fast, keep_requests, tiers)
+                                              block_size, duration, warmup, rng, router_rng, tick, fast,
+                                              keep_requests, tiers)
                 runs.append(counters)
                 serving.append(stats)
                 continue
-            if service is None:
-                if keep_requests and kept is None:
-                    kept = []
-                _run_instant(source, workload.arrival_rate, fleet, chooser, block_size, duration, warmup, rng, tick,
-                             kept if r == 0 else None)
-            else:
-                latencies.append(_run_served(source, workload.arrival_rate, fleet, chooser, service, block_size,
-                                             duration, warmup, rng, tick, tiers.load_s_per_token if tiers else ()))
+            fleet = [Instance(i, make_cache(c, policy, tiers, block_size), Counters(window=duration - warmup))
+                     for i, c in enumerate(capacities)]
+            chooser = make_router(router, fleet, router_rng, **options)
+            if keep_requests and kept is None:
+                kept = []
+            _run_instant(source, workload.arrival_rate, fleet, chooser, block_size, duration, warmup, rng, tick,
+                         kept if r == 0 else None)
             runs.append([inst.counters for inst in fleet])
     finally:
         if bar:
             bar.close()
-    return FleetResult(router, policy, capacities, block_size, runs, latencies if service else None, service,
-                       duration, warmup, engine, serving if engine is not None else None, kept)
+    return FleetResult(router, policy, capacities, block_size, runs, duration, warmup, engine,
+                       serving if engine is not None else None, kept)

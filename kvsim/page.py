@@ -325,7 +325,7 @@ def tiered_entry(s: Scenario, tiers: Tiers, capacity: Capacity, method: str) -> 
     m = tiered(s, tiers, capacity.capacity_blocks, method, capacity.bytes_per_token)
     return {"token_hit_rate": m.token_hit_rate, "request_hit_rate": m.request_hit_rate,
             "block_hit_rate": m.block_hit_rate, "tiers": m.tiers,
-            "ttft": m.ttft(s.fleet.service, tier_bandwidths(s, tiers)),
+            "ttft": m.ttft(None, tier_bandwidths(s, tiers)),
             "gpu_only": m.gpu_only.as_dict(), "characteristic_time": m.gpu_only.characteristic_time}
 
 

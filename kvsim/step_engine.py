@@ -108,6 +108,17 @@ class BlockPool:
             hit += 1
         return hit
 
+    def lookup_runs(self, runs, max_blocks: int) -> int:
+        """As :meth:`lookup`, for keys given as ``(first_key, count)`` runs."""
+        by_key = self.by_key
+        hit = 0
+        for first, n in runs:
+            for key in range(first, first + n):
+                if hit >= max_blocks or key not in by_key:
+                    return hit
+                hit += 1
+        return hit
+
     def hit_blocks(self, keys: Sequence, hit: int) -> list[int]:
         """The block ids of the first ``hit`` keys (each cached)."""
         by_key = self.by_key
@@ -320,9 +331,10 @@ class EngineInstance:
         self.sync()
         return self.pool.free_uncached
 
-    def lookup(self, keys: Sequence, max_blocks: int) -> int:
+    def lookup(self, runs, max_blocks: int) -> int:
+        """The hit a request whose keys are ``runs`` would find here now."""
         self.sync()
-        return self.pool.lookup(keys, max_blocks) if self.pool.caching else 0
+        return self.pool.lookup_runs(runs, max_blocks) if self.pool.caching else 0
 
     # ------------------------------------------------------------------ requests in
 
@@ -765,8 +777,8 @@ class _Skip:
 
     def allocate_through(self, steps: int) -> None:
         """Apply the blocks of the steps up to ``steps`` (a step takes and caches its blocks when
-        it is scheduled, at the previous step's end): bulk allocation, tables grown, filled blocks
-        cached, and the time-weighted figures of each step."""
+        it is scheduled, at the previous step's end): bulk allocation, filled blocks cached, and the
+        time-weighted figures of each step (the requests' tables catch up in :meth:`finish`)."""
         if steps <= self.allocated:
             return
         inst = self.instance
@@ -806,10 +818,6 @@ class _Skip:
             start = end
         stats.steps += steps - self.allocated
         inst._last_step_start = times[steps - 2] if steps > 1 else self.start
-        for req, p in zip(self.requests, self.positions):
-            grow = -(-(p + steps) // bs) - len(req.table)  # p + steps tokens known after ``steps`` steps
-            if grow > 0:
-                req.table.extend([-1] * grow)
         self.allocated = steps
 
     def finish(self) -> None:
@@ -817,10 +825,14 @@ class _Skip:
         k = self.steps
         self.allocate_through(k)
         stats = self.instance.stats
+        bs = self.instance.block_size
         start = self.start
         end = self.times[-1]
         measured = 0
         for req, p in zip(self.requests, self.positions):
+            grow = -(-(p + k) // bs) - len(req.table)  # the blocks taken for its p + k tokens
+            if grow > 0:
+                req.table.extend([-1] * grow)
             req.computed = p + k
             req.outputs += k
             req.num_tokens += k

@@ -72,10 +72,11 @@ def test_simulate_templates_on_a_fleet(capsys, folder):
     _, single, _ = run(capsys, *base)
     code, one, _ = run(capsys, *base, "--instances", "1", "--router", "random")
     assert code == 0 and json.loads(one)["token_hit_rate"] == json.loads(single)["token_hit_rate"]
-    _, affinity, _ = run(capsys, *base, "--instances", "3", "--router", "affinity", "--service")
+    _, affinity, _ = run(capsys, *base, "--instances", "3", "--router", "affinity", "--step-time",
+                         "linear:0.005,4e-5,1e-8")
     record = json.loads(affinity)
     assert record["token_hit_rate"]["mean"] == pytest.approx(json.loads(single)["token_hit_rate"]["mean"], abs=0.02)
-    assert record["ttft_s"]["p50"] > 0
+    assert record["serving"]["ttft_s"]["p50"] > 0
 
 
 def test_calc_fleet_refuses_templates(capsys, folder):

@@ -1,4 +1,4 @@
-"""The fleet simulator: routers, service time, and its agreement with the single-instance one."""
+"""The fleet simulator: routers, the serving engine behind them, and the agreement with the single-instance one."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.serving import EngineSpec
+from analytic.steptime import LinearStepTime
 from analytic.specs import Workload
 from kvsim.cache import PrefixCache
 from kvsim.cli.main import main
 from kvsim.engine import Counters, counting_server, drive, simulate
 from kvsim.defaults import ROUTER_NAMES
-from kvsim.fleet import ROUTERS, AffinityRouter, CacheAwareRouter, Instance, ServiceModel, make_router, simulate_fleet
+from kvsim.fleet import ROUTERS, AffinityRouter, CacheAwareRouter, Instance, make_router, simulate_fleet
 from kvsim.workload import Turn, synthetic_conversation
 
 BS = 16
@@ -39,7 +41,7 @@ def test_fleet_of_one_without_service_is_the_single_instance_simulator(policy, r
     fleet = simulate_fleet(w, 900, 1, router, policy, duration=1500, warmup=300, replications=2, seed=7)
     assert [rep[0] for rep in fleet.replications] == single.replications
     assert fleet.fleet.as_dict() == {**single.as_dict(), "capacity_blocks": 900}
-    assert fleet.latencies is None and fleet.load_imbalance.mean == 1.0
+    assert fleet.serving is None and fleet.load_imbalance.mean == 1.0
 
 
 def test_affinity_is_independent_instances_on_the_split_workload():
@@ -104,7 +106,7 @@ def route(router_name: str, requests: list[tuple[int, Turn]], rng=None, loads=No
     for k, (cid, t) in enumerate(requests):
         if loads is not None:
             for inst, load in zip(fleet, loads[k]):
-                inst.running = load
+                inst.outstanding = load
         i = router.choose(cid, t)
         out.append((i, fleet[i].cache.serve(t.keys, t.max_hit_blocks, t.alloc_blocks).hit_blocks))
     return out
@@ -183,8 +185,6 @@ def test_router_errors():
         CacheAwareRouter([], None, cache_threshold=2.0)
     with pytest.raises(ValueError, match="instances must equal"):
         simulate_fleet(workload(), [10, 20], 3)
-    with pytest.raises(ValueError, match="max-running"):
-        ServiceModel(max_running=0)
 
 
 # ------------------------------------------------------------------ service time
@@ -208,81 +208,83 @@ def one_turn(cid: int, prompt_blocks: int, output_tokens: int, delay: float = 0.
     return Turn(index, delay, keys, (prompt - 1) // BS, len(keys), prompt, prompt_blocks, None, output_tokens)
 
 
+def engine(alpha=0.0, beta=0.0, seqs=256):
+    return EngineSpec(LinearStepTime(alpha, beta, 0.0), 8192, seqs)
+
+
+def requests_of(r):
+    return sorted(r.serving[0][0].requests, key=lambda q: q.index)
+
+
 def test_queueing_and_ttft_by_hand():
-    # Two one-turn conversations on one instance serving one request at a time.
+    # Two one-turn conversations on one engine that runs one request at a time, steps of 10 ms.
     rate, seed = 50.0, 3
     t1, t2 = arrivals(seed, rate, 2)
-    service = ServiceModel(prefill_per_token=1e-3, decode_per_token=1e-2, max_running=1)
-    s1 = 4 * BS * 1e-3 + 10 * 1e-2  # 0.164 s
+    s1 = 10 * 0.01  # the first request: its prefill step gives token 1, nine decode steps the rest
     assert t2 - t1 < s1  # the second arrives while the first is served
     source = scripted_source({1: [one_turn(1, 4, 10)], 2: [one_turn(2, 3, 5)]})
-    r = simulate_fleet(Workload(arrival_rate=rate), 100, 1, "round-robin", service=service, source=source,
-                       duration=10.0, warmup=0.0, replications=1, seed=seed)
-    lat = r.latencies[0]
-    wait = t1 + s1 - t2
-    assert lat.queue_delay == pytest.approx([0.0, wait], abs=1e-12)
-    assert lat.ttft == pytest.approx([4 * BS * 1e-3, wait + 3 * BS * 1e-3], abs=1e-12)
+    r = simulate_fleet(Workload(arrival_rate=rate), 100, 1, "round-robin", engine=engine(0.01, seqs=1),
+                       source=source, duration=10.0, warmup=0.0, replications=1, seed=seed, keep_requests=True)
+    first, second = requests_of(r)
+    assert first.first_scheduled - first.arrival == 0.0 and first.ttft == pytest.approx(0.01)
+    assert second.first_scheduled == pytest.approx(t1 + s1) and second.ttft == pytest.approx(t1 + s1 + 0.01 - t2)
+    assert r.as_dict()["serving"]["queue_s"]["p50"] == pytest.approx((t1 + s1 - t2) / 2)
 
 
 def test_think_time_starts_when_the_response_completes_and_hits_shorten_prefill():
     rate, seed = 1.0, 5
     (t1,) = arrivals(seed, rate, 1)
-    service = ServiceModel(prefill_per_token=1e-3, decode_per_token=1e-2)
     first = one_turn(1, 4, 20)  # keys 1000..1004, prompt 4 blocks
     second = Turn(2, 7.0, list(range(1000, 1008)), 6, 8, 7 * BS, 7, None, 30)  # finds turn 1's 5 blocks
-    r = simulate_fleet(Workload(arrival_rate=rate), 100, 1, "round-robin", service=service,
+    r = simulate_fleet(Workload(arrival_rate=rate), 100, 1, "round-robin", engine=engine(beta=1e-3),
                        source=scripted_source({1: [first, second]}), duration=t1 + 100, warmup=0.0,
-                       replications=1, seed=seed)
-    lat = r.latencies[0]
+                       replications=1, seed=seed, keep_requests=True)
     c = r.replications[0][0]
+    # Turn 1 left 64 + 19 computed tokens: 5 full blocks cached; turn 2 hits them all.
     assert c.hit_blocks == 5 and c.requests == 2
-    assert lat.queue_delay == [0.0, 0.0]
-    # Turn 2 computes only its 2 uncached prompt blocks.
-    assert lat.ttft == pytest.approx([4 * BS * 1e-3, 2 * BS * 1e-3])
-    # It arrived 7 s after turn 1 *completed* (4 * 16 ms prefill + 20 * 10 ms decode): the
-    # occupancy integral sees its 8 blocks from then on.
-    arrived_second = t1 + 4 * BS * 1e-3 + 20 * 1e-2 + 7.0
-    expected_area = 5 * (arrived_second - t1) + 8 * (t1 + 100 - arrived_second)
-    assert c.occupancy_area == pytest.approx(expected_area)
+    one, two = requests_of(r)
+    # 1 ms per token: turn 1 prefills 64 tokens, decodes 19 more; turn 2 computes only its 2
+    # uncached prompt blocks, and arrived 7 s after turn 1 *completed*.
+    assert one.ttft == pytest.approx(4 * BS * 1e-3) and one.e2e == pytest.approx(4 * BS * 1e-3 + 19e-3)
+    assert two.arrival == pytest.approx(one.finish + 7.0)
+    assert (two.hit_tokens, two.first_scheduled) == (5 * BS, two.arrival)
+    assert two.ttft == pytest.approx(2 * BS * 1e-3)
 
 
-def test_a_request_waits_until_its_blocks_fit_beside_those_in_service():
-    # Capacity 10 blocks: the first request holds 6 while served, the second needs 6 as well.
+def test_a_request_waits_until_its_blocks_fit_beside_those_running():
+    # Capacity 10 blocks: the first request holds 6 once decoding, the second needs 5 for its prompt.
     rate, seed = 50.0, 3
     t1, t2 = arrivals(seed, rate, 2)
-    service = ServiceModel(prefill_per_token=0.0, decode_per_token=0.1, max_running=8)
     source = scripted_source({1: [one_turn(1, 5, 10)], 2: [one_turn(2, 5, 10)]})
-    r = simulate_fleet(Workload(arrival_rate=rate), 10, 1, "round-robin", service=service, source=source,
-                       duration=10.0, warmup=0.0, replications=1, seed=seed)
-    assert r.latencies[0].queue_delay == pytest.approx([0.0, t1 + 1.0 - t2])
-    # With room for both, it starts at once.
-    r = simulate_fleet(Workload(arrival_rate=rate), 12, 1, "round-robin", service=service, source=source,
-                       duration=10.0, warmup=0.0, replications=1, seed=seed)
-    assert r.latencies[0].queue_delay == [0.0, 0.0]
+    r = simulate_fleet(Workload(arrival_rate=rate), 10, 1, "round-robin", engine=engine(0.1), source=source,
+                       duration=10.0, warmup=0.0, replications=1, seed=seed, keep_requests=True)
+    assert requests_of(r)[1].first_scheduled == pytest.approx(t1 + 1.0)  # when the first finishes
+    # With room for both, it joins at the next step.
+    r = simulate_fleet(Workload(arrival_rate=rate), 12, 1, "round-robin", engine=engine(0.1), source=source,
+                       duration=10.0, warmup=0.0, replications=1, seed=seed, keep_requests=True)
+    assert requests_of(r)[1].first_scheduled == pytest.approx(t1 + 0.1)
 
 
-def test_shared_system_prompt_stays_a_hit_while_in_service():
-    # Both requests carry the same 3 system blocks; the second starts while the first is served.
+def test_shared_system_prompt_is_a_hit_while_running():
+    # Both requests carry the same 3 system blocks; the second starts while the first runs.
     rate, seed = 50.0, 3
-    service = ServiceModel(prefill_per_token=0.0, decode_per_token=0.1, max_running=8)
     source = scripted_source({1: [one_turn(1, 5, 10, shared=3)], 2: [one_turn(2, 5, 10, shared=3)]})
-    for policy in ("lru", "fifo", "lfu"):
-        r = simulate_fleet(Workload(arrival_rate=rate), 12, 1, "round-robin", policy, service=service, source=source,
-                           duration=10.0, warmup=0.0, replications=1, seed=seed)
-        c = r.replications[0][0]
-        assert (c.requests, c.hit_blocks) == (2, 3)
-        assert r.latencies[0].queue_delay == [0.0, 0.0]
+    r = simulate_fleet(Workload(arrival_rate=rate), 12, 1, "round-robin", engine=engine(0.1), source=source,
+                       duration=10.0, warmup=0.0, replications=1, seed=seed, keep_requests=True)
+    c = r.replications[0][0]
+    assert (c.requests, c.hit_blocks) == (2, 3)
 
 
-def test_fleet_with_service_is_deterministic_and_reports_latency():
+def test_fleet_with_the_engine_is_deterministic_and_reports_latency():
     w = workload(arrival_rate=3.0)
-    args = dict(duration=900, warmup=200, replications=2, seed=4, service=ServiceModel(max_running=4))
+    args = dict(duration=900, warmup=200, replications=2, seed=4, engine=engine(0.005, 1e-4, seqs=4))
     a = simulate_fleet(w, 600, 3, "cache-aware", **args)
     b = simulate_fleet(w, 600, 3, "cache-aware", **args)
     assert a.as_dict() == b.as_dict()
     d = a.as_dict()
-    assert d["ttft_s"]["p99"] >= d["ttft_s"]["p50"] > 0
-    assert d["queue_delay_s"]["p99"] >= 0 and d["waiting_at_end"] >= 0
+    v = d["serving"]
+    assert v["ttft_s"]["p99"] >= v["ttft_s"]["p50"] > 0
+    assert v["queue_s"]["p99"] >= 0 and v["waiting_at_end"] >= 0
     assert sum(i["request_share"] for i in d["per_instance"]) == pytest.approx(1.0)
 
 
@@ -312,7 +314,7 @@ def test_cli_simulate_fleet_json(capsys):
     record = json.loads(out)
     assert record["router"] == "round-robin" and record["instances"] == 3
     assert record["capacity_blocks"] == [1250] * 3 and len(record["per_instance"]) == 3
-    assert record["load_imbalance"]["mean"] >= 1 and record["ttft_s"] is None
+    assert record["load_imbalance"]["mean"] >= 1 and record["serving"] is None
     assert record["model"] is None  # no model of round-robin
     code, out, _ = run(capsys, "simulate", "--capacity-tokens", "20000", "--instances", "3", "--router", "random",
                        "--duration", "900", "--warmup", "200", "--replications", "2", "--json")
@@ -322,13 +324,14 @@ def test_cli_simulate_fleet_json(capsys):
         fleet_model(Workload(), [1250] * 3, "random").token_hit_rate)
 
 
-def test_cli_simulate_all_routers_with_service(capsys):
+def test_cli_simulate_all_routers_with_the_engine(capsys):
     code, out, _ = run(capsys, "simulate", "--instance-capacity-tokens", "20000,40000", "--router", "all",
-                       "--decode-per-token", "0.002", "--duration", "700", "--warmup", "200", "--replications", "1")
+                       "--step-time", "linear:0.002,1e-5,0", "--duration", "700", "--warmup", "200",
+                       "--replications", "1")
     assert code == 0
     assert "2 instances of 1,250, 2,500 blocks" in out
     assert Counter(line.split()[1] for line in out.splitlines() if line.startswith("lru ")) == Counter(
-        {r: 3 for r in ("random", "round-robin", "affinity", "least-loaded", "cache-aware")})
+        {r: 8 for r in ("random", "round-robin", "affinity", "least-loaded", "cache-aware")})  # hits, share, 5 latencies, throughput
     assert "TTFT" in out
 
 
@@ -337,7 +340,8 @@ def test_cli_simulate_all_routers_with_service(capsys):
     (["--instances", "0"], "instances must be"),
     (["--instances", "3", "--instance-capacity-tokens", "1000,2000"], "--instances must equal the number"),
     (["--instance-capacity-tokens", "1000,x"], "--instance-capacity-tokens must be integers"),
-    (["--max-running", "0"], "max-running must be"),
+    (["--max-running", "16"], "--max-running: the linear service model is replaced by the serving engine"),
+    (["--service"], "--service: the linear service model is replaced"),
     (["--router", "random", "--cache-threshold", "0.3"], "apply to --router cache-aware only"),
 ])
 def test_cli_fleet_bad_input(capsys, argv, needle):

@@ -228,7 +228,7 @@ def test_engine_refuses_what_it_does_not_model():
     (["--engine", "--model-config", "/nonexistent/config.json"], "model-config: /nonexistent/config.json"),
     (["--engine", "--gpu-memory-gb", "80"], "step-time: the roofline needs the GPU"),
     (["--engine", "--policy", "fifo"], "policy must be lru with the engine"),
-    (["--engine", "--service"], "give the engine"),
+    (["--engine", "--service"], "--service: the linear service model is replaced by the serving engine"),
     (["--engine", "--requests-out", "/tmp"], "--requests-out must be a file path, not a folder"),
 ])
 def test_engine_flags_refused_in_one_line(args, message, capsys):

@@ -17,8 +17,6 @@ from analytic import presets
 from analytic.distributions import THINK_KINDS, ThinkTime, TokenCount, TurnCount
 from analytic.offload import DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH_GBPS, OFFLOAD_MODES
 from analytic.scenario import MODEL_POLICIES, Fleet, Offload, Scenario
-from analytic.service import (DEFAULT_DECODE_PER_TOKEN, DEFAULT_MAX_RUNNING, DEFAULT_PREFILL_PER_TOKEN,
-                              DEFAULT_SERVICE_PRESET, ServiceModel)
 from analytic.specs import (
     DEFAULT_ACTIVATION_RESERVE_GIB,
     DEFAULT_BLOCK_SIZE,
@@ -36,7 +34,7 @@ from kvsim.defaults import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_T
 DEFAULT_PRESET = "llama-3.1-8b"
 DEFAULT_GPU = "a100-40gb"
 DEFAULT_PORT = 8765  # kvsim serve
-SERVICE_FLAGS = ("prefill_per_token", "decode_per_token", "prefill_base", "max_running")
+REPLACED_SERVICE_FLAGS = ("--service", "--prefill-per-token", "--decode-per-token", "--prefill-base", "--max-running")
 # Geometry flags of a custom model: with a preset they would be ignored, so they are refused.
 CUSTOM_MODEL_FLAGS = ("kv_lora_rank", "qk_rope_head_dim", "sliding_window", "sliding_layers")
 
@@ -81,6 +79,9 @@ def add_memory_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=int,
                    help=f"tokens per KV block (default {DEFAULT_BLOCK_SIZE}, as vLLM; with --conversations, "
                         "the templates' own)")
+    g.add_argument("--no-hybrid-allocator", action="store_true",
+                   help="size a sliding-window model as vLLM's --disable-hybrid-kv-cache-manager does: every layer "
+                        "caches every token (default: vLLM's hybrid KV cache manager, per layer kind)")
 
 
 def add_workload_args(p: argparse.ArgumentParser) -> None:
@@ -128,16 +129,10 @@ def add_fleet_args(p: argparse.ArgumentParser, simulation: bool) -> None:
                    help=f"cache-aware: outstanding-request gap that counts as imbalance (default {BALANCE_ABS_THRESHOLD})")
     g.add_argument("--balance-rel", type=float,
                    help=f"cache-aware: max/min outstanding ratio that counts as imbalance (default {BALANCE_REL_THRESHOLD})")
-    s = p.add_argument_group("service time (off by default: requests take no time)")
-    s.add_argument("--service", action="store_true",
-                   help=f"requests take time (defaults: {DEFAULT_SERVICE_PRESET} bf16 on one H100; any flag below "
-                        "also turns it on)")
-    s.add_argument("--prefill-per-token", type=float,
-                   help=f"s per uncached prompt token (default {DEFAULT_PREFILL_PER_TOKEN:.3g})")
-    s.add_argument("--decode-per-token", type=float, help=f"s per output token (default {DEFAULT_DECODE_PER_TOKEN:.3g})")
-    s.add_argument("--prefill-base", type=float, help="s per request on top (default 0)")
-    s.add_argument("--max-running", type=int,
-                   help=f"requests served at once per instance; the rest queue (default {DEFAULT_MAX_RUNNING})")
+    # The linear service model these flags set is replaced by the step engine: kept (hidden) to
+    # say so in one line rather than "unrecognized arguments".
+    for flag in REPLACED_SERVICE_FLAGS:
+        p.add_argument(flag, nargs="?", const=True, help=argparse.SUPPRESS)
 
 
 OFFLOAD_SIZE_FLAGS = tuple(f"{tier}_{unit}" for tier in ("cpu", "disk") for unit in ("gib", "tokens", "blocks"))
@@ -315,12 +310,15 @@ def _instance_capacity_tokens(text: str | None) -> tuple[int, ...] | None:
 
 
 def _fleet(v: Mapping) -> Fleet:
-    service_values = {f: v[f] for f in SERVICE_FLAGS if v.get(f) is not None}
-    service = ServiceModel(**service_values) if (v.get("service") or service_values) else None
+    given = [f for f in REPLACED_SERVICE_FLAGS if v.get(f[2:].replace("-", "_")) is not None]
+    if given:
+        raise UsageError(f"{given[0]}: the linear service model is replaced by the serving engine: give --engine "
+                         "(--max-num-seqs for --max-running; --step-time linear:ALPHA,BETA,GAMMA for a step time of "
+                         "your own)")
     return Fleet(instances=v.get("instances"), router=v.get("router"),
                  instance_capacity_tokens=_instance_capacity_tokens(v.get("instance_capacity_tokens")),
                  cache_threshold=v.get("cache_threshold"), balance_abs=v.get("balance_abs"),
-                 balance_rel=v.get("balance_rel"), service=service)
+                 balance_rel=v.get("balance_rel"))
 
 
 @lru_cache(maxsize=8)

@@ -25,7 +25,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def cmd(a) -> int:
     scenario = scenario_from_values(vars(a))
-    record = calc_record(scenario, a.method, advise=a.advise, target=a.target_hit_rate)
+    record = calc_record(scenario, a.method, advise=a.advise, target=a.target_hit_rate,
+                         hybrid_allocator=not getattr(a, "no_hybrid_allocator", False))
     if a.json:
         print(json.dumps(record, indent=2))
     else:
@@ -33,8 +34,13 @@ def cmd(a) -> int:
     return 0
 
 
-def calc_record(scenario: Scenario, method: str = "all", *, advise: bool = False, target: float | None = None) -> dict:
-    """What ``kvsim calc --json`` prints: ``{"inputs", "memory", "methods": {name: {...}}}`` (+ ``advice``)."""
+def calc_record(scenario: Scenario, method: str = "all", *, advise: bool = False, target: float | None = None,
+                hybrid_allocator: bool = True) -> dict:
+    """What ``kvsim calc --json`` prints: ``{"inputs", "memory", "methods": {name: {...}}}`` (+ ``advice``).
+
+    A hybrid model (sliding-window or Mamba / linear-attention layers) on one instance is sized as
+    vLLM's hybrid KV cache manager does (:func:`hybrid_capacity`; ``memory.hybrid``) unless
+    ``hybrid_allocator`` is False (vLLM's ``--disable-hybrid-kv-cache-manager``: the upper bound)."""
     if scenario.offload.asked and (scenario.conversations is not None or scenario.fleet.routed):
         raise UsageError("the tiered models take one instance of a synthetic workload: use kvsim simulate for "
                          "offload with --conversations, --instances or --router")
@@ -51,11 +57,17 @@ def calc_record(scenario: Scenario, method: str = "all", *, advise: bool = False
 
     s = scenario
     capacity = s.capacity()
+    if s.model.is_hybrid and s.tiers() is None:
+        capacity = hybrid_capacity(s, capacity, hybrid_allocator)
+    elif any(g.kind == "mamba" for g in s.model.groups):
+        raise UsageError("offload tiers are not modelled for models with Mamba / linear-attention layers")
     methods = METHODS if method == "all" else (method,)
     result = calculate(s.model, capacity, s.workload, kv_dtype=s.kv_dtype, model_size_gb=s.weights_gib(),
                        methods=methods)
     record = {"inputs": inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype),
               **result}
+    if capacity.hybrid is not None and capacity.hybrid["hybrid_allocator"]:
+        record["memory"].pop("bytes_per_token_note", None)  # the hybrid plan replaces the upper bound
     if s.tiers() is not None:
         _tiered_methods(s, record)
     if advise:
@@ -78,7 +90,7 @@ def _tiered_methods(s: Scenario, record: dict) -> None:
         record["methods"][name] = {
             "token_hit_rate": m.token_hit_rate, "request_hit_rate": m.request_hit_rate,
             "block_hit_rate": m.block_hit_rate, "tiers": m.tiers,
-            "ttft": m.ttft(s.fleet.service, {k: v for k, v in bandwidths.items() if k in m.tiers}),
+            "ttft": m.ttft(None, {k: v for k, v in bandwidths.items() if k in m.tiers}),
             "gpu_only": record["methods"][name]}
 
 
@@ -89,6 +101,8 @@ def calc_lines(scenario: Scenario, record: dict) -> list[str]:
         return _fleet_lines(scenario, record)
     s = scenario
     lines = describe(s.model, record["memory"], s.workload, s.kv_dtype)
+    if "hybrid" in record["memory"]:
+        lines += hybrid_lines(record["memory"]["hybrid"])
     tiers = s.tiers()
     if tiers is None:
         lines += ["", f"{'method':8} {'token_hit_rate':>15} {'request_hit_rate':>17}"]
@@ -122,8 +136,79 @@ def _tiered_lines(s: Scenario, tiers, record: dict) -> list[str]:
         ttft = m["ttft"]
         lines.append(f"{name:8} {m['token_hit_rate']:>15.4f} {cells:>{len(head)}} {m['request_hit_rate']:>17.4f} "
                      f"{m['gpu_only']['token_hit_rate']:>10.4f} {ttft['tiered']:>10.4f} ({ttft['gpu_only']:.4f})")
-    lines.append("prefill s: the mean time to first token without queueing (default service model of kvsim simulate "
-                 "--service; loads from below the GPU at the tiers' bandwidth, not overlapped with compute)")
+    lines.append("prefill s: the mean time to first token without queueing (the linear prefill rate of analytic.service; "
+                 "loads from below the GPU at the tiers' bandwidth, not overlapped with compute)")
+    return lines
+
+
+# ----------------------------------------------------------------------------- hybrid models
+
+
+def hybrid_capacity(s: Scenario, capacity, hybrid_allocator: bool = True):
+    """``capacity`` (the upper bound: every layer caches every token) as vLLM's KV cache manager
+    has it for a hybrid model (:func:`analytic.hybrid.plan`): the same KV memory in vLLM's pool of
+    blocks, and for the hit-rate models the pool in tokens of context at the workload's mean prompt
+    (blocks x prompt / blocks one such sequence keeps over all groups) in blocks of vLLM's size."""
+    from dataclasses import replace
+
+    from analytic import hybrid, seed
+    from analytic.calc import mean_prompt_tokens
+    from analytic.sizing import GIB
+    from analytic.specs import DTYPE_BYTES
+    from analytic.steptime import DEFAULT_MAX_NUM_BATCHED_TOKENS, default_engine_limits
+
+    hw = s.hardware
+    if capacity.source == "gpu-memory":
+        kv_bytes = (capacity.usable_gib - capacity.weights_gib - capacity.activation_reserve_gib) * GIB
+    else:
+        kv_bytes = capacity.kv_cache_gib * GIB
+    tp = hw.gpus if hw is not None else 1
+    batched = default_engine_limits(hw.gpu_memory_gib, hw.gpu)[0] if hw is not None else DEFAULT_MAX_NUM_BATCHED_TOKENS
+    w = s.workload
+    ctx = max(1, round(mean_prompt_tokens(w)))
+    length = s.model.max_context or max(1, round(w.system_prompt_tokens + w.turns.mean * w.tokens_per_turn))
+    try:
+        p = hybrid.plan(s.model, kv_bytes, kv_dtype=s.kv_dtype, block_size=s.block_size, tp=tp, max_model_len=length,
+                        max_num_batched_tokens=batched, hybrid_allocator=hybrid_allocator)
+    except ValueError as e:
+        raise UsageError(f"--{e}" if str(e).startswith("no-hybrid") else str(e)) from None
+    tokens = p.effective_tokens(ctx)
+    m = s.model
+    seed_bpt = seed.memory_per_token(m.layers, m.kv_heads, m.head_dim, DTYPE_BYTES[s.kv_dtype])
+    held = {"mean_prompt_tokens": ctx, "max_model_len": length, "max_model_len_is_model_context": bool(m.max_context),
+            "max_num_batched_tokens": batched, "effective_tokens": tokens,
+            "bytes_per_token_at_mean_prompt": p.num_blocks * p.bytes_per_block * tp / max(tokens, 1),
+            "seed_bytes_per_token": seed_bpt,
+            "per_group": [{"kind": g.kind, "blocks_per_request_at_mean_prompt": g.blocks_for(ctx, p.block_size),
+                           "pool_share": g.groups * g.blocks_for(ctx, p.block_size) / p.blocks_per_sequence(ctx)}
+                          for g in p.groups]}
+    return replace(capacity, capacity_tokens=tokens, capacity_blocks=tokens // p.block_size, block_size=p.block_size,
+                   hybrid={**p.as_dict(), **held})
+
+
+def hybrid_lines(h: dict) -> list[str]:
+    """The hybrid plan as text: vLLM's pool, then per kind of layer what a request and the cache hold."""
+    how = "hybrid KV cache manager" if h["hybrid_allocator"] else "--disable-hybrid-kv-cache-manager (upper bound)"
+    at = f"{h['max_model_len']:,} tokens/request" + ("" if h["max_model_len_is_model_context"] else
+                                                       " (the workload's whole conversation: the model's context is unknown)")
+    lines = [f"vllm      {how}: {h['group_count']} KV cache group{'s' if h['group_count'] > 1 else ''}, "
+             f"block {h['block_size']} tokens, {h['bytes_per_block']:,} B/block per GPU: "
+             f"{h['num_blocks']:,} blocks (vLLM's num_gpu_blocks)",
+             f"          max concurrency {h['max_concurrency']:.2f}x at {at} = KV cache size "
+             f"{h['kv_cache_tokens']:,} tokens, as vLLM logs it",
+             f"  {'layers':20} {'groups x layers':>15} {'page B/layer':>13} {'per request: mean prompt':>25} "
+             f"{'max':>6} {'cache share':>11}"]
+    for g, held in zip(h["groups"], h["per_group"]):
+        what = {"full": "full", "sliding": f"sliding {g['window']}", "mamba": g["mixer"] or "mamba"}[g["kind"]]
+        unit = "state" if g["kind"] == "mamba" else "blocks"
+        lines.append(f"  {str(g['layers']) + ' ' + what:20} {str(g['groups']) + ' x ' + str(g['layers_per_group']):>15} "
+                     f"{g['page_bytes']:>13,} {str(held['blocks_per_request_at_mean_prompt']) + ' ' + unit:>25} "
+                     f"{g['peak_blocks']:>6,} {held['pool_share']:>11.1%}")
+    ratio = h["seed_bytes_per_token"] / h["bytes_per_token_at_mean_prompt"]
+    lines.append(f"  per group: a request's blocks (or states) at the mean prompt of {h['mean_prompt_tokens']:,} tokens "
+                 "and its peak at max; cache share: the pool's blocks that kind holds")
+    lines.append(f"seed      formula 2 x layers x kv_heads x head_dim x dtype = {h['seed_bytes_per_token']:,.0f} B/token; "
+                 f"vLLM at the mean prompt: {h['bytes_per_token_at_mean_prompt']:,.0f} B/token (seed x{ratio:.2f})")
     return lines
 
 

@@ -26,6 +26,11 @@ def cmd(a) -> int:
     for name, m in models.items():
         print(f"{name:24} {m.layers:>6} {m.kv_heads:>8} {m.head_dim:>8} {m.params_b:>8g} "
               f"{bytes_per_token(m):>13,.0f}  {m.attention}")
+    print(f"\nhybrid presets (Mamba / linear-attention layers; analytic/hybrid_presets.csv, sources in it):")
+    for name, m in presets.hybrid_models().items():
+        params = "-" if m.params_b is None else f"{m.params_b:g}"
+        print(f"{name:24} {m.layers:>6} {m.kv_heads:>8} {m.head_dim:>8} {params:>8} "
+              f"{bytes_per_token(m):>13,.0f}  {m.attention}")
     print(f"\n{'gpu':24} {'memory (GiB)':>12}")
     for name, gib in presets.GPUS.items():
         print(f"{name:24} {gib:>12g}")

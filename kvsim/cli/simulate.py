@@ -163,7 +163,7 @@ def _lines(results: list[dict], window: SimulationSettings) -> list[str]:
 
 def _fleet_results(s: Scenario, source, policies, w: SimulationSettings, progress, tiers=None, engine=None,
                    requests_out: str | None = None) -> list[dict]:
-    """``--instances`` / ``--router`` / service or engine flags: the fleet simulator, with its model beside."""
+    """``--instances`` / ``--router`` / engine flags: the fleet simulator, with its model beside."""
     from kvsim.fleet import simulate_fleet
 
     capacities = s.instance_capacities()
@@ -174,7 +174,7 @@ def _fleet_results(s: Scenario, source, policies, w: SimulationSettings, progres
     results = []
     for policy in policies:
         for router in routers:
-            result = simulate_fleet(s.workload, capacities, router=router, policy=policy, service=s.fleet.service,
+            result = simulate_fleet(s.workload, capacities, router=router, policy=policy,
                                     block_size=s.block_size, duration=w.duration, warmup=w.warmup,
                                     replications=w.replications, seed=w.seed, source=source,
                                     router_options=options if router == "cache-aware" else None, progress=progress,
@@ -196,7 +196,7 @@ def _all_requests(result) -> list:
 
 def _fleet_prediction(s: Scenario, capacities, router, policy, source) -> dict | None:
     """The fleet model of this router and policy, if there is one (synthetic workloads: affinity
-    with LRU or FIFO, random with LRU; the models take no service time)."""
+    with LRU or FIFO, random with LRU; the models take no load into account)."""
     from analytic.fleet import FLEET_ROUTERS, fleet_model
 
     if source is not None or router not in FLEET_ROUTERS or policy not in ("lru", "fifo") or (
@@ -212,15 +212,11 @@ def _rate(x: float | None) -> str:
 
 def _fleet_lines(s: Scenario, results: list[dict], window: SimulationSettings) -> list[str]:
     capacities = s.instance_capacities()
-    service = s.fleet.service
     same = len(set(capacities)) == 1
     fleet = (f"{len(capacities)} instance{'s' if len(capacities) > 1 else ''} x {capacities[0]:,} blocks" if same
              else f"{len(capacities)} instances of {', '.join(f'{c:,}' for c in capacities)} blocks")
-    engine = results[0].get("engine")
-    lines = [f"fleet     {fleet}; " + ("served by the engine above" if engine else
-                                        "no service time (requests take no time)" if service is None else
-             f"service {service.prefill_per_token:.3g} s/uncached prompt token + {service.decode_per_token:.3g} "
-             f"s/output token, {service.max_running} at once per instance"),
+    lines = [f"fleet     {fleet}; " + ("served by the engine above" if results[0].get("engine") else
+                                        "no service time (requests take no time)"),
              _window_line(window),
              f"{'policy':6} {'router':12} {'token_hit_rate':>26} {'request_hit_rate':>26} {'imbalance':>9} "
              f"{'model token / request':>22}"]
@@ -237,14 +233,6 @@ def _fleet_lines(s: Scenario, results: list[dict], window: SimulationSettings) -
         lines.append(f"{r['policy']:6} {r['router']:12} {parts}{more}")
     if results[0].get("serving"):
         lines += serving_lines(results)
-    if service is not None:
-        lines.append(f"\nlatency (s)         {'queue mean':>10} {'queue p99':>10} {'TTFT mean':>10} {'TTFT p50':>10} "
-                     f"{'TTFT p99':>10} {'waiting at end':>15}")
-        for r in results:
-            q, t = r["queue_delay_s"], r["ttft_s"]
-            cells = (q["mean"]["mean"], q["p99"], t["mean"]["mean"], t["p50"], t["p99"])
-            lines.append(f"{r['policy']:6} {r['router']:12} " + " ".join(seconds(x) for x in cells)
-                         + f" {r['waiting_at_end']:>15,}")
     return lines
 
 
