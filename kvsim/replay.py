@@ -355,7 +355,8 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
            block_size: int | None = None, trace_block_size: int | None = None, time_unit: str = "auto",
            arrival_rate: float | None = None, seed: int = 0, vllm: bool = False, skip_bad: bool = False,
            max_requests: int | None = None, progress: bool | None = None, curve: bool = False,
-           tiers: Tiers | None = None, tier_tokens: tuple[int, int] | None = None) -> dict:
+           tiers: Tiers | None = None, tier_tokens: tuple[int, int] | None = None,
+           per_request: list | None = None) -> dict:
     """Replay ``traces`` through prefix caches; return the ``kvsim replay --json`` record.
 
     ``curve``: LRU at every capacity from one pass (:class:`kvsim.curve.LRUCurve`, exact), with
@@ -378,6 +379,9 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
     rates, hit blocks and tokens, blocks loaded up and stored down). Not with ``belady`` or ``curve``.
     ``tier_tokens`` ``(cpu, disk)``: the tiers' sizes in tokens instead (``floor(tokens / block_size)``
     blocks), with the mode and load costs of ``tiers``.
+
+    ``per_request``: a list that gets, per request, ``(index, arrival_s, input_tokens, output_tokens,
+    hit_tokens)`` of the one cache (one policy and one capacity; arrival from the first request).
     """
     names = policy_names(policies)
     if (tiers is not None or tier_tokens is not None) and (curve or "belady" in names):
@@ -418,6 +422,8 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
         future_s = time.perf_counter() - started
     tallies = [_make_tally(p, c, future, tiers, bs) for p in names for c in capacities
                if not (p == "lru" and lru_curve)]
+    if per_request is not None and (len(tallies) != 1 or lru_curve is not None):
+        raise ValueError("requests-out: the requests' hits need one cache: one --policy and one capacity, no --curve")
 
     n = input_tokens = output_tokens = listed_total = max_alloc = 0
     ideal_blocks = ideal_tokens = ideal_requests = 0
@@ -452,6 +458,9 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
                 lru_curve.add(runs, max_hit, alloc, inp)
             for tally in tallies:
                 result = tally.cache.serve_runs(runs, max_hit, alloc)
+                if per_request is not None:
+                    per_request.append((n - 1, req.time - t_first, inp, req.output_tokens,
+                                     min(result.hit_blocks * bs, inp)))
                 if result.hit_blocks:
                     tally.hit_blocks += result.hit_blocks
                     tally.hit_tokens += min(result.hit_blocks * bs, inp)

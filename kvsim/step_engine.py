@@ -322,10 +322,6 @@ class EngineInstance:
         """Requests sent here and not finished: running + waiting."""
         return len(self.running) + len(self.waiting) + len(self.ready) + self.loading
 
-    def kv_usage(self) -> float:
-        self.sync()
-        return self.pool.held / self.pool.capacity if self.pool.capacity else 0.0
-
     def free_blocks(self) -> int:
         """Blocks neither cached nor held."""
         self.sync()
@@ -744,7 +740,6 @@ class _Skip:
         starts_block = [0] * bs  # requests whose step-1 position is j mod bs
         for req in running:
             starts_block[(req.num_tokens - 1) % bs] += 1
-        self.starts_block = starts_block
         # Requests by the step (mod bs) at which they fill a block: step s fills one for request
         # i when p_i + s is a multiple of bs. Each list keeps the running order.
         self.filling: list[list] = [[] for _ in range(bs)]

@@ -268,3 +268,30 @@ def test_requests_out_with_the_engine(tmp_path):
     for r in rows:
         assert float(r["e2e_s"]) >= float(r["ttft_s"]) > 0
         assert float(r["first_scheduled_s"]) >= float(r["arrival_s"])
+
+
+def test_requests_out_without_the_engine_holds_the_hits(tmp_path):
+    import csv
+    import json
+
+    from kvsim.cli.main import main
+
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps({"timestamp": 1000 * t, "input_length": 40, "output_length": 4,
+                                         "hash_ids": [1, 2, 10 + t]}) + "\n" for t in range(6)))
+    out = tmp_path / "hits.csv"
+    assert main(["replay", str(trace), "--trace-block-size", "16", "--vllm", "--capacity-blocks", "100",
+                 "--requests-out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["hit_tokens"]) for r in rows] == [0, 32, 32, 32, 32, 32]  # 40 tokens: 2 full blocks
+    assert [float(r["arrival_s"]) for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert all(r["ttft_s"] == r["e2e_s"] == r["first_scheduled_s"] == "" for r in rows)
+    # the engine's rows for the same trace: the same hits (nothing evicts here), with times
+    engine_out = tmp_path / "engine.csv"
+    assert main(["replay", str(trace), "--trace-block-size", "16", "--engine", "--step-time", "linear:0.01,0,0",
+                 "--capacity-blocks", "100", "--requests-out", str(engine_out)]) == 0
+    engine_rows = list(csv.DictReader(engine_out.open()))
+    assert [r["hit_tokens"] for r in engine_rows] == [r["hit_tokens"] for r in rows]
+    assert all(float(r["e2e_s"]) == pytest.approx(0.04) for r in engine_rows)  # prefill + 3 decode steps
+    assert main(["replay", str(trace), "--trace-block-size", "16", "--capacity-blocks", "10,20",
+                 "--requests-out", str(out)]) == 2

@@ -26,6 +26,7 @@ COMMANDS = {
     "sensitivity": ("sensitivity", "configure", "each input moved +/-50%%: effect on the token hit rate (tornado)"),
     "serve": ("serve", "configure", "the interactive calculator page, on a local web server"),
     "presets": ("presets", "configure", "list model and GPU presets"),
+    "calibrate": ("calibrate", "configure", "fit the linear step time to your vLLM benchmark measurements"),
 }
 
 

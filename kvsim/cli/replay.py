@@ -153,12 +153,22 @@ def _pct(x) -> str:
 def cmd_replay(a) -> int:
     if engine_asked(vars(a)):
         return _cmd_replay_engine(a)
-    if a.requests_out is not None:
-        raise ValueError("--requests-out: without --engine replay writes no requests yet; add --engine")
+    requests_out = output_file("--requests-out", a.requests_out)
     if a.curve and "lru" not in a.policy:
         raise ValueError("--curve computes LRU: use it with --policy lru (or a list with lru)")
+    hits = [] if requests_out else None
     record = replay(a.traces, a.policy, a.capacity_blocks or [], capacities_tokens=a.capacity_tokens,
-                    curve=a.curve, **replay_kwargs(a), **replay_tiers(a))
+                    curve=a.curve, **replay_kwargs(a), **replay_tiers(a), per_request=hits)
+    if requests_out:
+        from kvsim.cli.simulate import write_requests
+        from kvsim.step_engine import EngineRequest
+
+        rows = []
+        for index, arrival, inp, out, hit in hits:
+            r = EngineRequest(index, arrival, inp, out, ())
+            r.hit_tokens = hit
+            rows.append(r)
+        write_requests(requests_out, rows)
     if a.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -192,6 +202,8 @@ def cmd_replay(a) -> int:
     if record.get("belady_future_s") is not None:
         print(f"belady    future of {tr['listed_blocks']:,} listed blocks ({record['belady_future_bytes'] / 1e6:.2f} MB), "
               f"built in {record['belady_future_s']:.2f} s")
+    if requests_out:
+        print(f"requests: {requests_out}")
     print(f"replayed in {record['elapsed_s']:.2f} s" + (f" ({rate:,.0f} requests/s)" if rate else ""))
     _report_skips(record)
     return 0
