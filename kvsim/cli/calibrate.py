@@ -138,8 +138,9 @@ def report_lines(r: dict, where: str = "") -> list[str]:
                  f"{a['gamma']:.4g} s x context tokens")
     lines.append(f"          = --step-time linear:{a['alpha']:.6g},{a['beta']:.6g},{a['gamma']:.6g}")
     lines.append(f"fit       Nelder-Mead over log coefficients from the {r['start']['from']}; "
-                 f"{fit['simulations']} engine simulations (at most {fit['max_simulations']}) in "
-                 f"{fit['elapsed_s']:.1f} s; per request: decode time RMSE {100 * r['after']['decode_rmse']:.1f}%, "
-                 f"TTFT by input length {100 * r['after']['ttft_by_input_rmse']:.1f}% of the means")
+                 f"{fit['simulations']} engine simulations (at most {fit['max_simulations']}); per request: decode "
+                 f"time RMSE {100 * r['after']['decode_rmse']:.1f}%, TTFT by input length "
+                 f"{100 * r['after']['ttft_by_input_rmse']:.1f}% of the means")
+    lines.append(f"          fitted in {fit['elapsed_s']:.1f} s")
     lines.append(f"written   {r['out']} (use: --step-time {r['out']})")
     return lines
