@@ -8,7 +8,10 @@ parallelism, fp16, ``max_num_seqs`` 128, ``max_num_batched_tokens`` 2048, 16-tok
 the GPU blocks vLLM logged; prompts repeat as that folder's README says (request k sends prompt
 k mod 100, so its full blocks are those of prompt k mod 100); ``--offload`` adds the runs' 8 GiB
 CPU tier (write-through, 25 GB/s). The step time is the roofline with its defaults: nothing is
-fitted to these runs. Printed: per run, measured and predicted mean and p99 TTFT and E2E with the
+fitted to these runs. ``--calibrate`` adds leave-one-run-out: for each run, a linear step time
+fitted (``kvsim.calibrate.fit``) to the *other* normal runs of the same model (three windows of
+``--window`` requests from each, apart in time, so that both load stages are seen; at most
+``--max-simulations`` engine runs per fit) predicts it. Printed: per run, measured and predicted mean and p99 TTFT and E2E with the
 absolute percentage errors, their means over the runs (MAPE), and the published MAPEs of the
 other simulators on the same experiments (``peer_predictions.csv``).
 """
@@ -60,13 +63,14 @@ def model_of(run: dict):
         return model_from_config(path)
 
 
-def replay_run(run: dict, offload: bool) -> dict:
+def replay_run(run: dict, offload: bool, step_time=None) -> dict:
     model = model_of(run)
     e = run["engine"]
     bs = e["block_size"]
     tp = run["tp"]
-    spec = EngineSpec(roofline(model, run["gpu"], tp, "fp16", "fp16"), e["max_num_batched_tokens"],
-                      e["max_num_seqs"])
+    if step_time is None:
+        step_time = roofline(model, run["gpu"], tp, "fp16", "fp16")
+    spec = EngineSpec(step_time, e["max_num_batched_tokens"], e["max_num_seqs"])
     tiers = None
     if offload:
         per_token = bytes_per_token(model, "fp16")
@@ -96,6 +100,45 @@ def replay_run(run: dict, offload: bool) -> dict:
     return row
 
 
+def training_measurements(runs: list[dict], window: int):
+    """The requests of ``runs`` as one set of measurements: from each, three windows of ``window``
+    consecutive requests (at its start, 40% and 80% through), one after another with a minute
+    of idle time between (the engine empties in between)."""
+    from kvsim.calibrate import Measurements
+
+    parts, offset = [], 0.0
+    for run in runs:
+        rows = np.asarray(run["requests"], dtype=float)
+        for start in (0, int(0.4 * len(rows)), int(0.8 * len(rows))):
+            w = rows[start:start + window].copy()
+            w[:, 0] += offset - w[0, 0]
+            parts.append(w)
+            offset = float(w[-1, 0] + w[:, 4].max()) + 60.0
+    a = np.concatenate(parts)
+    return Measurements.of(a[:, 0], a[:, 1].astype(np.int64), a[:, 2].astype(np.int64), a[:, 3], a[:, 4],
+                           source=f"{len(runs)} runs, {len(a)} requests")
+
+
+def leave_one_out(runs: list[dict], targets: list[dict], window: int, max_simulations: int) -> dict[str, object]:
+    """Per run name of ``targets``: the linear step time fitted to the other normal runs of its model."""
+    from kvsim.calibrate import EngineSetup, fit
+
+    fitted = {}
+    for run in targets:
+        others = [r for r in runs if r["model"] == run["model"] and r["name"] != run["name"]
+                  and r["regime"] == "normal"]
+        if not others:
+            continue
+        e = run["engine"]
+        setup = EngineSetup(e["num_gpu_blocks"], e["block_size"], e["max_num_batched_tokens"], e["max_num_seqs"],
+                            prompt_cycle=PROMPTS)
+        step, report = fit(training_measurements(others, window), setup, max_simulations=max_simulations)
+        fitted[run["name"]] = step
+        print(f"  fitted for {run['name']} on {', '.join(r['name'].split('-')[-1] for r in others)}: "
+              f"{step.describe()} ({report['fit']['simulations']} simulations)", flush=True)
+    return fitted
+
+
 def _peer_rows(realruns: Path, runs: set[str]) -> list[dict]:
     """peer_predictions.csv's whole-run mean TTFT and E2E rows of the experiments of ``runs``."""
     with (realruns / "peer_predictions.csv").open(newline="") as f:
@@ -120,17 +163,28 @@ def main() -> int:
     p.add_argument("--offload", action="store_true", help="add the runs' 8 GiB CPU tier (slower: no skipped steps)")
     p.add_argument("--only", help="run names containing this text")
     p.add_argument("--out", default="out/realruns", help="folder for realruns.csv")
+    p.add_argument("--calibrate", action="store_true", help="also leave-one-run-out calibrated predictions")
+    p.add_argument("--window", type=int, default=200, help="--calibrate: requests per training window")
+    p.add_argument("--max-simulations", type=int, default=60, help="--calibrate: engine runs per fit at most")
     a = p.parse_args()
     folder = Path(a.realruns)
     if not (folder / "runs").is_dir():
         print(f"realruns: no runs at {folder / 'runs'} (the shared measurements are not shipped)", file=sys.stderr)
         return 2
+    runs = [json.loads(path.read_text()) for path in sorted((folder / "runs").glob("*.json"))]
+    fitted = {}
+    if a.calibrate:
+        print("leave-one-run-out fits:")
+        targets = [r for r in runs if not a.only or a.only in r["name"]]
+        fitted = leave_one_out(runs, targets, a.window, a.max_simulations)
     rows = []
-    for path in sorted((folder / "runs").glob("*.json")):
-        if a.only and a.only not in path.name:
+    for run in runs:
+        if a.only and a.only not in run["name"]:
             continue
-        run = json.loads(path.read_text())
         rows.append(replay_run(run, a.offload))
+        if run["name"] in fitted:
+            c = replay_run(run, a.offload, fitted[run["name"]])
+            rows[-1].update({f"calibrated_{k}": v for k, v in c.items() if k.endswith(("_pred_ms", "_ape"))})
         r = rows[-1]
         print(f"{r['run']:36} TTFT mean {r['ttft_mean_ms']:7.1f} -> {r['ttft_mean_pred_ms']:7.1f} ms "
               f"({r['ttft_mean_ape']:5.1f}%)  p99 {r['ttft_p99_ms']:7.1f} -> {r['ttft_p99_pred_ms']:7.1f} "
@@ -140,6 +194,15 @@ def main() -> int:
     print("\nMAPE over the runs (roofline defaults, nothing fitted):")
     for key in ("ttft_mean", "ttft_p99", "e2e_mean", "e2e_p99"):
         print(f"  {key:9} {np.mean([r[f'{key}_ape'] for r in rows]):6.1f}%")
+    calibrated = [r for r in rows if "calibrated_ttft_mean_ape" in r]
+    if calibrated:
+        print(f"\nleave-one-run-out calibrated, per run (fitted on the other runs of its model):")
+        for r in calibrated:
+            print(f"  {r['run']:36} TTFT mean {r['calibrated_ttft_mean_ape']:5.1f}%  p99 {r['calibrated_ttft_p99_ape']:5.1f}%"
+                  f"  E2E mean {r['calibrated_e2e_mean_ape']:5.1f}%  p99 {r['calibrated_e2e_p99_ape']:5.1f}%")
+        print(f"MAPE over the {len(calibrated)} runs:")
+        for key in ("ttft_mean", "ttft_p99", "e2e_mean", "e2e_p99"):
+            print(f"  {key:9} {np.mean([r[f'calibrated_{key}_ape'] for r in calibrated]):6.1f}%")
     names = {r["run"] for r in rows}
     peers = peer_mapes(folder, names)
     compared = sorted({r["per_request_run"] for r in _peer_rows(folder, names)})
@@ -148,6 +211,11 @@ def main() -> int:
         print(f"\non the {len(ours)} runs that the other simulators' published predictions cover:")
         print(f"  {'kvsim (roofline defaults)':28} TTFT mean {np.mean([r['ttft_mean_ape'] for r in ours]):6.1f}%  "
               f"E2E mean {np.mean([r['e2e_mean_ape'] for r in ours]):6.1f}%")
+        cal = [r for r in ours if "calibrated_ttft_mean_ape" in r]
+        if cal:
+            print(f"  {'kvsim (leave-one-run-out)':28} TTFT mean "
+                  f"{np.mean([r['calibrated_ttft_mean_ape'] for r in cal]):6.1f}%  E2E mean "
+                  f"{np.mean([r['calibrated_e2e_mean_ape'] for r in cal]):6.1f}%  ({len(cal)} runs)")
         for peer in PEERS:
             t, nt = peers[(peer, "ttft_mean")]
             e, ne = peers[(peer, "e2e_mean")]

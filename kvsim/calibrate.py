@@ -328,6 +328,7 @@ class EngineSetup:
     max_num_seqs: int = 256
     prefix_caching: bool = True
     shared_prefix_tokens: int = 0
+    prompt_cycle: int = 0  # > 0: request k sends prompt k mod this (a load generator cycling through its prompts)
 
     def __post_init__(self) -> None:
         for name in ("capacity_blocks", "block_size"):
@@ -345,7 +346,8 @@ class EngineSetup:
     def as_dict(self) -> dict:
         return {"capacity_blocks": self.capacity_blocks, "block_size": self.block_size,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
-                "prefix_caching": self.prefix_caching, "shared_prefix_tokens": self.shared_prefix_tokens}
+                "prefix_caching": self.prefix_caching, "shared_prefix_tokens": self.shared_prefix_tokens,
+                "prompt_cycle": self.prompt_cycle}
 
 
 def _check_fits(m_input, m_output, setup: EngineSetup) -> None:
@@ -368,7 +370,10 @@ def _serve(arrival, input_tokens, output_tokens, step_time: StepTime, setup: Eng
     reqs = []
     for i, (t, inp, out) in enumerate(zip(arrival.tolist(), input_tokens.tolist(), output_tokens.tolist())):
         # Keys of the shared prefix's full blocks; the rest get keys of their own (EngineRequest.key).
-        keys = list(range(1, min(shared, inp) // bs + 1)) if shared else []
+        if setup.prompt_cycle:  # whole prompts repeat: the full blocks of prompt i mod cycle
+            keys = [(i % setup.prompt_cycle + 1) << 32 | j for j in range(inp // bs)]
+        else:
+            keys = list(range(1, min(shared, inp) // bs + 1)) if shared else []
         r = EngineRequest(i, t, inp, out, keys)
         reqs.append(r)
         env.timeout(t).callbacks.append(lambda _, r=r: submit(r))

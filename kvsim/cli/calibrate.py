@@ -55,6 +55,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="tokens per step (default: vLLM serve's for the GPU)")
     e.add_argument("--max-num-seqs", type=_positive_int, metavar="N", help="requests per step (default: vLLM serve's)")
     e.add_argument("--no-prefix-caching", action="store_true", help="the server ran without prefix caching")
+    e.add_argument("--prompt-cycle", type=_nonnegative_int, default=0, metavar="N",
+                   help="request k sent prompt k mod N (load generators that cycle through N prompts; "
+                        "default 0: every prompt its own)")
     e.add_argument("--shared-prefix-tokens", type=_nonnegative_int, default=0, metavar="N",
                    help="prompt tokens every request shares (vllm bench's --random-prefix-len; default 0: none)")
     f = p.add_argument_group("the fit")
@@ -93,7 +96,8 @@ def cmd(a) -> int:
         where = f" ({model.name} on {a.gpus} x {gpu})"
     else:
         capacity, where = a.capacity_blocks, ""
-    setup = EngineSetup(capacity, a.block_size, tokens, seqs, not a.no_prefix_caching, a.shared_prefix_tokens)
+    setup = EngineSetup(capacity, a.block_size, tokens, seqs, not a.no_prefix_caching, a.shared_prefix_tokens,
+                        a.prompt_cycle)
     m = read_measurements(a.measurements, RECONSTRUCTION_SEED if a.seed is None else a.seed)
     linear, report = fit(m, setup, before, DEFAULT_MAX_SIMULATIONS if a.max_simulations is None else a.max_simulations)
     extra = {"fitted_by": "kvsim calibrate", "measurements": str(a.measurements),
