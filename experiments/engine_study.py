@@ -1,5 +1,7 @@
 """What prefix caching buys under load: TTFT p99 and the hit rate against the arrival rate, with
-prefix caching on and off (the README's small study of the serving engine).
+prefix caching on and off (the README's small study of the serving engine), and the models under
+load (analytic/load.py) beside the simulation: hit rate, step time, KV usage, TTFT and the
+largest sustainable rate.
 
     .venv/bin/python experiments/engine_study.py [--rates 0.5,1,1.5,2,2.5] [--out out/engine_study.csv]
 
@@ -24,16 +26,35 @@ from kvsim.cli.main import build_parser  # noqa: E402
 from kvsim.cli.simulate import simulate_record  # noqa: E402
 
 
-def point(rate: float, caching: bool) -> dict:
+def scenario(rate: float, caching: bool):
     argv = ["simulate", "--engine", "--arrival-rate", str(rate)] + ([] if caching else ["--no-prefix-caching"])
-    values = vars(build_parser().parse_args(argv))
-    record, _ = simulate_record(scenario_from_values(values), "lru",
-                                SimulationSettings(duration=2400, warmup=600, replications=2, seed=0))
+    return scenario_from_values(vars(build_parser().parse_args(argv)))
+
+
+def point(rate: float, caching: bool) -> dict:
+    from analytic.load import under_load
+    from analytic.scenario import default_evaluate
+
+    s = scenario(rate, caching)
+    record, _ = simulate_record(s, "lru", SimulationSettings(duration=2400, warmup=600, replications=2, seed=0))
     v = record["serving"]
+    m = under_load(s.workload, s.capacity().capacity_blocks, s.block_size, s.engine_spec(), default_evaluate)
     return {"arrival_rate": rate, "prefix_caching": caching, "token_hit_rate": record["token_hit_rate"]["mean"],
-            "ttft_p50_s": v["ttft_s"]["p50"], "ttft_p99_s": v["ttft_s"]["p99"], "tpot_p99_s": v["tpot_s"]["p99"],
-            "output_tokens_per_s": v["throughput"]["output_tokens_per_s"]["mean"],
-            "kv_usage_mean": v["kv_usage"]["mean"]["mean"], "preemptions": v["preemptions"]}
+            "ttft_mean_s": v["ttft_s"]["mean"]["mean"], "ttft_p50_s": v["ttft_s"]["p50"],
+            "ttft_p99_s": v["ttft_s"]["p99"], "tpot_mean_s": v["tpot_s"]["mean"]["mean"],
+            "tpot_p99_s": v["tpot_s"]["p99"], "output_tokens_per_s": v["throughput"]["output_tokens_per_s"]["mean"],
+            "kv_usage_mean": v["kv_usage"]["mean"]["mean"], "preemptions": v["preemptions"],
+            "model_token_hit_rate": m.token_hit_rate, "model_tpot_s": m.tpot_s, "model_ttft_s": m.ttft_s,
+            "model_kv_usage": None if m.held_blocks is None else m.held_blocks / s.capacity().capacity_blocks,
+            "model_saturated": m.saturated}
+
+
+def saturation(caching: bool) -> float:
+    from analytic.load import saturation_rate
+    from analytic.scenario import default_evaluate
+
+    s = scenario(1.0, caching)
+    return saturation_rate(s.workload, s.capacity().capacity_blocks, s.block_size, s.engine_spec(), default_evaluate)
 
 
 def main() -> int:
@@ -53,6 +74,21 @@ def main() -> int:
         print(f"{r['arrival_rate']:>6g} {'on' if r['prefix_caching'] else 'off':>7} {r['token_hit_rate']:>10.3f} "
               f"{r['ttft_p50_s']:>9.3f} {r['ttft_p99_s']:>9.3f} {r['tpot_p99_s']:>9.4f} "
               f"{r['output_tokens_per_s']:>9,.0f} {r['kv_usage_mean']:>8.3f} {r['preemptions']:>7,}")
+
+    def cell(sim, model, digits=3):
+        return f"{sim:.{digits}f} / " + ("-" if model is None else f"{model:.{digits}f}")
+
+    print("\nthe models under load (analytic/load.py) beside the simulation: simulated / model")
+    print(f"{'rate/s':>6} {'caching':>7} {'token hits':>15} {'TPOT mean s':>17} {'TTFT mean s':>17} "
+          f"{'KV usage':>15}")
+    for r in rows:
+        print(f"{r['arrival_rate']:>6g} {'on' if r['prefix_caching'] else 'off':>7} "
+              f"{cell(r['token_hit_rate'], r['model_token_hit_rate']):>15} "
+              f"{cell(r['tpot_mean_s'], r['model_tpot_s'], 4):>17} {cell(r['ttft_mean_s'], r['model_ttft_s'], 4):>17} "
+              f"{cell(r['kv_usage_mean'], r['model_kv_usage']):>15}"
+              + (f"  model: saturated ({r['model_saturated']})" if r["model_saturated"] else ""))
+    print(f"largest sustainable rate (model): {saturation(True):.3g} conversations/s with prefix caching, "
+          f"{saturation(False):.3g} without")
     print(f"table: {a.out}")
     return 0
 

@@ -9,6 +9,7 @@ from analytic.scenario import METHODS, MODEL_POLICIES, Scenario, inputs_summary
 from analytic.specs import DEFAULT_TARGET
 from kvsim.cli.args import (UsageError, add_advise_args, add_fleet_args, add_json_arg, add_offload_args,
                             add_scenario_args, load_templates, scenario_from_values)
+from kvsim.cli.engine_args import add_engine_args
 from kvsim.cli.text import describe, fmt, offload_line, offload_summary
 
 
@@ -18,6 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="seed (the original calculator), lru, fifo (characteristic-time models) or all")
     add_json_arg(p)
     add_fleet_args(p, simulation=False)
+    add_engine_args(p, requests_out=False)
     add_offload_args(p)
     add_advise_args(p)
     p.set_defaults(func=cmd)
@@ -70,9 +72,54 @@ def calc_record(scenario: Scenario, method: str = "all", *, advise: bool = False
         record["memory"].pop("bytes_per_token_note", None)  # the hybrid plan replaces the upper bound
     if s.tiers() is not None:
         _tiered_methods(s, record)
+    if s.engine.enabled:
+        if s.tiers() is not None or capacity.hybrid is not None:
+            raise UsageError("--engine in kvsim calc: the models under load take one instance of a full-attention "
+                             "model without offload tiers (kvsim simulate --engine has them all)")
+        record["under_load"] = _under_load(s, capacity.capacity_blocks, [m for m in methods if m in MODEL_POLICIES])
     if advise:
         record["advice"] = scenario_advice(s, target)
     return record
+
+
+def _under_load(s: Scenario, capacity_blocks: int, methods) -> dict:
+    """The models under load (analytic.load): per method, the steady state at the workload's
+    arrival rate and the largest sustainable rate, with the engine's step time and limits."""
+    from analytic.load import saturation_rate, under_load
+    from analytic.scenario import default_evaluate
+
+    engine = s.engine_spec()
+    out = {"engine": engine.as_dict(), "methods": {}}
+    for name in methods:
+        r = under_load(s.workload, capacity_blocks, s.block_size, engine, default_evaluate, name)
+        rate = saturation_rate(s.workload, capacity_blocks, s.block_size, engine, default_evaluate, name)
+        out["methods"][name] = {**r.as_dict(), "saturation_arrival_rate": rate,
+                                "saturation_requests_per_s": rate * s.workload.turns.mean,
+                                "kv_usage": None if r.held_blocks is None else r.held_blocks / capacity_blocks}
+    return out
+
+
+def _under_load_lines(s: Scenario, record: dict) -> list[str]:
+    u = record["under_load"]
+    from kvsim.cli.simulate import engine_line
+    lines = ["", engine_line(s.engine_spec()),
+             f"under load ({s.workload.arrival_rate:g} conversations/s = {s.workload.requests_per_second:g} "
+             "requests/s; mean-value model, analytic/load.py):",
+             f"{'method':8} {'token hits':>10} {'(no load)':>9} {'step ms':>8} {'batch':>6} {'KV usage':>8} "
+             f"{'TTFT ms':>8} {'TPOT ms':>8} {'sustains up to':>22}"]
+    for name, m in u["methods"].items():
+        most = f"{m['saturation_arrival_rate']:.3g} conv/s = {m['saturation_requests_per_s']:.3g} req/s"
+        if m["saturated"]:
+            lines.append(f"{name:8} {'-':>10} {m['instant_token_hit_rate']:>9.4f}  saturated: {m['saturated']}; "
+                         f"sustains up to {most}")
+            continue
+        lines.append(f"{name:8} {m['token_hit_rate']:>10.4f} {m['instant_token_hit_rate']:>9.4f} "
+                     f"{1000 * m['step_s']:>8.2f} {m['batch']:>6.1f} {m['kv_usage']:>8.3f} {1000 * m['ttft_s']:>8.1f} "
+                     f"{1000 * m['tpot_s']:>8.2f} {most:>22}")
+    if "seed" in record["methods"]:
+        lines.append(f"(the seed model's qps, {fmt(record['methods']['seed']['derived_qps'])}, is the offered load, "
+                     "not what the instance sustains)")
+    return lines
 
 
 def _tiered_methods(s: Scenario, record: dict) -> None:
@@ -115,6 +162,8 @@ def calc_lines(scenario: Scenario, record: dict) -> list[str]:
         for key, value in record["methods"]["seed"].items():
             if key not in ("token_hit_rate", "request_hit_rate"):
                 lines.append(f"  {key:26} {fmt(value)}")
+    if "under_load" in record:
+        lines += _under_load_lines(s, record)
     if "advice" in record:
         lines += ["", *advice_lines(s, record["advice"])]
     return lines

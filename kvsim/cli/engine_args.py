@@ -9,7 +9,7 @@ from collections.abc import Mapping
 ENGINE_FLAGS = ("max_num_batched_tokens", "max_num_seqs", "no_prefix_caching", "step_time")
 
 
-def add_engine_args(p: argparse.ArgumentParser) -> None:
+def add_engine_args(p: argparse.ArgumentParser, requests_out: bool = True) -> None:
     g = p.add_argument_group("serving engine (vLLM's continuous-batching scheduler, step by step)")
     g.add_argument("--engine", action="store_true",
                    help="instances step like vLLM's scheduler: TTFT, TPOT, throughput, preemptions and the hit "
@@ -24,6 +24,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--step-time", metavar="SPEC",
                    help="roofline (default: from the model and GPU), linear:ALPHA,BETA,GAMMA (s = ALPHA + BETA x "
                         "tokens in the step + GAMMA x context tokens read), or a JSON file of kvsim calibrate")
+    if not requests_out:
+        return
     g.add_argument("--requests-out", metavar="FILE.csv",
                    help="write one row per request: request, arrival_s, instance, prompt_tokens, output_tokens, "
                         "hit_tokens, first_scheduled_s, ttft_s, e2e_s, preemptions")
