@@ -305,7 +305,9 @@ def _run_engine(source, arrival_rate, capacities, router: str, router_options: d
     open_ = False
     for e, s in zip(engines, stats):
         s.waiting_at_end = len(e.waiting)
-    while any(e.outstanding for e in engines):  # serve what was sent; nothing new arrives
+    # Serve what was sent; nothing new arrives. (An engine idle with requests left could only be
+    # one whose loaded requests cannot all fit: stop rather than wait forever.)
+    while any(e.outstanding and (e.busy or e.loading) for e in engines):
         env.step()
     for e, c, s, ev in zip(engines, counters, stats, evictions_at_warmup):
         c.evictions = e.pool.evictions - ev

@@ -315,6 +315,11 @@ class EngineInstance:
             counters.tier_hit_tokens = [0] * (1 + len(self.lower))
             counters.tier_stored_blocks = [0] * (1 + len(self.lower))
 
+    @property
+    def busy(self) -> bool:
+        """Whether a step is in progress (or due now)."""
+        return self._busy
+
     # ------------------------------------------------------------------ the router's view
 
     @property
