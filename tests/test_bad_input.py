@@ -213,6 +213,11 @@ WRITERS = {
     "compare --figure": ["compare", *SHORT, "--figure"],
     "sensitivity --figure": ["sensitivity", "--figure"],
     "export-trace --output": ["export-trace", "{trace}", "--output"],
+    "simulate --requests-out": ["simulate", *SHORT, "--replications", "1", "--requests-out"],
+    "replay --requests-out": ["replay", "{trace}", "--trace-block-size", "16", "--capacity-blocks", "100",
+                              "--requests-out"],
+    "replay --engine --requests-out": ["replay", "{trace}", "--trace-block-size", "16", "--engine", "--step-time",
+                                       "linear:0.01,0,0", "--capacity-blocks", "100", "--requests-out"],
 }
 # (path class, the path with {tmp} / {ro} for tmp_path and the unwritable folder, the error)
 BAD_FILES = [
@@ -474,7 +479,7 @@ FUZZ_PREFIX = {  # each command's argv before the fuzzed flag (which comes last:
     "replay": ["replay", "{trace}", "--trace-block-size", "16", "--json"],
     "export-trace": ["export-trace", "{trace}", "--trace-block-size", "16", "-o", "{out}", "--json"],
 }
-OUTPUT_FLAGS = {"figure", "output", "out", "conversations"}  # paths: tested above
+OUTPUT_FLAGS = {"figure", "output", "out", "conversations", "requests-out"}  # paths: tested above
 
 
 def _fuzz_flags():
