@@ -12,12 +12,17 @@ from analytic.scenario import Scenario, inputs_summary
 from analytic.sizing import GIB, memory_for_tokens
 from kvsim.cli.args import (SimulationSettings, UsageError, add_fleet_args, add_json_arg, add_offload_args,
                             add_scenario_args, add_simulation_args, scenario_from_values, simulation_from_values, synthetic_only)
+from kvsim.cli.engine_args import add_engine_args
 from kvsim.cli.text import ci, describe
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     add_scenario_args(p)
-    p.add_argument("--target-hit-rate", type=float, required=True, help="e.g. 0.8")
+    p.add_argument("--target-hit-rate", type=float, help="e.g. 0.8 (or --slo)")
+    p.add_argument("--slo", metavar="TARGETS",
+                   help="latency targets instead, e.g. ttft-p99=0.5,tpot-p99=0.05 (ttft, tpot, e2e x mean, p50, p90, "
+                        "p99; seconds): the largest arrival rate one instance sustains within them, with prefix "
+                        "caching on and off (the models' bound, then the engine simulated)")
     p.add_argument("--metric", default="token", choices=["token", "request"],
                    help="token_hit_rate (default) or request_hit_rate")
     p.add_argument("--method", default="lru", choices=["lru", "fifo"], help="model to invert (default lru)")
@@ -27,6 +32,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="what to size: the GPU's KV cache (default) or the CPU offload tier below the GPU as "
                         "it is (with --offload-mode, --cpu-bandwidth-gbps)")
     add_fleet_args(p, simulation=False)
+    add_engine_args(p, requests_out=False)
     add_offload_args(p)
     add_simulation_args(p)
     add_json_arg(p)
@@ -34,6 +40,13 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def cmd(a) -> int:
+    if (a.target_hit_rate is None) == (a.slo is None):
+        raise UsageError("give one of --target-hit-rate and --slo")
+    if a.slo is not None:
+        record, lines = slo_plan_record(scenario_from_values({**vars(a), "engine": True}), a.slo,
+                                        simulation_from_values(vars(a)))
+        print(json.dumps(record, indent=2) if a.json else "\n".join(lines))
+        return 0
     scenario = scenario_from_values(vars(a), sized_offload=a.tier == "gpu")
     check = simulation_from_values(vars(a)) if a.check else None
     if a.tier == "cpu":
@@ -211,3 +224,87 @@ def _fleet_plan(s: Scenario, target: float, metric: str, method: str, check, hea
             line += f"; {plan['gpus_per_instance']} x {plan['gpu']} per instance"
         lines.append(line)
     return record, lines
+
+
+def slo_plan_record(scenario: Scenario, slo: str, settings: SimulationSettings) -> tuple[dict, list[str]]:
+    """``kvsim plan --slo``: the largest arrival rate one instance sustains within the latency
+    targets, with prefix caching on and off: the models' bound (:mod:`analytic.slo`), then the
+    engine simulated (``settings``) at that rate and, if it misses, bisected below it."""
+    from dataclasses import replace
+
+    from analytic.scenario import default_evaluate
+    from analytic.slo import check_possible, model_rate_bound, parse_slo
+    from kvsim.cli.simulate import engine_line
+    from kvsim.fleet import simulate_fleet
+
+    s = scenario
+    synthetic_only(s, "kvsim plan --slo works on synthetic workloads only")
+    if s.fleet.routed or s.offload.asked:
+        raise UsageError("--slo plans one instance without offload tiers: leave out --instances, --router and the "
+                         "offload flags")
+    targets = parse_slo(slo)
+    capacity = s.capacity()
+    blocks, bs = capacity.capacity_blocks, s.block_size
+    header = describe(s.model, capacity.as_dict(), s.workload, s.kv_dtype)[:-1]
+    results = {}
+    for caching in (True, False):
+        engine = replace(s.engine_spec(), prefix_caching=caching)
+        alone = check_possible(targets, s.workload, engine.step_time, engine.max_num_batched_tokens)
+        bound = model_rate_bound(targets, s.workload, blocks, bs, engine, default_evaluate, s.policy)
+        tried = []
+
+        def measure(rate: float) -> dict:
+            r = simulate_fleet(replace(s.workload, arrival_rate=rate), blocks, 1, engine=engine, block_size=bs,
+                               duration=settings.duration, warmup=settings.warmup,
+                               replications=settings.replications, seed=settings.seed, progress=None,
+                               max_events=settings.max_events).as_dict()
+            v = r["serving"]
+            got = {t.name: (v[f"{t.metric}_s"]["mean"]["mean"] if t.stat == "mean" else v[f"{t.metric}_s"][t.stat])
+                   for t in targets}
+            meets = all(got[t.name] is not None and got[t.name] <= t.seconds for t in targets)
+            tried.append({"arrival_rate": rate, "meets": meets, **got,
+                          "token_hit_rate": r["token_hit_rate"]["mean"]})
+            return tried[-1]
+
+        best = None
+        if bound > 0 and math.isfinite(bound):
+            if measure(bound)["meets"]:
+                best = bound
+            else:  # bisect below the bound
+                lo, hi = 0.0, bound
+                for _ in range(SLO_BISECTIONS):
+                    mid = (lo + hi) / 2
+                    if measure(mid)["meets"]:
+                        lo, best = mid, mid
+                    else:
+                        hi = mid
+        results["on" if caching else "off"] = {
+            "model_bound_arrival_rate": bound, "simulated_arrival_rate": best,
+            "simulated_requests_per_s": None if best is None else best * s.workload.turns.mean,
+            "lone_request_s": alone, "simulations": sorted(tried, key=lambda x: x["arrival_rate"])}
+    on, off = results["on"]["simulated_arrival_rate"], results["off"]["simulated_arrival_rate"]
+    gain = (on / off - 1) if on and off else None
+    record = {"inputs": inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype),
+              "slo": [t.__dict__ for t in targets], "engine": s.engine_spec().as_dict(),
+              "prefix_caching": results, "caching_gain": gain}
+    lines = [*header, engine_line(s.engine_spec()),
+             f"\ntarget: {', '.join(f'{t.name} <= {t.seconds:g} s' for t in targets)} (one instance; simulated "
+             f"{settings.replications} x {settings.duration or 'auto'} s per rate)"]
+    for key, r in results.items():
+        alone = r["lone_request_s"]
+        lines.append(f"\nprefix caching {key}: a lone request takes TTFT {alone['ttft']:.3f} s, TPOT "
+                     f"{alone['tpot']:.4f} s, E2E {alone['e2e']:.2f} s")
+        lines.append(f"  models (means):  at most {r['model_bound_arrival_rate']:.3g} conversations/s")
+        for x in r["simulations"]:
+            cells = ", ".join(f"{t.name} {x[t.name]:.3f}" if x[t.name] is not None else f"{t.name} -" for t in targets)
+            lines.append(f"  simulated {x['arrival_rate']:.3g}/s: {cells}, token hits {x['token_hit_rate']:.3f}"
+                         f" -> {'meets' if x['meets'] else 'misses'}")
+        best = r["simulated_arrival_rate"]
+        lines.append("  answer: " + (f"{best:.3g} conversations/s = {r['simulated_requests_per_s']:.3g} requests/s"
+                                     if best else "none of the rates tried meets the targets"))
+    if gain is not None:
+        lines.append(f"\nprefix caching lets the instance take {100 * gain:+.0f}% more load within the targets")
+    return record, lines
+
+
+SLO_BISECTIONS = 5  # simulated rates below the models' bound, when the bound misses: to 1/32 of it

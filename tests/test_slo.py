@@ -1,0 +1,61 @@
+"""kvsim plan --slo: parsing, impossible targets, and the answer the simulation confirms."""
+
+import json
+
+import pytest
+
+from analytic.slo import Target, lone_request, parse_slo
+from analytic.specs import Workload
+from analytic.steptime import LinearStepTime
+from kvsim.cli.main import main
+
+
+def test_parse_slo():
+    assert parse_slo("ttft-p99=0.5, tpot-mean=0.05") == (Target("ttft", "p99", 0.5), Target("tpot", "mean", 0.05))
+    for bad, needle in [("", "slo must be METRIC-STAT=SECONDS"), ("ttft=0.5", "must be METRIC-STAT=SECONDS"),
+                        ("latency-p99=1", "must be METRIC-STAT=SECONDS"), ("ttft-p95=1", "must be METRIC-STAT"),
+                        ("ttft-p99=abc", "must be a number of seconds"), ("ttft-p99=-1", "must be a number"),
+                        ("ttft-p99=nan", "must be a number"), ("ttft-p99=1,ttft-p99=2", "given twice")]:
+        with pytest.raises(ValueError, match=needle):
+            parse_slo(bad)
+
+
+def test_lone_request_by_hand():
+    # 5 turns of 200 + 300: mean prompt 200 + 500 x 2 = 1200 tokens; budget 1000: chunks of 1000 and 200
+    step = LinearStepTime(0.01, 1e-5, 0.0)
+    alone = lone_request(Workload(), step, 1000)
+    assert alone["ttft"] == pytest.approx((0.01 + 1e-5 * 1000) + (0.01 + 1e-5 * 200))
+    assert alone["tpot"] == pytest.approx(0.01 + 1e-5)
+    assert alone["e2e"] == pytest.approx(alone["ttft"] + 299 * alone["tpot"])
+
+
+SMALL = ["--capacity-tokens", "60000", "--step-time", "linear:0.01,2e-5,1e-8", "--duration", "500", "--warmup",
+         "150", "--replications", "1"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--slo", "ttft-p99=0.001"], "slo: ttft-p99=0.001 s is below what a lone request takes"),
+    (["--slo", "speed=1"], "slo: 'speed=1' must be METRIC-STAT=SECONDS"),
+    (["--slo", "ttft-p99=1", "--target-hit-rate", "0.5"], "give one of --target-hit-rate and --slo"),
+    ([], "give one of --target-hit-rate and --slo"),
+    (["--slo", "ttft-p99=1", "--instances", "2"], "--slo plans one instance"),
+])
+def test_bad_slo_is_one_line(argv, needle, capsys):
+    assert main(["plan", *SMALL, *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_answer_meets_the_targets_in_the_simulation(capsys):
+    assert main(["plan", *SMALL, "--slo", "ttft-p90=0.3,tpot-p99=0.05", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    for key in ("on", "off"):
+        r = record["prefix_caching"][key]
+        best = r["simulated_arrival_rate"]
+        assert best is not None and 0 < best <= r["model_bound_arrival_rate"]
+        at_best = next(x for x in r["simulations"] if x["arrival_rate"] == best)
+        assert at_best["meets"] and at_best["ttft-p90"] <= 0.3 and at_best["tpot-p99"] <= 0.05
+        # every simulated rate above the answer missed
+        assert all(not x["meets"] for x in r["simulations"] if x["arrival_rate"] > best)
+    assert record["prefix_caching"]["on"]["simulated_arrival_rate"] >= record["prefix_caching"]["off"][
+        "simulated_arrival_rate"]
