@@ -219,7 +219,7 @@ def figure(rows: list[dict], match: list[dict], total: int, path: Path) -> None:
                      color=colours[router], label=router)
     axes[0].set(xscale="log", xlabel="instances N (total cache fixed)", ylabel="fleet token hit rate",
                 title=f"hit rate vs N ({total:,} blocks in all)")
-    axes[1].set(xscale="log", xlabel="instances N", ylabel="mean time to first token (ms)",
+    axes[1].set(xscale="log", yscale="log", xlabel="instances N", ylabel="mean time to first token (ms)",
                 title="served by the engine (Llama-3.1-8B, H100)")
     for ax in axes[:2]:
         ax.set_xticks(ns, [str(n) for n in ns])
