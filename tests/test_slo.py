@@ -59,3 +59,7 @@ def test_the_answer_meets_the_targets_in_the_simulation(capsys):
         assert all(not x["meets"] for x in r["simulations"] if x["arrival_rate"] > best)
     assert record["prefix_caching"]["on"]["simulated_arrival_rate"] >= record["prefix_caching"]["off"][
         "simulated_arrival_rate"]
+    # the instances the workload's own rate (1 conversation/s) needs, each within the targets
+    for r in record["prefix_caching"].values():
+        n = r["instances_for_arrival_rate"]
+        assert n * r["simulated_arrival_rate"] >= 1.0 > (n - 1) * r["simulated_arrival_rate"]

@@ -281,6 +281,8 @@ def slo_plan_record(scenario: Scenario, slo: str, settings: SimulationSettings) 
         results["on" if caching else "off"] = {
             "model_bound_arrival_rate": bound, "simulated_arrival_rate": best,
             "simulated_requests_per_s": None if best is None else best * s.workload.turns.mean,
+            # --arrival-rate over instances that each keep their conversations (session affinity)
+            "instances_for_arrival_rate": None if not best else math.ceil(s.workload.arrival_rate / best),
             "lone_request_s": alone, "simulations": sorted(tried, key=lambda x: x["arrival_rate"])}
     on, off = results["on"]["simulated_arrival_rate"], results["off"]["simulated_arrival_rate"]
     gain = (on / off - 1) if on and off else None
@@ -301,6 +303,9 @@ def slo_plan_record(scenario: Scenario, slo: str, settings: SimulationSettings) 
                          f" -> {'meets' if x['meets'] else 'misses'}")
         best = r["simulated_arrival_rate"]
         lines.append("  answer: " + (f"{best:.3g} conversations/s = {r['simulated_requests_per_s']:.3g} requests/s"
+                                     f" per instance: {r['instances_for_arrival_rate']:,} instance"
+                                     f"{'s' if r['instances_for_arrival_rate'] > 1 else ''} for "
+                                     f"{s.workload.arrival_rate:g} conversations/s (with session affinity)"
                                      if best else "none of the rates tried meets the targets"))
     if gain is not None:
         lines.append(f"\nprefix caching lets the instance take {100 * gain:+.0f}% more load within the targets")
