@@ -294,6 +294,7 @@ class EngineInstance:
         self._busy = False
         self._generation = 0
         self._skip: _Skip | None = None
+        self._last_step_start = 0.0  # start of the step in progress (its end measures the ITL)
         self._uids = count(1)
         stats.capacity = capacity_blocks
         self.step_log: list | None = None  # a list: gets (start, {request index: tokens}) per step
@@ -602,7 +603,7 @@ class EngineInstance:
         now = self.env.now
         stats = self.stats
         in_window = stats.warmup <= now < stats.end
-        step_start = None
+        step_start = self._last_step_start
         same = 0  # measured requests whose previous token came at the previous step's end
         for req, n in scheduled:
             if req.computed < req.num_tokens:
@@ -619,13 +620,10 @@ class EngineInstance:
             if req.first_token is None:
                 req.first_token = now
             elif req.measured:
-                gap = now - req.last_token
-                if step_start is None:
-                    step_start = self._last_step_start
                 if req.last_token == step_start:
                     same += 1
                 else:
-                    stats.itl_values.append(gap)
+                    stats.itl_values.append(now - req.last_token)
                     stats.itl_weights.append(1)
             req.last_token = now
             if req.outputs >= req.max_tokens:
@@ -741,15 +739,13 @@ class _Skip:
         self.positions = [req.num_tokens - 1 for req in running]  # computed at step 1
         self.start = now = instance.env.now
         r = len(running)
-        positions = sum(req.num_tokens - 1 for req in running)
+        positions = sum(self.positions)
         starts_block = [0] * bs  # requests whose step-1 position is j mod bs
-        for req in running:
-            starts_block[(req.num_tokens - 1) % bs] += 1
         # Requests by the step (mod bs) at which they fill a block: step s fills one for request
         # i when p_i + s is a multiple of bs. Each list keeps the running order.
         self.filling: list[list] = [[] for _ in range(bs)]
-        for req in running:
-            p = req.num_tokens - 1
+        for req, p in zip(running, self.positions):
+            starts_block[p % bs] += 1
             self.filling[(-p) % bs].append((req, p))
         free = pool.num_free()
         seconds = instance._seconds

@@ -413,7 +413,9 @@ def test_simulation_runs_in_the_background_and_reports_points(server):
 
 def test_a_second_simulation_is_refused_politely_while_one_runs(server):
     wait_done(server)
-    params = {"duration": 3000, "warmup": 300, "replications": 2}
+    # Long enough to be still running two requests later on an idle machine (3000 s x 2 once
+    # finished first there).
+    params = {"duration": 15000, "warmup": 300, "replications": 3}
     status, _, first = request(server, "/api/simulate", params)
     assert status == 202
     try:

@@ -6,31 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from kvsim.cli.parser import UsageError, output_file
+from kvsim.cli.parser import UsageError, nonnegative_int, output_file, positive_int
 
 __all__ = ["cmd", "configure"]
 
 DEFAULT_OUT = "step_time.json"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 (got {text!r})") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 (got {text!r})")
-    return v
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        v = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (got {text!r})") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (got {text!r})")
-    return v
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -44,26 +24,26 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model-config", metavar="PATH", help="a Hugging Face config.json describing the model")
     m.add_argument("--gpu", help="GPU preset (default a100-40gb); its memory sizes the cache unless "
                                  "--capacity-blocks is given")
-    m.add_argument("--tp", "--gpus", dest="gpus", type=_positive_int, default=1, help="GPUs (tensor parallel)")
+    m.add_argument("--tp", "--gpus", dest="gpus", type=positive_int, default=1, help="GPUs (tensor parallel)")
     m.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
     m.add_argument("--weight-dtype", default="bf16", help="weight dtype (default bf16)")
     e = p.add_argument_group("the engine measured")
-    e.add_argument("--capacity-blocks", type=_positive_int, metavar="N",
+    e.add_argument("--capacity-blocks", type=positive_int, metavar="N",
                    help="KV cache blocks (vLLM's log: 'GPU KV cache size'; default: from the GPU's memory)")
-    e.add_argument("--block-size", type=_positive_int, default=16, help="tokens per block (default 16)")
-    e.add_argument("--max-num-batched-tokens", type=_positive_int, metavar="N",
+    e.add_argument("--block-size", type=positive_int, default=16, help="tokens per block (default 16)")
+    e.add_argument("--max-num-batched-tokens", type=positive_int, metavar="N",
                    help="tokens per step (default: vLLM serve's for the GPU)")
-    e.add_argument("--max-num-seqs", type=_positive_int, metavar="N", help="requests per step (default: vLLM serve's)")
+    e.add_argument("--max-num-seqs", type=positive_int, metavar="N", help="requests per step (default: vLLM serve's)")
     e.add_argument("--no-prefix-caching", action="store_true", help="the server ran without prefix caching")
-    e.add_argument("--prompt-cycle", type=_nonnegative_int, default=0, metavar="N",
+    e.add_argument("--prompt-cycle", type=nonnegative_int, default=0, metavar="N",
                    help="request k sent prompt k mod N (load generators that cycle through N prompts; "
                         "default 0: every prompt its own)")
-    e.add_argument("--shared-prefix-tokens", type=_nonnegative_int, default=0, metavar="N",
+    e.add_argument("--shared-prefix-tokens", type=nonnegative_int, default=0, metavar="N",
                    help="prompt tokens every request shares (vllm bench's --random-prefix-len; default 0: none)")
     f = p.add_argument_group("the fit")
-    f.add_argument("--max-simulations", type=_positive_int, default=None, metavar="N",
+    f.add_argument("--max-simulations", type=positive_int, default=None, metavar="N",
                    help="engine simulations at most (default 200)")
-    f.add_argument("--seed", type=_nonnegative_int, default=None,
+    f.add_argument("--seed", type=nonnegative_int, default=None,
                    help="seed of the arrivals reconstructed when the JSON has no start_times (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd)

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["Parser", "UsageError", "check_finite", "flag_names", "output_file", "output_folder"]
+__all__ = ["Parser", "UsageError", "check_finite", "nonnegative_int", "positive_float", "positive_int", "flag_names", "output_file", "output_folder"]
 
 
 class UsageError(Exception):
@@ -107,3 +107,31 @@ def output_folder(flag: str, path: str | os.PathLike | None) -> str | None:
         raise UsageError(f"{flag} must be a folder path (got {path!r}: {existing} is a file)")
     _writable_folder(flag, path, existing)
     return path
+
+
+# argparse types of the commands that parse without the scenario's specs (replay, calibrate).
+
+def _integer_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} (got {text!r})")
+        return value
+    return parse
+
+
+positive_int = _integer_at_least(1)
+nonnegative_int = _integer_at_least(0)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number > 0 (got {text!r})")
+    return value

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from analytic.offload import OFFLOAD_MODES, Tiers
-from kvsim.cli.parser import output_file
+from kvsim.cli.parser import nonnegative_int, output_file, positive_float, positive_int
 from kvsim.cli.engine_args import add_engine_args, engine_asked, engine_options
 from kvsim.export import export_libcachesim_csv
 from kvsim.replay import OFFLINE_POLICIES, policy_choices, policy_names, replay
@@ -34,57 +33,27 @@ def _policy_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (got {text!r})")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a number > 0 (got {text!r})")
-    return value
-
-
 def _add_reading_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("traces", nargs="+", metavar="TRACE",
                    help="trace files (*.jsonl, *.json, optionally .gz) or directories of them")
     g = p.add_argument_group("reading traces")
-    g.add_argument("--block-size", type=_positive_int,
+    g.add_argument("--block-size", type=positive_int,
                    help="tokens per cache block (default: the traces' own; a multiple of it merges "
                         "consecutive hash-id blocks, anything else is refused)")
-    g.add_argument("--trace-block-size", type=_positive_int,
+    g.add_argument("--trace-block-size", type=positive_int,
                    help="tokens per hash id in jsonl traces (default: blksz_N in the file name, else 16 "
                         "with chat_id (Bailian), else 512 (Mooncake))")
     g.add_argument("--time-unit", default="auto", choices=["auto", "ms", "s"],
                    help="timestamps of jsonl traces (default auto: s with chat_id (Bailian), else ms)")
-    g.add_argument("--arrival-rate", type=_positive_float,
+    g.add_argument("--arrival-rate", type=positive_float,
                    help="start conversation files, in a random order, as a Poisson process of this "
                         "many per second (default: all at time 0, as recorded)")
-    g.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of --arrival-rate (default 0)")
+    g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of --arrival-rate (default 0)")
     g.add_argument("--vllm", action="store_true",
                    help="vLLM semantics: cache full blocks only, compute at least one prompt token "
                         "(default: every listed block counts, as in the Mooncake papers)")
     g.add_argument("--skip-bad", action="store_true", help="skip and count malformed records instead of stopping")
-    g.add_argument("--max-requests", type=_positive_int, help="stop after this many requests")
+    g.add_argument("--max-requests", type=positive_int, help="stop after this many requests")
 
 
 def configure_replay_parser(p: argparse.ArgumentParser) -> None:
@@ -104,20 +73,20 @@ def configure_replay_parser(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("CPU / disk offload (tiers below each cache, the capacity above being the GPU's)")
     for tier, what in (("cpu", "CPU DRAM"), ("disk", "local disk, below the CPU tier")):
         sizes = o.add_mutually_exclusive_group()
-        sizes.add_argument(f"--{tier}-capacity-blocks", dest=f"{tier}_blocks", type=_nonnegative_int, metavar="N",
+        sizes.add_argument(f"--{tier}-capacity-blocks", dest=f"{tier}_blocks", type=nonnegative_int, metavar="N",
                            help=f"{what} tier of N blocks")
-        sizes.add_argument(f"--{tier}-capacity-tokens", dest=f"{tier}_tokens", type=_nonnegative_int, metavar="N",
+        sizes.add_argument(f"--{tier}-capacity-tokens", dest=f"{tier}_tokens", type=nonnegative_int, metavar="N",
                            help=f"{what} tier of N tokens (floor(N / block size) blocks)")
     o.add_argument("--offload-mode", choices=OFFLOAD_MODES,
                    help="inclusive (write-through, the default) or exclusive (GPU evictions move down)")
     add_engine_args(p)
     e = p.add_argument_group("the engine's model and GPU (for the roofline step time and the capacity)")
-    e.add_argument("--rate-scale", type=_positive_float, default=1.0,
+    e.add_argument("--rate-scale", type=positive_float, default=1.0,
                    help="with --engine: replay the same requests this many times faster (default 1)")
     e.add_argument("--preset", help="model preset (default llama-3.1-8b)")
     e.add_argument("--model-config", metavar="PATH", help="a Hugging Face config.json describing the model")
     e.add_argument("--gpu", help="GPU preset (default a100-40gb); its memory sizes the cache unless a capacity is given")
-    e.add_argument("--tp", "--gpus", dest="gpus", type=_positive_int, default=1, help="GPUs per instance (tensor parallel)")
+    e.add_argument("--tp", "--gpus", dest="gpus", type=positive_int, default=1, help="GPUs per instance (tensor parallel)")
     e.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
     e.add_argument("--weight-dtype", default="bf16", help="weight dtype (default bf16)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -322,7 +291,7 @@ def configure_export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="libcachesim-csv", choices=["libcachesim-csv"],
                    help="output format (default libcachesim-csv: time,obj_id,obj_size,request)")
     p.add_argument("-o", "--output", required=True, help="file to write (replaced atomically)")
-    p.add_argument("--bytes-per-token", type=_positive_int,
+    p.add_argument("--bytes-per-token", type=positive_int,
                    help="write obj_size in bytes (block size x this) instead of tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_export_trace)
