@@ -6,7 +6,9 @@ the instance, computing its whole prompt. :func:`model_rate_bound` is what the m
 (:mod:`analytic.load`) allow: the largest arrival rate whose *mean* latencies meet every target
 and that the instance sustains. A percentile is at least the mean, so for percentile targets it
 is an upper bound; for mean targets it is the models' answer (optimistic for TTFT, which they
-underestimate near saturation).
+underestimate near saturation). :func:`meets_at_rate` asks the same of one rate and a cache (a GPU
+capacity, a CPU tier below it), and :func:`smallest_blocks` finds the smallest cache for which it
+holds: the lower bound of ``kvsim plan --slo --solve-for gpu-memory|cpu-offload``.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def model_rate_bound(targets, workload: Workload, capacity_blocks: int, block_si
         r = under_load(replace(workload, arrival_rate=rate), capacity_blocks, block_size, engine, evaluate, method)
         if r.saturated:
             return False
-        means = {"ttft": r.ttft_s, "tpot": r.tpot_s, "e2e": r.ttft_s + (workload.output_tokens.mean - 1) * r.tpot_s}
+        means = _means(r, workload)
         return all(means[t.metric] <= t.seconds for t in targets)
 
     hi = saturation_rate(workload, capacity_blocks, block_size, engine, evaluate, method)
@@ -103,3 +105,58 @@ def model_rate_bound(targets, workload: Workload, capacity_blocks: int, block_si
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return lo
+
+
+MAX_PLAN_BLOCKS = 1 << 40  # a capacity search gives up beyond this many blocks
+
+
+def _means(r, workload: Workload, load_wait_s: float = 0.0) -> dict[str, float]:
+    """The mean latencies of a steady state of :func:`analytic.load.under_load` (a request whose
+    hit continues below the GPU also waits ``load_wait_s`` for it on average)."""
+    ttft = r.ttft_s + load_wait_s
+    return {"ttft": ttft, "tpot": r.tpot_s, "e2e": ttft + (workload.output_tokens.mean - 1) * r.tpot_s}
+
+
+def meets_at_rate(targets, workload: Workload, capacity_blocks: int, block_size: int, engine, evaluate,
+                  method: str = "lru", tiers=None) -> bool:
+    """Whether the models under load find a steady state at ``workload.arrival_rate`` whose mean
+    latencies meet every target. ``tiers`` (:class:`analytic.offload.Tiers`, a CPU tier): the hit
+    rate is GPU + CPU (:func:`analytic.tiers.tiered_model`, the GPU's capacity reduced by the held
+    blocks) and TTFT adds the mean load of the CPU's hits (their tokens x the tier's seconds per token)."""
+    from analytic.load import mean_prompt, under_load
+
+    load_wait = 0.0
+    hit_model = evaluate
+    if tiers is not None and tiers.cpu_blocks:
+        from analytic.tiers import tiered_model
+
+        def hit_model(w, blocks, bs, m):
+            return tiered_model(w, (blocks, tiers.cpu_blocks), bs, m, tiers.mode)
+
+        if engine.prefix_caching:
+            cpu_share = tiered_model(workload, (capacity_blocks, tiers.cpu_blocks), block_size, method,
+                                     tiers.mode).tiers["cpu"]["token_hit_rate"]
+            load_wait = cpu_share * mean_prompt(workload) * tiers.cpu_load_s_per_token
+    r = under_load(workload, capacity_blocks, block_size, engine, hit_model, method)
+    if r.saturated:
+        return False
+    means = _means(r, workload, load_wait)
+    return all(means[t.metric] <= t.seconds for t in targets)
+
+
+def smallest_blocks(ok, start: int = 1024) -> int | None:
+    """The smallest whole number of blocks ``n >= 1`` with ``ok(n)``, for ``ok`` false below some
+    n and true from it on: doubling from ``start`` until it holds, then bisection. None when it
+    does not hold even at MAX_PLAN_BLOCKS."""
+    hi = max(1, int(start))
+    while not ok(hi):
+        if hi >= MAX_PLAN_BLOCKS:
+            return None
+        hi *= 2
+    lo = 0  # ok(lo) false (or lo = 0)
+    if hi > start:
+        lo = hi // 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi

@@ -1,7 +1,7 @@
 """Validation study: the analytic models against the simulator over a grid of configurations.
 
     python experiments/validate.py [--quick] [--out out/validate] [--workers N] [--dask ADDRESS]
-                                   [--no-tiered | --tiered-only]
+                                   [--no-tiered] [--no-loaded] [--tiered-only | --loaded-only]
 
 Each configuration (a workload and a cache capacity) is simulated with LRU and FIFO eviction
 (independent replications) and predicted by the LRU and FIFO characteristic-time models and by
@@ -26,6 +26,18 @@ tier::
     tiered <method> <mode> <tier>: mean_abs_err=<x> max_abs_err=<y> n=<configs>
 
 Its points are ``<out>/points/tiered-<id>.json`` (resumed the same way).
+
+Loaded section (``--no-loaded`` skips it, ``--loaded-only`` runs only it): one instance stepping
+like vLLM's scheduler (``kvsim simulate --engine``: llama-3.1-8b on an a100-40gb, roofline step
+time) serving a few workloads (caching on and off, half the KV cache, long prompts with
+a system prompt, short think times) at 25-90% of the largest rate the models under load
+(``analytic.load``) say it sustains, against those models: token hit rate and KV usage (absolute
+error), mean TPOT and TTFT (relative error). Writes ``loaded.csv`` and ``loaded_summary.txt`` and
+prints one line per metric::
+
+    loaded <metric>: mean_abs_err=<x> max=<y> n=<configs>     (mean_rel_err for latencies)
+
+Its points are ``<out>/points/loaded-<id>.json``.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ import os
 import sys
 import tempfile
 from concurrent.futures import as_completed
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -431,6 +444,186 @@ def run_tiered(args) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- loaded section
+
+LOADED_FRACTIONS = (0.25, 0.5, 0.75, 0.9)  # arrival rates as shares of the model's largest sustainable rate
+LOADED_METRICS = (  # (metric, simulated key, model attribute, relative error?)
+    ("token_hit_rate", "token_hit_rate", "token_hit_rate", False),
+    ("kv_usage", "kv_usage", "kv_usage", False),
+    ("tpot_mean", "tpot_mean_s", "tpot_s", True),
+    ("ttft_mean", "ttft_mean_s", "ttft_s", True),
+)
+LOADED_DURATION_S, LOADED_QUICK_DURATION_S = 1800.0, 900.0  # measured simulated seconds per replication
+
+
+def loaded_grid(quick: bool) -> list[dict]:
+    """Workloads served by one engine instance (the default model and GPU: llama-3.1-8b on an
+    a100-40gb, roofline step time), at shares of the rate the models say it sustains.
+    ``memory_utilization`` below vLLM's 0.9 leaves a smaller KV cache (the cache the bottleneck)."""
+    base = dict(turns_dist="fixed", turns=5, think_time=30.0, think_dist="exp", input_tokens=200, output_tokens=300,
+                system_prompt_tokens=0, memory_utilization=0.9, prefix_caching=True)
+    if quick:
+        workloads, fractions = [base], (0.5, 0.9)
+    else:
+        workloads = [
+            base,
+            {**base, "prefix_caching": False},
+            {**base, "memory_utilization": 0.65},  # 9.1 GiB of KV cache instead of 19.1: the held blocks matter
+            {**base, "turns": 4, "input_tokens": 1000, "output_tokens": 150, "system_prompt_tokens": 2000},
+            {**base, "turns_dist": "geometric", "turns": 8, "think_time": 10.0, "think_dist": "det",
+             "output_tokens": 100},
+        ]
+        fractions = LOADED_FRACTIONS
+    return [{**w, "rate_fraction": f} for w in workloads for f in fractions]
+
+
+def loaded_scenario(p: dict, rate: float):
+    """The point's Scenario through the command line's own parser (``kvsim simulate --engine``)."""
+    from kvsim.cli.args import scenario_from_values
+    from kvsim.cli.main import build_parser
+
+    argv = ["simulate", "--engine", "--arrival-rate", repr(rate), "--turns", str(p["turns"]), "--turns-dist",
+            p["turns_dist"], "--think-time", str(p["think_time"]), "--think-dist", p["think_dist"],
+            "--input-tokens", str(p["input_tokens"]), "--output-tokens", str(p["output_tokens"]),
+            "--system-prompt-tokens", str(p["system_prompt_tokens"])]
+    argv += ["--memory-utilization", str(p["memory_utilization"])]
+    if not p["prefix_caching"]:
+        argv.append("--no-prefix-caching")
+    return scenario_from_values(vars(build_parser().parse_args(argv)))
+
+
+def loaded_predictions(p: dict) -> tuple[float, dict]:
+    """The rate of the point (its share of the models' largest sustainable rate) and the models
+    under load (``analytic.load``) at it."""
+    from analytic.load import saturation_rate, under_load
+    from analytic.scenario import default_evaluate
+
+    s = loaded_scenario(p, 1.0)
+    blocks = s.capacity().capacity_blocks
+    sustainable = saturation_rate(s.workload, blocks, s.block_size, s.engine_spec(), default_evaluate)
+    rate = p["rate_fraction"] * sustainable
+    s = loaded_scenario(p, rate)
+    m = under_load(s.workload, blocks, s.block_size, s.engine_spec(), default_evaluate)
+    return rate, {"token_hit_rate": m.token_hit_rate, "tpot_s": m.tpot_s, "ttft_s": m.ttft_s,
+                  "kv_usage": None if m.held_blocks is None else m.held_blocks / blocks,
+                  "sustainable_rate": sustainable, "saturated": m.saturated}
+
+
+def loaded_simulation(s, replications: int, seed: int, duration: float) -> dict:
+    """One engine simulation of scenario ``s`` (``kvsim simulate --engine``): the figures the
+    models predict, with their 95% CIs over the replications."""
+    from kvsim.cli.args import SimulationSettings
+    from kvsim.cli.simulate import simulate_record
+
+    # Warm-up: three conversation lifetimes (the cache and the batch fill from empty), 10 min at least.
+    span = s.workload.turns.mean * s.workload.think_time.mean
+    warmup = max(600.0, 3 * span)
+    record, _ = simulate_record(s, "lru", SimulationSettings(duration=warmup + duration, warmup=warmup,
+                                                             replications=replications, seed=seed))
+    v = record["serving"]
+    return {"token_hit_rate": record["token_hit_rate"], "kv_usage": v["kv_usage"]["mean"],
+            "tpot_mean_s": v["tpot_s"]["mean"], "ttft_mean_s": v["ttft_s"]["mean"],
+            "ttft_p99_s": v["ttft_s"]["p99"], "queue_mean_s": v["queue_s"]["mean"]["mean"],
+            "requests": record["requests_measured"], "warmup_s": warmup}
+
+
+def loaded_point_file(points_dir: Path, p: dict) -> Path:
+    return points_dir / f"loaded-{point_id(p)}.json"
+
+
+def loaded_score(row: dict, models: dict) -> dict:
+    """Fill a loaded row's prediction and error (absolute for rates, relative for latencies; None
+    when the model finds the instance saturated)."""
+    _, _, attr, relative = next(m for m in LOADED_METRICS if m[0] == row["metric"])
+    predicted = models[attr]
+    err = None if predicted is None else (abs(predicted / row["simulated"] - 1) if relative
+                                          else abs(predicted - row["simulated"]))
+    return {**row, "predicted": predicted, "relative": relative, "err": err, "model_saturated": models["saturated"]}
+
+
+def run_loaded_point(p: dict, replications: int, requests_per_replication: int, seed: int,
+                     duration: float = LOADED_DURATION_S) -> list[dict]:
+    """Simulate one loaded configuration with the step engine and predict it with the models
+    under load (``requests_per_replication`` is unused: the window is ``duration`` seconds)."""
+    rate, models = loaded_predictions(p)
+    sim = loaded_simulation(loaded_scenario(p, rate), replications, seed, duration)
+    rows = []
+    for metric, key, _, _ in LOADED_METRICS:
+        lo, hi = sim[key]["ci95"] or (np.nan, np.nan)
+        rows.append(loaded_score({**p, "arrival_rate": rate, "sustainable_rate": models["sustainable_rate"],
+                                  "metric": metric, "simulated": sim[key]["mean"], "ci_lo": lo, "ci_hi": hi,
+                                  "ttft_p99_s": sim["ttft_p99_s"], "queue_mean_s": sim["queue_mean_s"],
+                                  "requests": sim["requests"], "replications": replications,
+                                  "warmup_s": sim["warmup_s"]}, models))
+    return rows
+
+
+def run_loaded(args) -> list[dict]:
+    points_dir = Path(args.out) / "points"
+    points = loaded_grid(args.quick)
+    duration = LOADED_QUICK_DURATION_S if args.quick else LOADED_DURATION_S
+    run_missing(points, lambda p: loaded_point_file(points_dir, p), partial(run_loaded_point, duration=duration),
+                args, "loaded configurations", "validate loaded")
+    rows = []
+    for p in points:
+        point_rows = json.loads(loaded_point_file(points_dir, p).read_text())
+        if args.rescore:
+            _, models = loaded_predictions(p)
+            point_rows = [loaded_score(r, models) for r in point_rows]
+        rows.extend(point_rows)
+    return rows
+
+
+def loaded_label(r: dict) -> str:
+    tags = [f"{'geo' if r['turns_dist'] == 'geometric' else ''}{float(r['turns']):g}x"
+            f"{int(float(r['input_tokens']))}+{int(float(r['output_tokens']))}"]
+    if int(float(r["system_prompt_tokens"] or 0)):
+        tags.append(f"sys{int(float(r['system_prompt_tokens']))}")
+    tags.append(f"{r['think_dist']}{float(r['think_time']):g}s")
+    if float(r["memory_utilization"]) != 0.9:
+        tags.append(f"util{float(r['memory_utilization']):g}")
+    if not r["prefix_caching"]:
+        tags.append("no-caching")
+    return "/".join(tags)
+
+
+def loaded_summary(rows: list[dict]) -> list[str]:
+    lines = []
+    for metric, _, _, relative in LOADED_METRICS:
+        errs = [r["err"] for r in rows if r["metric"] == metric and r["err"] is not None]
+        kind = "mean_rel_err" if relative else "mean_abs_err"
+        lines.append(f"loaded {metric}: {kind}={np.mean(errs):.4f} max={np.max(errs):.4f} n={len(errs)}"
+                     if errs else f"loaded {metric}: n=0")
+    return lines
+
+
+def loaded_breakdown(rows: list[dict]) -> list[str]:
+    """Per workload and rate: simulated / model for each metric (latencies in ms)."""
+    lines = [f"{'workload':38} {'share':>5} {'rate/s':>7} " + " ".join(f"{m:>17}" for m, *_ in LOADED_METRICS)]
+    by_point: dict = {}
+    for r in rows:
+        by_point.setdefault((loaded_label(r), float(r["rate_fraction"])), {})[r["metric"]] = r
+    for (label, share), metrics in by_point.items():
+        cells = []
+        for metric, _, _, relative in LOADED_METRICS:
+            r = metrics[metric]
+            scale, digits = (1000, 1) if relative else (1, 3)
+            model = "-" if r["predicted"] in (None, "") else f"{float(r['predicted']) * scale:.{digits}f}"
+            cells.append(f"{float(r['simulated']) * scale:.{digits}f} / {model}")
+        rate = float(next(iter(metrics.values()))["arrival_rate"])
+        lines.append(f"{label:38} {share:5.2f} {rate:7.3f} " + " ".join(f"{c:>17}" for c in cells))
+    lines += ["", "mean error by share of the models' sustainable rate (absolute for rates, relative for latencies)",
+              f"{'share':>5} " + " ".join(f"{m:>17}" for m, *_ in LOADED_METRICS)]
+    for share in sorted({float(r["rate_fraction"]) for r in rows}):
+        cells = []
+        for metric, *_ in LOADED_METRICS:
+            errs = [r["err"] for r in rows if r["metric"] == metric and float(r["rate_fraction"]) == share
+                    and r["err"] not in (None, "")]
+            cells.append(f"{np.mean(errs):17.3f}" if errs else f"{'-':>17}")
+        lines.append(f"{share:5.2f} " + " ".join(cells))
+    return lines
+
+
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
@@ -518,9 +711,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rescore", action="store_true",
                     help="recompute the models' predictions for finished points (after a model change)")
     ap.add_argument("--no-curve", action="store_true", help="skip the hit-rate-vs-capacity figure")
-    tiered = ap.add_mutually_exclusive_group()
-    tiered.add_argument("--no-tiered", action="store_true", help="skip the tiered (GPU -> CPU) section")
-    tiered.add_argument("--tiered-only", action="store_true", help="run only the tiered section")
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument("--tiered-only", action="store_true", help="run only the tiered section")
+    only.add_argument("--loaded-only", action="store_true", help="run only the loaded section")
+    ap.add_argument("--no-tiered", action="store_true", help="skip the tiered (GPU -> CPU) section")
+    ap.add_argument("--no-loaded", action="store_true", help="skip the loaded section (the engine under load)")
     args = ap.parse_args(argv)
     args.replications = args.replications or (2 if args.quick else 3)
     args.requests = args.requests or (6000 if args.quick else 20000)
@@ -533,7 +728,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not args.tiered_only:
+    if not (args.tiered_only or args.loaded_only):
         try:
             rows = run(args)
         except ValueError as e:  # e.g. --dask without the extra
@@ -546,17 +741,21 @@ def main(argv=None) -> int:
             curve_figure(out, args.replications, args.requests, args.seed)
         print("\n".join(breakdown(rows)), file=sys.stderr)
         print("\n".join(lines), flush=True)
-    if not args.no_tiered:
+    sections = [("tiered", run_tiered, tiered_summary, tiered_breakdown, args.no_tiered or args.loaded_only),
+                ("loaded", run_loaded, loaded_summary, loaded_breakdown, args.no_loaded or args.tiered_only)]
+    for name, run_section, summarise, tabulate, skip in sections:
+        if skip:
+            continue
         try:
-            tiered_rows = run_tiered(args)
+            section_rows = run_section(args)
         except ValueError as e:
             sys.exit(f"validate: error: {e}")
-        write_atomic(out / "tiered.csv", csv_text(tiered_rows))
-        tiered_lines = tiered_summary(tiered_rows)
-        table = tiered_breakdown(tiered_rows)
-        write_atomic(out / "tiered_summary.txt", "\n".join(tiered_lines + [""] + table) + "\n")
+        write_atomic(out / f"{name}.csv", csv_text(section_rows))
+        section_lines = summarise(section_rows)
+        table = tabulate(section_rows)
+        write_atomic(out / f"{name}_summary.txt", "\n".join(section_lines + [""] + table) + "\n")
         print("\n".join(table), file=sys.stderr)
-        print("\n".join(tiered_lines))
+        print("\n".join(section_lines))
     return 0
 
 

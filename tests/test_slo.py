@@ -63,3 +63,58 @@ def test_the_answer_meets_the_targets_in_the_simulation(capsys):
     for r in record["prefix_caching"].values():
         n = r["instances_for_arrival_rate"]
         assert n * r["simulated_arrival_rate"] >= 1.0 > (n - 1) * r["simulated_arrival_rate"]
+
+
+def test_smallest_blocks_by_hand():
+    from analytic.slo import smallest_blocks
+
+    assert smallest_blocks(lambda n: n >= 37) == 37  # bisection below the start
+    assert smallest_blocks(lambda n: n >= 5000, start=1024) == 5000  # doubling, then bisection
+    assert smallest_blocks(lambda n: True) == 1
+    assert smallest_blocks(lambda n: False) is None
+
+
+def test_meets_at_rate_grows_with_the_cache_and_a_cpu_tier():
+    """More GPU cache (or a CPU tier below it) never turns a met target into a miss in the models."""
+    from analytic.load import mean_prompt
+    from analytic.offload import Tiers
+    from analytic.scenario import default_evaluate
+    from analytic.serving import EngineSpec
+    from analytic.slo import meets_at_rate
+
+    engine = EngineSpec(LinearStepTime(0.01, 2e-5, 1e-8), 2048, 256)
+    w = Workload(arrival_rate=1.5)
+    targets = parse_slo("ttft-mean=0.1,tpot-mean=0.05")
+    met = [meets_at_rate(targets, w, blocks, 16, engine, default_evaluate) for blocks in (500, 2000, 3000, 6000, 20000)]
+    assert met == sorted(met) and met[-1] and not met[0]
+    # A CPU tier: more hits; its load adds to TTFT, so a slow one can undo it
+    gpu = 3000
+    fast = Tiers(20000, 0, "inclusive", 1e-9)
+    slow = Tiers(20000, 0, "inclusive", 0.5 / mean_prompt(w))  # a whole prompt's load: 0.5 s
+    assert meets_at_rate(targets, w, gpu, 16, engine, default_evaluate, tiers=fast)
+    assert not meets_at_rate(targets, w, gpu, 16, engine, default_evaluate, tiers=slow)
+
+
+def test_the_memory_a_rate_needs_meets_the_targets_in_the_simulation(capsys):
+    small = ["--capacity-tokens", "60000", "--step-time", "linear:0.01,2e-5,1e-8", "--duration", "400", "--warmup",
+             "150", "--replications", "1"]
+    assert main(["plan", *small, "--slo", "ttft-p90=0.3,tpot-p99=0.05", "--solve-for", "gpu-memory",
+                 "--arrival-rate", "1.5", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    for r in record["prefix_caching"].values():
+        best = r["simulated_blocks"]
+        assert best is not None and best >= r["model_blocks"]  # the models' answer is a lower bound here
+        assert next(x for x in r["simulations"] if x["blocks"] == best)["meets"]
+        assert all(not x["meets"] for x in r["simulations"] if x["blocks"] < best)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--target-hit-rate", "0.5", "--solve-for", "gpu-memory"], "--solve-for goes with --slo"),
+    (["--slo", "ttft-p99=1", "--solve-for", "cpu-offload", "--cpu-offload-gib", "8"],
+     "--solve-for cpu-offload sizes one instance"),
+    (["--slo", "ttft-p99=1", "--solve-for", "memory"], "--solve-for: invalid choice"),
+])
+def test_bad_solve_for_is_one_line(argv, needle, capsys):
+    assert main(["plan", *SMALL, *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1

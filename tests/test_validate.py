@@ -37,7 +37,8 @@ def test_summary_lines_and_resume(tmp_path, monkeypatch):
     calls = []
     real = validate.run_point
     monkeypatch.setattr(validate, "run_point", lambda *a: calls.append(a) or real(*a))
-    argv = ["--quick", "--out", str(tmp_path), "--workers", "1", "--requests", "1500", "--no-progress", "--no-tiered"]
+    argv = ["--quick", "--out", str(tmp_path), "--workers", "1", "--requests", "1500", "--no-progress", "--no-tiered",
+            "--no-loaded"]
     # a finished point from an earlier, interrupted run is not redone
     first = real(points[0], 2, 1500, 0)
     (tmp_path / "points").mkdir()
@@ -74,3 +75,27 @@ def test_tiered_section(tmp_path, monkeypatch):
     assert (tmp_path / "tiered.csv").read_text().count("\n") == 7
     lines = (tmp_path / "tiered_summary.txt").read_text().splitlines()
     assert lines[0].startswith("tiered lru exclusive gpu: mean_abs_err=") and lines[0].endswith(" n=1")
+
+
+def test_loaded_section(tmp_path, monkeypatch):
+    """The engine under load against the models under load, end to end on one short point."""
+    validate = load("validate")
+    point = {**validate.loaded_grid(quick=True)[0], "rate_fraction": 0.5}
+    monkeypatch.setattr(validate, "loaded_grid", lambda quick: [point])
+    monkeypatch.setattr(validate, "LOADED_QUICK_DURATION_S", 600.0)
+    monkeypatch.setattr(validate, "executor", lambda workers, dask: ThreadPoolExecutor(1))
+    argv = ["--quick", "--loaded-only", "--out", str(tmp_path), "--workers", "1", "--no-progress"]
+    assert validate.main(argv) == 0
+    assert not (tmp_path / "validation.csv").exists() and not (tmp_path / "tiered.csv").exists()
+    rows = {r["metric"]: r for r in validate.json.loads(
+        (tmp_path / "points" / f"loaded-{validate.point_id(point)}.json").read_text())}
+    assert set(rows) == {"token_hit_rate", "kv_usage", "tpot_mean", "ttft_mean"}
+    r = rows["token_hit_rate"]
+    # half the sustainable rate: the instance keeps up, and the models are close on hits and TPOT
+    assert 0 < r["arrival_rate"] < r["sustainable_rate"] and r["model_saturated"] is None
+    assert r["err"] < 0.05, r
+    assert rows["tpot_mean"]["relative"] and rows["tpot_mean"]["err"] < 0.2, rows["tpot_mean"]
+    assert 0 < rows["kv_usage"]["simulated"] < 1
+    lines = (tmp_path / "loaded_summary.txt").read_text().splitlines()
+    assert lines[0].startswith("loaded token_hit_rate: mean_abs_err=") and lines[0].endswith(" n=1")
+    assert lines[3].startswith("loaded ttft_mean: mean_rel_err=")

@@ -23,6 +23,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="latency targets instead, e.g. ttft-p99=0.5,tpot-p99=0.05 (ttft, tpot, e2e x mean, p50, p90, "
                         "p99; seconds): the largest arrival rate one instance sustains within them, with prefix "
                         "caching on and off (the models' bound, then the engine simulated)")
+    p.add_argument("--solve-for", choices=SOLVE_FOR, default="rate",
+                   help="with --slo: the largest arrival rate one instance sustains (default), or what one instance "
+                        "needs to serve --arrival-rate: its GPU KV cache (gpu-memory) or a CPU offload tier below its "
+                        "GPU as it is (cpu-offload)")
     p.add_argument("--metric", default="token", choices=["token", "request"],
                    help="token_hit_rate (default) or request_hit_rate")
     p.add_argument("--method", default="lru", choices=["lru", "fifo"], help="model to invert (default lru)")
@@ -42,9 +46,14 @@ def configure(p: argparse.ArgumentParser) -> None:
 def cmd(a) -> int:
     if (a.target_hit_rate is None) == (a.slo is None):
         raise UsageError("give one of --target-hit-rate and --slo")
+    if a.solve_for != "rate" and a.slo is None:
+        raise UsageError("--solve-for goes with --slo (the latency targets)")
     if a.slo is not None:
-        record, lines = slo_plan_record(scenario_from_values({**vars(a), "engine": True}), a.slo,
-                                        simulation_from_values(vars(a)))
+        scenario = scenario_from_values({**vars(a), "engine": True}, sized_offload=a.solve_for != "cpu-offload")
+        if a.solve_for == "rate":
+            record, lines = slo_plan_record(scenario, a.slo, simulation_from_values(vars(a)))
+        else:
+            record, lines = slo_size_record(scenario, a.slo, simulation_from_values(vars(a)), a.solve_for)
         print(json.dumps(record, indent=2) if a.json else "\n".join(lines))
         return 0
     scenario = scenario_from_values(vars(a), sized_offload=a.tier == "gpu")
@@ -235,7 +244,6 @@ def slo_plan_record(scenario: Scenario, slo: str, settings: SimulationSettings) 
     from analytic.scenario import default_evaluate
     from analytic.slo import check_possible, model_rate_bound, parse_slo
     from kvsim.cli.simulate import engine_line
-    from kvsim.fleet import simulate_fleet
 
     s = scenario
     synthetic_only(s, "kvsim plan --slo works on synthetic workloads only")
@@ -254,16 +262,7 @@ def slo_plan_record(scenario: Scenario, slo: str, settings: SimulationSettings) 
         tried = []
 
         def measure(rate: float) -> dict:
-            r = simulate_fleet(replace(s.workload, arrival_rate=rate), blocks, 1, engine=engine, block_size=bs,
-                               duration=settings.duration, warmup=settings.warmup,
-                               replications=settings.replications, seed=settings.seed, progress=None,
-                               max_events=settings.max_events).as_dict()
-            v = r["serving"]
-            got = {t.name: (v[f"{t.metric}_s"]["mean"]["mean"] if t.stat == "mean" else v[f"{t.metric}_s"][t.stat])
-                   for t in targets}
-            meets = all(got[t.name] is not None and got[t.name] <= t.seconds for t in targets)
-            tried.append({"arrival_rate": rate, "meets": meets, **got,
-                          "token_hit_rate": r["token_hit_rate"]["mean"]})
+            tried.append(_simulate_targets(s, targets, settings, engine, rate, blocks))
             return tried[-1]
 
         best = None
@@ -313,3 +312,146 @@ def slo_plan_record(scenario: Scenario, slo: str, settings: SimulationSettings) 
 
 
 SLO_BISECTIONS = 5  # simulated rates below the models' bound, when the bound misses: to 1/32 of it
+SIZE_DOUBLINGS = 3  # simulated capacities above the models' answer, when it misses: up to 8 times it
+SIZE_BISECTIONS = 3  # then between the last that missed and the first that met: to 1/8 of the gap
+SOLVE_FOR = ("rate", "gpu-memory", "cpu-offload")
+
+
+def _simulate_targets(s: Scenario, targets, settings: SimulationSettings, engine, rate: float, blocks: int,
+                      tiers=None) -> dict:
+    """One instance of ``blocks`` GPU blocks (and ``tiers`` below) simulated at ``rate``: the
+    targets' statistics and whether each is met."""
+    from dataclasses import replace
+
+    from kvsim.fleet import simulate_fleet
+
+    r = simulate_fleet(replace(s.workload, arrival_rate=rate), blocks, 1, engine=engine, block_size=s.block_size,
+                       duration=settings.duration, warmup=settings.warmup, replications=settings.replications,
+                       seed=settings.seed, progress=None, max_events=settings.max_events, tiers=tiers).as_dict()
+    v = r["serving"]
+    got = {t.name: (v[f"{t.metric}_s"]["mean"]["mean"] if t.stat == "mean" else v[f"{t.metric}_s"][t.stat])
+           for t in targets}
+    meets = all(got[t.name] is not None and got[t.name] <= t.seconds for t in targets)
+    return {"arrival_rate": rate, "meets": meets, **got, "token_hit_rate": r["token_hit_rate"]["mean"]}
+
+
+def slo_size_record(scenario: Scenario, slo: str, settings: SimulationSettings,
+                    solve_for: str) -> tuple[dict, list[str]]:
+    """``kvsim plan --slo ... --solve-for gpu-memory|cpu-offload``: the KV cache (GPU memory) one
+    instance needs, or the CPU offload below its GPU as it is, to serve the workload's
+    ``--arrival-rate`` within the latency targets, with prefix caching on and off. The models
+    under load give the smallest size whose mean latencies meet the targets
+    (:func:`analytic.slo.meets_at_rate`); the engine is simulated at it and, if it misses, at
+    doubled sizes, then bisected between the last miss and the first that meets."""
+    from dataclasses import replace
+
+    from analytic.offload import Tiers
+    from analytic.scenario import default_evaluate
+    from analytic.slo import check_possible, meets_at_rate, parse_slo, smallest_blocks
+    from kvsim.cli.simulate import engine_line
+
+    s = scenario
+    synthetic_only(s, "kvsim plan --slo works on synthetic workloads only")
+    if s.fleet.routed or s.offload.asked:
+        raise UsageError(f"--solve-for {solve_for} sizes one instance: leave out --instances, --router and the tier "
+                         f"sizes (--cpu-offload-gib, ...)")
+    targets = parse_slo(slo)
+    capacity = s.capacity()
+    gpu_blocks, bs, bpt, rate = capacity.capacity_blocks, s.block_size, capacity.bytes_per_token, s.workload.arrival_rate
+    cpu = solve_for == "cpu-offload"
+    load_s = bpt / (s.offload.cpu_bandwidth_gbps * 1e9)
+
+    def setup(n: int) -> tuple[int, Tiers | None]:  # (GPU blocks, tiers) of a candidate size n
+        return (gpu_blocks, Tiers(n, 0, s.offload.mode, load_s) if n else None) if cpu else (n, None)
+
+    results = {}
+    for caching in (True, False):
+        engine = replace(s.engine_spec(), prefix_caching=caching)
+        check_possible(targets, s.workload, engine.step_time, engine.max_num_batched_tokens)
+
+        def model_ok(n: int) -> bool:
+            blocks, tiers = setup(n)
+            return meets_at_rate(targets, s.workload, blocks, bs, engine, default_evaluate, s.policy, tiers)
+
+        model_n = (0 if model_ok(0) else smallest_blocks(model_ok, gpu_blocks)) if cpu else smallest_blocks(
+            model_ok, gpu_blocks)
+        tried = []
+
+        def meets(n: int) -> bool:
+            tried.append({"blocks": n, **_simulate_targets(s, targets, settings, engine, rate, *setup(n))})
+            return tried[-1]["meets"]
+
+        best = None
+        if cpu and not caching:  # nothing is reused: a CPU tier cannot help, the GPU alone meets or not
+            model_n = 0 if model_ok(0) else None
+            best = 0 if meets(0) else None
+        elif model_n is not None:
+            if meets(model_n):
+                best = model_n
+            else:
+                lo, hi = model_n, None
+                for _ in range(SIZE_DOUBLINGS):
+                    n = max(2 * lo, gpu_blocks if cpu else 1)  # a CPU tier: from the GPU's size
+                    if meets(n):
+                        hi = n
+                        break
+                    lo = n
+                if hi is not None:
+                    for _ in range(SIZE_BISECTIONS):
+                        mid = (lo + hi) // 2
+                        if mid <= lo:
+                            break
+                        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+                    best = hi
+        results["on" if caching else "off"] = {
+            "model_blocks": model_n, "simulated_blocks": best,
+            "simulated_gib": None if best is None else best * bs * bpt / GIB,
+            "simulations": sorted(tried, key=lambda x: x["blocks"])}
+    record = {"inputs": inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype),
+              "slo": [t.__dict__ for t in targets], "arrival_rate": rate, "solve_for": solve_for,
+              "engine": s.engine_spec().as_dict(), "gpu_capacity_blocks": gpu_blocks, "prefix_caching": results}
+    what = "CPU offload below the GPU as it is" if cpu else "KV cache on the GPU"
+    lines = [*describe(s.model, capacity.as_dict(), s.workload, s.kv_dtype)[:-1], engine_line(s.engine_spec()),
+             f"\ntarget: {', '.join(f'{t.name} <= {t.seconds:g} s' for t in targets)} at {rate:g} conversations/s on "
+             f"one instance: the {what} it needs (simulated {settings.replications} x {settings.duration or 'auto'} s "
+             f"per size)"]
+    hardware = s.hardware
+    for key, r in results.items():
+        lines.append(f"\nprefix caching {key}:")
+        n = r["model_blocks"]
+        if cpu and key == "off":
+            lines.append("  nothing is reused, so a CPU tier cannot help: the GPU alone")
+        else:
+            lines.append("  models (means):  " + (f"at least {_size_text(n, bs, bpt)}" if n is not None else
+                                                   "no size is enough: the steps cannot keep up with this rate"))
+        for x in r["simulations"]:
+            cells = ", ".join(f"{t.name} {x[t.name]:.3f}" if x[t.name] is not None else f"{t.name} -" for t in targets)
+            lines.append(f"  simulated {_size_text(x['blocks'], bs, bpt)}: {cells}, token hits "
+                         f"{x['token_hit_rate']:.3f} -> {'meets' if x['meets'] else 'misses'}")
+        best = r["simulated_blocks"]
+        if best is None and cpu and key == "off":
+            lines.append("  answer: the GPU alone misses: more instances (kvsim plan --slo gives one instance's rate)")
+        elif best is None:
+            lines.append("  answer: " + (f"none of the sizes tried meets the targets (up to {2 ** SIZE_DOUBLINGS}x the "
+                                         f"models' answer): more instances (kvsim plan --slo gives one instance's "
+                                         f"rate)" if r["simulations"] else
+                                         "more instances (kvsim plan --slo gives one instance's rate)"))
+        elif cpu:
+            lines.append(f"  answer: " + (f"--cpu-offload-gib {math.ceil(r['simulated_gib'])}" if best else
+                                          "no CPU tier: the GPU alone meets the targets"))
+        else:
+            line = f"  answer: {r['simulated_gib']:.1f} GiB of KV cache"
+            if hardware is not None:
+                total = memory_for_tokens(s.model, best * bs, s.kv_dtype, s.weight_dtype, hardware.memory_utilization,
+                                          hardware.activation_reserve_gib, s.model_size_gib)
+                r["gpu_memory_gib_per_gpu"] = per_gpu = total / hardware.gpus
+                line += f" = {per_gpu:.1f} GiB of memory per GPU (TP {hardware.gpus})"
+                if hardware.gpu != "custom":
+                    line += (f": fits the {hardware.gpu}" if per_gpu <= hardware.gpu_memory_gib else
+                             f": more than a {hardware.gpu} has (a larger GPU; --tp would also change the step time)")
+            lines.append(line)
+    return record, lines
+
+
+def _size_text(blocks: int, block_size: int, bytes_per_token: float) -> str:
+    return f"{blocks * block_size:,} tokens ({blocks * block_size * bytes_per_token / GIB:.1f} GiB)"
