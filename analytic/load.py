@@ -21,8 +21,8 @@ token hit rate ``h`` of prompt tokens:
   instant model's ``h`` (the map is increasing, so it converges to the largest fixed point).
 * Latencies: TPOT = ``s``; TTFT = the rest of the step in progress when the request arrives
   (the renewal residual ``E[S²]/2E[S]`` of the two kinds of steps: Poisson arrivals see time
-  averages) plus the prefill steps its chunks take (``(1-h)·P`` over the budget the decodes
-  leave). No admission queue is modelled: valid while the batch stays
+  averages) plus its prefill: the step with the prefills arriving in it, or, when ``(1-h)·P``
+  exceeds the budget the decodes leave, one step per chunk of that budget plus the step time's request latency outside the steps (0 unless calibrated). No admission queue is modelled: valid while the batch stays
   below ``max_num_seqs`` and the held blocks below the capacity; near saturation the waiting
   queue grows and the simulation is the answer.
 * The largest sustainable arrival rate: the rate at which the fixed point ceases to exist, the
@@ -185,13 +185,34 @@ def under_load(workload: Workload, capacity_blocks: int, block_size: int, engine
         why = f"running requests hold {held:,.0f} blocks, more than the cache's {capacity_blocks:,}"
     if why:
         return LoadResult(workload.arrival_rate, lam, instant_token_hit_rate=instant, saturated=why, **none)
-    decode_tokens = lam * max(o - 1, 0.0) * s
-    room = max(engine.max_num_batched_tokens - decode_tokens, 1.0)
-    chunks = max(1, math.ceil((1 - h) * p / room))
     return LoadResult(workload.arrival_rate, lam, token_hit_rate=h, instant_token_hit_rate=instant, step_s=s,
                       batch=batch, held_blocks=held, effective_capacity_blocks=capacity_blocks - held,
-                      ttft_s=steps.mean_residual + chunks * steps.with_prefill, tpot_s=s, saturated=None,
+                      ttft_s=steps.mean_residual + _prefill_s(engine, workload, h, steps) + engine.step_time.request_latency_s,
+                      tpot_s=s, saturated=None,
                       output_tokens_per_s=lam * o)
+
+
+def _prefill_s(engine, workload: Workload, h: float, steps: Steps) -> float:
+    """The steps a mean request's prefill takes at token hit rate ``h`` in ``steps``: one
+    step with the prefills arriving in it (:class:`Steps`' ``with_prefill``) when its uncached
+    tokens fit in the budget the decodes leave, else one chunk per step, each filling that budget
+    beside the decodes."""
+    lam = workload.requests_per_second
+    p, o = mean_prompt(workload), workload.output_tokens.mean
+    decodes = lam * max(o - 1, 0.0) * steps.mean  # decoding requests in a step
+    room = max(engine.max_num_batched_tokens - decodes, 1.0)
+    left = (1 - h) * p
+    if left <= room:
+        return steps.with_prefill
+    context = decodes * (p + o / 2)
+    done, seconds = h * p, 0.0
+    while left > 0:
+        c = min(room, left)
+        seconds += engine.step_time.seconds(decodes + c, context + c * done + c * (c + 1) / 2, context + done + c,
+                                            decodes + 1)
+        done += c
+        left -= c
+    return seconds
 
 
 def saturation_rate(workload: Workload, capacity_blocks: int, block_size: int, engine, evaluate,

@@ -142,7 +142,23 @@ def models() -> dict[str, ModelSpec]:
                 experts_per_token=per_token,
                 active_params_b=_active_params_b(row) if experts else None,
             )
+    out.update((m.name, m) for m in EXTRA_SLIDING_MODELS)
     return out
+
+
+# Sliding-window presets beyond ../shared/presets.csv (which analytic/presets.csv copies byte for
+# byte), each value with its source:
+# gemma-3-12b: AI-Hypercomputer/maxtext@0ed7bd52 MaxText/configs/models/gemma3-12b.yml
+# (base_num_decoder_layers 48, base_emb_dim 3840, base_num_query_heads 16, base_num_kv_heads 8,
+# head_dim 256, sliding_window_size 1024); google-deepmind/gemma GEMMA3_ATTENTION_PATTERN (5 local
+# + 1 global, as gemma-3-27b in presets.csv: 40 sliding, 8 global layers); transformers
+# models/gemma3/configuration_gemma3.py (max_position_embeddings 131072, sliding_window_pattern 6);
+# keras-team/keras-hub@00d9f10a keras_hub/src/models/gemma3/gemma3_presets.py (gemma3_12b:
+# 12,187,079,280 parameters, vision + text, as presets.csv's gemma-3-27b counts them).
+EXTRA_SLIDING_MODELS = (
+    ModelSpec(name="gemma-3-12b", layers=48, kv_heads=8, head_dim=256, params_b=12.2, sliding_window=1024,
+              sliding_layers=40, max_context=131072, attention_heads=16, hidden_size=3840),
+)
 
 
 def _shapes(text: str) -> tuple[tuple[int, ...], ...]:

@@ -69,6 +69,7 @@ def lone_request(workload: Workload, step_time, max_num_batched_tokens: int) -> 
         n = min(max_num_batched_tokens, p - done)
         ttft += step_time.seconds(n, n * done + n * (n + 1) / 2, done + n, 1)
         done += n
+    ttft += step_time.request_latency_s
     context = p + o / 2
     tpot = step_time.seconds(1, context, context, 1)
     return {"ttft": ttft, "tpot": tpot, "e2e": ttft + (o - 1) * tpot}
@@ -101,7 +102,8 @@ def model_rate_bound(targets, workload: Workload, capacity_blocks: int, block_si
     lo = 0.0
     if ok(hi):
         return hi
-    while hi - lo > tolerance * hi:
+    floor = tolerance * hi  # below this share of the sustainable rate: none meets the targets (0)
+    while hi - lo > tolerance * hi and hi > floor:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return lo

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from analytic import presets
@@ -93,12 +93,18 @@ def default_engine_limits(gpu_memory_gib: float, gpu: str = "") -> tuple[int, in
 
 # ----------------------------------------------------------------------------- the forms
 
-STEP_TIME_FORMS = ("roofline (the default), linear:ALPHA,BETA,GAMMA (seconds: ALPHA + BETA x tokens + "
-                   "GAMMA x context tokens) or a JSON file written by kvsim calibrate")
+STEP_TIME_FORMS = ("roofline (the default), linear:ALPHA,BETA,GAMMA[,LATENCY] (seconds: ALPHA + BETA x tokens + "
+                   "GAMMA x context tokens; LATENCY per request outside the steps) or a JSON file written by "
+                   "kvsim calibrate (linear, or the roofline with a request latency)")
 
 
 class StepTime:
     """Seconds of one engine step (see the module's docstring for the four integers)."""
+
+    request_latency_s: float = 0.0
+    """Seconds each request spends outside the engine's steps (the API server's HTTP handling,
+    tokenisation, detokenisation, streaming back): added to its TTFT and end-to-end time, not to
+    its TPOT. The roofline has none (no first-principles value); a calibration fits it."""
 
     def seconds(self, tokens: int, attention: int, context: int, requests: int) -> float:
         raise NotImplementedError
@@ -122,24 +128,31 @@ def _check_coefficient(name: str, value) -> float:
 @dataclass(frozen=True)
 class LinearStepTime(StepTime):
     """``alpha + beta·tokens + gamma·context`` seconds: a fixed cost, a cost per scheduled token
-    (weights' FLOPs) and a cost per token of context read (KV bytes)."""
+    (weights' FLOPs) and a cost per token of context read (KV bytes); and the request latency
+    outside the steps (:attr:`StepTime.request_latency_s`, 0 unless calibrated)."""
 
     alpha: float
     beta: float
     gamma: float
+    request_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "gamma"):
+        for name in ("alpha", "beta", "gamma", "request_latency_s"):
             object.__setattr__(self, name, _check_coefficient(name, getattr(self, name)))
 
     def seconds(self, tokens: int, attention: int, context: int, requests: int) -> float:
         return self.alpha + self.beta * tokens + self.gamma * context
 
     def describe(self) -> str:
-        return (f"linear: {self.alpha:.4g} s + {self.beta:.4g} s x tokens + {self.gamma:.4g} s x context tokens")
+        latency = f"; {1000 * self.request_latency_s:.3g} ms per request outside the steps" if self.request_latency_s else ""
+        return (f"linear: {self.alpha:.4g} s + {self.beta:.4g} s x tokens + {self.gamma:.4g} s x context tokens"
+                + latency)
 
     def as_dict(self) -> dict:
-        return {"step_time": "linear", "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
+        out = {"step_time": "linear", "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
+        if self.request_latency_s:
+            out["request_latency_s"] = self.request_latency_s
+        return out
 
 
 # Matmul dtype of each weight dtype: fp8 and int8 weights run W8A8 on GPUs that have the unit and
@@ -173,6 +186,7 @@ class RooflineStepTime(StepTime):
     tp: int = 1
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
+    request_latency_s: float = 0.0  # outside the steps (StepTime.request_latency_s): 0 unless calibrated
     # Derived in __post_init__: seconds per unit of each term.
     per_token_s: float = field(init=False, repr=False)
     per_pair_s: float = field(init=False, repr=False)
@@ -185,6 +199,7 @@ class RooflineStepTime(StepTime):
 
     def __post_init__(self) -> None:
         m, spec = self.model, _gpu_spec(self.gpu)
+        object.__setattr__(self, "request_latency_s", _check_coefficient("request_latency_s", self.request_latency_s))
         check_dtype("weight-dtype", self.weight_dtype)
         check_dtype("kv-dtype", self.kv_dtype)
         if isinstance(self.tp, bool) or not isinstance(self.tp, int) or not 1 <= self.tp <= 1024:
@@ -250,10 +265,13 @@ class RooflineStepTime(StepTime):
         return (f"roofline: {m.name} {self.weight_dtype} on {self.tp} x {spec.name} (TP {self.tp}): "
                 f"{COMPUTE_EFFICIENCY * peak / 1e12:,.0f} TFLOPS and {MEMORY_EFFICIENCY * spec.hbm_bytes_per_s / 1e12:.2f} "
                 f"TB/s sustained per GPU{moe}, weights {(self.weights_s + self.experts_s) * 1e3:.2f} ms, "
-                f"overhead {self.fixed_s * 1e3:.2f} ms per step")
+                f"overhead {self.fixed_s * 1e3:.2f} ms per step"
+                + (f"; {1000 * self.request_latency_s:.3g} ms per request outside the steps (calibrated)"
+                   if self.request_latency_s else ""))
 
     def as_dict(self) -> dict:
-        return {"step_time": "roofline", "model": asdict(self.model), "gpu": self.gpu, "tp": self.tp,
+        latency = {"request_latency_s": self.request_latency_s} if self.request_latency_s else {}
+        return {"step_time": "roofline", **latency, "model": asdict(self.model), "gpu": self.gpu, "tp": self.tp,
                 "weight_dtype": self.weight_dtype, "kv_dtype": self.kv_dtype,
                 "gpu_spec": asdict(_gpu_spec(self.gpu)),
                 "constants": {"compute_efficiency": COMPUTE_EFFICIENCY, "memory_efficiency": MEMORY_EFFICIENCY,
@@ -280,20 +298,28 @@ def roofline(model: ModelSpec, gpu: str, tp: int = 1, weight_dtype: str = "bf16"
 # ----------------------------------------------------------------------------- reading and writing
 
 
-def _linear_from_file(path: Path) -> LinearStepTime:
+def _from_file(path: Path, model: ModelSpec, gpu: str, tp: int, weight_dtype: str, kv_dtype: str) -> StepTime:
+    """A calibration file: linear coefficients, or the roofline's request latency alone (the
+    roofline itself from the model and GPU of the command)."""
     try:
         data = json.loads(path.read_text())
     except OSError as e:
         raise ValueError(f"step-time: {path}: cannot be read ({e.strerror or e})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"step-time: {path}: not JSON ({e})") from None
+    if isinstance(data, dict) and data.get("step_time") == "roofline" and "request_latency_s" in data:
+        if not gpu:
+            raise ValueError(f"step-time: {path} is the roofline with a request latency: it needs the GPU (--gpu NAME)")
+        step = roofline(model, gpu, tp, weight_dtype, kv_dtype)
+        return replace(step, request_latency_s=_check_coefficient("request_latency_s", data["request_latency_s"]))
     if not isinstance(data, dict) or data.get("step_time") != "linear":
         raise ValueError(f'step-time: {path}: must hold {{"step_time": "linear", "alpha": .., "beta": .., '
-                         f'"gamma": ..}} (as kvsim calibrate writes)')
+                         f'"gamma": ..}} or {{"step_time": "roofline", "request_latency_s": ..}} (as kvsim '
+                         f'calibrate writes)')
     for name in ("alpha", "beta", "gamma"):
         if name not in data:
             raise ValueError(f"step-time: {path} lacks {name}")
-    return LinearStepTime(data["alpha"], data["beta"], data["gamma"])
+    return LinearStepTime(data["alpha"], data["beta"], data["gamma"], data.get("request_latency_s", 0.0))
 
 
 def parse_step_time(text: str | None, model: ModelSpec, gpu: str, tp: int = 1, weight_dtype: str = "bf16",
@@ -309,23 +335,26 @@ def parse_step_time(text: str | None, model: ModelSpec, gpu: str, tp: int = 1, w
             values = [float(p) for p in parts]
         except ValueError:
             values = []
-        if len(values) != 3:
+        if len(values) not in (3, 4):
             raise ValueError(f"step-time must be {STEP_TIME_FORMS} (got {text!r})")
         return LinearStepTime(*values)
     path = Path(text)
     if text and path.is_file():
-        return _linear_from_file(path)
+        return _from_file(path, model, gpu, tp, weight_dtype, kv_dtype)
     if text and (path.suffix.lower() == ".json" or os.sep in text):
         raise ValueError(f"step-time: {text}: no such file")
     raise ValueError(f"step-time must be {STEP_TIME_FORMS} (got {text!r})")
 
 
-def write_step_time(path: str | os.PathLike, linear: LinearStepTime, extra: dict | None = None) -> None:
-    """Write ``linear`` as the JSON file ``--step-time PATH`` reads, atomically (a temporary file
-    in the same folder, then renamed over ``path``); ``extra`` adds keys the reader ignores (how
-    the coefficients were fitted, say)."""
+def write_step_time(path: str | os.PathLike, step: LinearStepTime | RooflineStepTime, extra: dict | None = None) -> None:
+    """Write ``step`` as the JSON file ``--step-time PATH`` reads, atomically (a temporary file
+    in the same folder, then renamed over ``path``): linear coefficients, or the roofline's request
+    latency alone (the roofline is rebuilt from the model and GPU of the command that reads it).
+    ``extra`` adds keys the reader ignores (how the coefficients were fitted, say)."""
     path = Path(path)
-    data = {**(extra or {}), **linear.as_dict()}
+    own = step.as_dict() if isinstance(step, LinearStepTime) else {"step_time": "roofline",
+                                                                   "request_latency_s": step.request_latency_s}
+    data = {**(extra or {}), **own}
     fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:

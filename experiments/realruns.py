@@ -8,11 +8,13 @@ parallelism, fp16, ``max_num_seqs`` 128, ``max_num_batched_tokens`` 2048, 16-tok
 the GPU blocks vLLM logged; prompts repeat as that folder's README says (request k sends prompt
 k mod 100, so its full blocks are those of prompt k mod 100); ``--offload`` adds the runs' 8 GiB
 CPU tier (write-through, 25 GB/s). The step time is the roofline with its defaults: nothing is
-fitted to these runs. ``--calibrate`` adds leave-one-run-out: for each run, a linear step time
-fitted (``kvsim.calibrate.fit``) to the *other* normal runs of the same model (three windows of
-``--window`` requests from each, apart in time, so that both load stages are seen; at most
-``--max-simulations`` engine runs per fit) predicts it. Printed: per run, measured and predicted mean and p99 TTFT and E2E with the
-absolute percentage errors, their means over the runs (MAPE), and the published MAPEs of the
+fitted to these runs. ``--calibrate`` adds leave-one-run-out: for each run, two calibrations
+fitted to the *other* normal runs of the same model (three windows of ``--window`` requests from
+each, apart in time, so that both load stages are seen) predict it: the roofline with a latency
+per request outside the steps (``kvsim.calibrate.fit_latency``), and a linear step time with
+that latency (``kvsim.calibrate.fit``, at most ``--max-simulations`` engine runs per fit).
+Printed: per run, measured and predicted mean and p99 TTFT and E2E with the absolute percentage
+errors, their means over the runs (MAPE), and the published MAPEs of the
 other simulators on the same experiments (``peer_predictions.csv``).
 """
 
@@ -119,9 +121,13 @@ def training_measurements(runs: list[dict], window: int):
                            source=f"{len(runs)} runs, {len(a)} requests")
 
 
-def leave_one_out(runs: list[dict], targets: list[dict], window: int, max_simulations: int) -> dict[str, object]:
-    """Per run name of ``targets``: the linear step time fitted to the other normal runs of its model."""
-    from kvsim.calibrate import EngineSetup, fit
+def leave_one_out(runs: list[dict], targets: list[dict], window: int, max_simulations: int | None = None) -> dict:
+    """Per run name of ``targets``, fitted to the other normal runs of its model (three windows of
+    ``window`` requests from each): a linear step time and its request latency
+    (``kvsim.calibrate.fit``, at most ``max_simulations`` engine runs), or with ``max_simulations``
+    None the roofline with the request latency alone (``kvsim.calibrate.fit_latency``: one
+    simulation, the median TTFT difference)."""
+    from kvsim.calibrate import EngineSetup, fit, fit_latency
 
     fitted = {}
     for run in targets:
@@ -132,7 +138,11 @@ def leave_one_out(runs: list[dict], targets: list[dict], window: int, max_simula
         e = run["engine"]
         setup = EngineSetup(e["num_gpu_blocks"], e["block_size"], e["max_num_batched_tokens"], e["max_num_seqs"],
                             prompt_cycle=PROMPTS)
-        step, report = fit(training_measurements(others, window), setup, max_simulations=max_simulations)
+        measured = training_measurements(others, window)
+        if max_simulations is None:
+            step, report = fit_latency(measured, setup, roofline(model_of(run), run["gpu"], run["tp"], "fp16", "fp16"))
+        else:
+            step, report = fit(measured, setup, max_simulations=max_simulations)
         fitted[run["name"]] = step
         print(f"  fitted for {run['name']} on {', '.join(r['name'].split('-')[-1] for r in others)}: "
               f"{step.describe()} ({report['fit']['simulations']} simulations)", flush=True)
@@ -172,19 +182,21 @@ def main() -> int:
         print(f"realruns: no runs at {folder / 'runs'} (the shared measurements are not shipped)", file=sys.stderr)
         return 2
     runs = [json.loads(path.read_text()) for path in sorted((folder / "runs").glob("*.json"))]
-    fitted = {}
+    fitted, latency_fitted = {}, {}
     if a.calibrate:
         print("leave-one-run-out fits:")
         targets = [r for r in runs if not a.only or a.only in r["name"]]
+        latency_fitted = leave_one_out(runs, targets, a.window)
         fitted = leave_one_out(runs, targets, a.window, a.max_simulations)
     rows = []
     for run in runs:
         if a.only and a.only not in run["name"]:
             continue
         rows.append(replay_run(run, a.offload))
-        if run["name"] in fitted:
-            c = replay_run(run, a.offload, fitted[run["name"]])
-            rows[-1].update({f"calibrated_{k}": v for k, v in c.items() if k.endswith(("_pred_ms", "_ape"))})
+        for prefix, steps in (("latency", latency_fitted), ("calibrated", fitted)):
+            if run["name"] in steps:
+                c = replay_run(run, a.offload, steps[run["name"]])
+                rows[-1].update({f"{prefix}_{k}": v for k, v in c.items() if k.endswith(("_pred_ms", "_ape"))})
         r = rows[-1]
         print(f"{r['run']:36} TTFT mean {r['ttft_mean_ms']:7.1f} -> {r['ttft_mean_pred_ms']:7.1f} ms "
               f"({r['ttft_mean_ape']:5.1f}%)  p99 {r['ttft_p99_ms']:7.1f} -> {r['ttft_p99_pred_ms']:7.1f} "
@@ -194,15 +206,18 @@ def main() -> int:
     print("\nMAPE over the runs (roofline defaults, nothing fitted):")
     for key in ("ttft_mean", "ttft_p99", "e2e_mean", "e2e_p99"):
         print(f"  {key:9} {np.mean([r[f'{key}_ape'] for r in rows]):6.1f}%")
-    calibrated = [r for r in rows if "calibrated_ttft_mean_ape" in r]
-    if calibrated:
-        print(f"\nleave-one-run-out calibrated, per run (fitted on the other runs of its model):")
-        for r in calibrated:
-            print(f"  {r['run']:36} TTFT mean {r['calibrated_ttft_mean_ape']:5.1f}%  p99 {r['calibrated_ttft_p99_ape']:5.1f}%"
-                  f"  E2E mean {r['calibrated_e2e_mean_ape']:5.1f}%  p99 {r['calibrated_e2e_p99_ape']:5.1f}%")
-        print(f"MAPE over the {len(calibrated)} runs:")
+    for prefix, what in (("latency", "the roofline + a request latency"), ("calibrated", "a linear step time + a "
+                                                                               "request latency")):
+        chosen = [r for r in rows if f"{prefix}_ttft_mean_ape" in r]
+        if not chosen:
+            continue
+        print(f"\nleave-one-run-out, {what} fitted on the other runs of its model, per run:")
+        for r in chosen:
+            print(f"  {r['run']:36} TTFT mean {r[f'{prefix}_ttft_mean_ape']:5.1f}%  p99 {r[f'{prefix}_ttft_p99_ape']:5.1f}%"
+                  f"  E2E mean {r[f'{prefix}_e2e_mean_ape']:5.1f}%  p99 {r[f'{prefix}_e2e_p99_ape']:5.1f}%")
+        print(f"MAPE over the {len(chosen)} runs:")
         for key in ("ttft_mean", "ttft_p99", "e2e_mean", "e2e_p99"):
-            print(f"  {key:9} {np.mean([r[f'calibrated_{key}_ape'] for r in calibrated]):6.1f}%")
+            print(f"  {key:9} {np.mean([r[f'{prefix}_{key}_ape'] for r in chosen]):6.1f}%")
     names = {r["run"] for r in rows}
     peers = peer_mapes(folder, names)
     compared = sorted({r["per_request_run"] for r in _peer_rows(folder, names)})
@@ -211,11 +226,11 @@ def main() -> int:
         print(f"\non the {len(ours)} runs that the other simulators' published predictions cover:")
         print(f"  {'kvsim (roofline defaults)':28} TTFT mean {np.mean([r['ttft_mean_ape'] for r in ours]):6.1f}%  "
               f"E2E mean {np.mean([r['e2e_mean_ape'] for r in ours]):6.1f}%")
-        cal = [r for r in ours if "calibrated_ttft_mean_ape" in r]
-        if cal:
-            print(f"  {'kvsim (leave-one-run-out)':28} TTFT mean "
-                  f"{np.mean([r['calibrated_ttft_mean_ape'] for r in cal]):6.1f}%  E2E mean "
-                  f"{np.mean([r['calibrated_e2e_mean_ape'] for r in cal]):6.1f}%  ({len(cal)} runs)")
+        for prefix, label in (("latency", "kvsim (roofline + latency)"), ("calibrated", "kvsim (linear + latency)")):
+            cal = [r for r in ours if f"{prefix}_ttft_mean_ape" in r]
+            if cal:
+                print(f"  {label:28} TTFT mean {np.mean([r[f'{prefix}_ttft_mean_ape'] for r in cal]):6.1f}%  E2E mean "
+                      f"{np.mean([r[f'{prefix}_e2e_mean_ape'] for r in cal]):6.1f}%  ({len(cal)} runs, leave-one-out)")
         for peer in PEERS:
             t, nt = peers[(peer, "ttft_mean")]
             e, ne = peers[(peer, "e2e_mean")]

@@ -14,6 +14,11 @@ Endpoints (JSON; the inputs are the ``kvsim calc`` flags by name, e.g. ``{"prese
 * ``/api/advice`` - the quantified recommendations (``analytic.advice``).
 * ``POST /api/simulate`` starts a short simulation in a background thread (202); while one runs,
   another gets 409 and a polite message. ``GET /api/simulate`` reports its progress and points.
+* ``/api/serving``, ``POST /api/simulate-load``, ``POST /api/simulate-plan``: one instance under
+  load - TTFT, TPOT, throughput and the sustainable rate beside the hit rate, the latency
+  targets' plan, the engine simulated (``kvsim.page_serving``; its jobs are this module's
+  background job too). The engine's flags (``max-num-batched-tokens``, ``max-num-seqs``,
+  ``step-time``) are fields of every endpoint; only those read them.
 
 Every answer's work is bounded. ``/api/calc`` and ``/api/curve`` stop refining their curves after
 CURVE_BUDGET_S / CURVE_REFINE_BUDGET_S (past a minimum of points). ``/api/sensitivity`` and
@@ -75,6 +80,7 @@ from analytic.specs import DEFAULT_BLOCK_SIZE, DTYPE_BYTES, Workload
 from analytic.ttl import ModelResult
 from kvsim.cli.args import (DEFAULT_GPU, DEFAULT_PRESET, OFFLOAD_SIZE_FLAGS, add_advise_args, add_fleet_args,
                             add_offload_args, add_scenario_args, scenario_from_values)
+from kvsim.cli.engine_args import add_engine_args
 from kvsim.cli.text import describe, offload_line, offload_summary
 
 
@@ -100,8 +106,9 @@ MAX_TURNS = {"fixed sizes": 20_000, "drawn sizes": 2_000}
 # The fleet models' cost grows with the instances (~1 s at 10,000): the page takes this many.
 MAX_INSTANCES = 1_000
 
-# Fields the page may not set (files on the server's disk).
-EXCLUDED_FIELDS = {"conversations", "help"}
+# Fields the page may not set: files on the server's disk; the engine's switches (the page always
+# evaluates the models under load, with prefix caching on and off: kvsim.page_serving).
+EXCLUDED_FIELDS = {"conversations", "help", "engine", "no-prefix-caching"}
 
 # The short simulation behind the page's button.
 SIM_POINTS = 4  # memory points besides the scenario's own (x LRU and FIFO)
@@ -133,6 +140,7 @@ def _fields() -> dict[str, argparse.Action]:
     add_advise_args(p)
     add_fleet_args(p, simulation=False)
     add_offload_args(p)
+    add_engine_args(p, requests_out=False)
     out = {}
     for action in p._actions:
         if not action.option_strings:
@@ -684,18 +692,15 @@ def presets_response() -> dict:
 # ----------------------------------------------------------------------------- simulation job
 
 
-def simulation_settings(scenario: Scenario, params: dict, policies=SIM_POLICIES) -> dict:
-    """Warm-up, duration, replications and points of the page's short simulation.
+def simulation_warmup(workload: Workload) -> float:
+    """The page's warm-up: two conversation lifetimes (turns x think time), within 300-3600 s."""
+    return min(max(2 * workload.turns.mean * workload.think_time.mean, SIM_WARMUP_S[0]), SIM_WARMUP_S[1])
 
-    Warm-up: two conversation lifetimes (turns x think time), within 300-3600 s. Measured window:
-    about SIM_MEASURED_REQUESTS requests per replication, within 300-3600 s. The API may override
-    ``duration``, ``warmup``, ``replications`` and ``points`` (bounded).
-    """
-    w = scenario.workload
-    warmup = min(max(2 * w.turns.mean * w.think_time.mean, SIM_WARMUP_S[0]), SIM_WARMUP_S[1])
-    window = min(max(SIM_MEASURED_REQUESTS / w.requests_per_second, SIM_WINDOW_S[0]), SIM_WINDOW_S[1])
-    settings = {"warmup": warmup, "duration": warmup + window, "replications": SIM_REPLICATIONS,
-                "points": SIM_POINTS, "seed": 0}
+
+def settings_overrides(settings: dict, params: dict) -> dict:
+    """``settings`` with the API's overrides of ``duration``, ``warmup``, ``replications``,
+    ``points`` and ``seed`` (bounded: SIM_LIMITS), the warm-up shorter than the duration."""
+    settings = dict(settings)
     for key, kind in (("duration", float), ("warmup", float), ("replications", int), ("points", int), ("seed", int)):
         if key not in params:
             continue
@@ -714,6 +719,21 @@ def simulation_settings(scenario: Scenario, params: dict, policies=SIM_POLICIES)
     if settings["warmup"] >= settings["duration"]:
         raise FieldError("warmup", f"warmup must be shorter than duration ({settings['duration']:g} s) "
                                    f"(got {settings['warmup']:g})")
+    return settings
+
+
+def simulation_settings(scenario: Scenario, params: dict, policies=SIM_POLICIES) -> dict:
+    """Warm-up, duration, replications and points of the page's short simulation.
+
+    Warm-up: :func:`simulation_warmup`. Measured window: about SIM_MEASURED_REQUESTS requests per
+    replication, within 300-3600 s. The API may override ``duration``, ``warmup``,
+    ``replications`` and ``points`` (bounded).
+    """
+    w = scenario.workload
+    warmup = simulation_warmup(w)
+    window = min(max(SIM_MEASURED_REQUESTS / w.requests_per_second, SIM_WINDOW_S[0]), SIM_WINDOW_S[1])
+    settings = settings_overrides({"warmup": warmup, "duration": warmup + window, "replications": SIM_REPLICATIONS,
+                                   "points": SIM_POINTS, "seed": 0}, params)
     runs = (settings["points"] + 1) * len(policies) * settings["replications"]
     requests = runs * w.requests_per_second * settings["duration"]
     if requests > SIM_MAX_REQUESTS:
@@ -724,10 +744,13 @@ def simulation_settings(scenario: Scenario, params: dict, policies=SIM_POLICIES)
     return settings
 
 
+class JobCancelled(Exception):
+    """The job was cancelled (the server is closing): its thread stops between runs."""
+
+
 class SimulationJob:
-    """One background simulation at a time: LRU and FIFO at a few memory points (a fleet: the
-    page's router over its instances; random routing: LRU only; with offload, the tiers below each
-    GPU, fixed)."""
+    """One background simulation at a time: the page's memory sweep (:meth:`start`), or another
+    kind of work (:meth:`launch`: the engine under load, ``kvsim.page_serving``)."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -748,7 +771,9 @@ class SimulationJob:
             return self._status["state"] == "running"
 
     def start(self, params: dict) -> tuple[int, dict]:
-        """(HTTP status, body): 202 started, 409 one is running already (bad input raises)."""
+        """The memory sweep: LRU and FIFO at a few memory points (a fleet: the page's router over
+        its instances; random routing: LRU only; with offload, the tiers below each GPU, fixed).
+        (HTTP status, body): 202 started, 409 one is running already (bad input raises)."""
         sim_keys = ("duration", "warmup", "replications", "points", "seed")
         model_params = {k: v for k, v in params.items() if k not in sim_keys}
         _, scenario, capacity, _, _ = _scenario(model_params)
@@ -758,41 +783,14 @@ class SimulationJob:
         xs, cap_at, label, here = memory_axis(scenario, capacity, settings["points"] + 2, instances)
         xs = sorted({float(x) for x in xs[1:-1]} | {float(here)})
         runs = [(x, policy) for x in xs for policy in policies]
-        with self._lock:
-            if self._status["state"] == "running":
-                s = self._status
-                return 409, {
-                    "error": f"A simulation is already running ({s['done']} of {s['total']} runs done). "
-                             "Please wait for it to finish, then try again.",
-                    "state": "running",
-                }
-            self._cancel.clear()
-            self._status = {"state": "running", "done": 0, "total": len(runs), "points": [], "params": model_params,
-                            "settings": settings, "x_label": label, "here": here, "started": time.time(),
-                            "finished": None, "error": None}
-            self._thread = threading.Thread(target=self._run,
-                                            args=(scenario, runs, cap_at, settings, instances, router,
-                                                  scenario.tiers()),
-                                            name="kvsim-simulation", daemon=True)
-            self._thread.start()
-            return 202, self.status_unlocked()
 
-    def status_unlocked(self) -> dict:
-        s = dict(self._status)
-        s["points"] = list(s["points"])
-        return s
+        def work(job: SimulationJob) -> None:
+            from kvsim.engine import simulate
+            from kvsim.fleet import simulate_fleet
 
-    def _run(self, scenario: Scenario, runs, cap_at, settings, instances: int = 1, router: str = "affinity",
-             tiers: Tiers | None = None) -> None:
-        from kvsim.engine import simulate
-        from kvsim.fleet import simulate_fleet
-
-        try:
+            tiers = scenario.tiers()
             for x, policy in runs:
-                if self._cancel.is_set():
-                    with self._lock:
-                        self._status.update(state="cancelled", finished=time.time())
-                    return
+                job.check_cancelled()
                 cap = cap_at(x)
                 window = dict(block_size=scenario.block_size, duration=settings["duration"], warmup=settings["warmup"],
                               replications=settings["replications"], seed=settings["seed"], progress=False)
@@ -807,11 +805,60 @@ class SimulationJob:
                          "requests": d.get("requests_measured")}
                 if "tiers" in d:  # the totals above are all the tiers'
                     point["tiers"] = d["tiers"]
-                with self._lock:
-                    self._status["points"].append(point)
-                    self._status["done"] += 1
+                job.add_point(point)
+
+        return self.launch("memory", len(runs), {"params": model_params, "settings": settings, "x_label": label,
+                                                 "here": here}, work)
+
+    def launch(self, kind: str, total: int, status: dict, work) -> tuple[int, dict]:
+        """Run ``work(job)`` in a background thread unless a job is running (then 409): it reports
+        through :meth:`add_point` and :meth:`update`, and calls :meth:`check_cancelled` between
+        runs. ``status``: what the status reports besides the state and progress (``params``...)."""
+        with self._lock:
+            if self._status["state"] == "running":
+                s = self._status
+                return 409, {
+                    "error": f"A simulation is already running ({s['done']} of {s['total']} runs done). "
+                             "Please wait for it to finish, then try again.",
+                    "state": "running",
+                }
+            self._cancel.clear()
+            self._status = {"state": "running", "kind": kind, "done": 0, "total": total, "points": [], **status,
+                            "started": time.time(), "finished": None, "error": None}
+            self._thread = threading.Thread(target=self._run, args=(work,), name=f"kvsim-simulation-{kind}",
+                                            daemon=True)
+            self._thread.start()
+            return 202, self.status_unlocked()
+
+    def status_unlocked(self) -> dict:
+        s = dict(self._status)
+        s["points"] = list(s["points"])
+        return s
+
+    def add_point(self, point: dict) -> None:
+        """One run done, and its point."""
+        with self._lock:
+            self._status["points"].append(point)
+            self._status["done"] += 1
+
+    def update(self, done: int = 0, **fields) -> None:
+        """``done`` more runs done, and these status fields."""
+        with self._lock:
+            self._status["done"] += done
+            self._status.update(fields)
+
+    def check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled
+
+    def _run(self, work) -> None:
+        try:
+            work(self)
             with self._lock:
                 self._status.update(state="done", finished=time.time())
+        except JobCancelled:
+            with self._lock:
+                self._status.update(state="cancelled", finished=time.time())
         except Exception as e:  # reported to the page, never lost in a thread
             traceback.print_exc()
             with self._lock:

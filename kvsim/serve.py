@@ -3,8 +3,9 @@
 Standard library only (``http.server.ThreadingHTTPServer``); the page is plain HTML, CSS and
 JavaScript with hand-drawn SVG charts: no CDN, no outside asset (the responses carry a
 Content-Security-Policy that forbids any). What each endpoint answers is computed in
-``kvsim.page`` (its docstring lists them, and how each one's work is bounded in time); this
-module checks requests, routes them and writes answers.
+``kvsim.page`` and, for the serving figures (``/api/serving``, ``/api/simulate-load``,
+``/api/simulate-plan``), ``kvsim.page_serving`` (their docstrings list them, and how each one's work is bounded in time);
+this module checks requests, routes them and writes answers.
 
 Which Host it answers (DNS rebinding). A web page from anywhere can make the browser send
 requests to a name its owner controls and then re-point that name at 127.0.0.1: the requests
@@ -48,6 +49,7 @@ import numpy as np
 from kvsim.cli.args import DEFAULT_PORT, UsageError
 from kvsim.page import (FieldError, SimulationJob, advice_response, calc, curve_response, error_field,
                         presets_response, sensitivity_response)
+from kvsim.page_serving import serving_response, start_load_simulation, start_plan_simulation
 
 WEB = Path(__file__).with_name("web")
 STATIC = {
@@ -58,6 +60,8 @@ STATIC = {
 }
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+JOBS = {"/api/simulate": SimulationJob.start, "/api/simulate-load": start_load_simulation,
+        "/api/simulate-plan": start_plan_simulation}
 MAX_BODY = 64 * 1024
 TIMEOUT_S = 60  # a connection silent this long while the server waits for a request (or its body) is closed
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -273,15 +277,15 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/api/presets" and self.command in ("GET", "HEAD"):
                 self._json(200, presets_response())
                 return
-            if path == "/api/simulate":
+            if path in JOBS:  # one job at a time: each path starts its kind, all report the job
                 if self.command == "POST":
-                    status, body = self.server.job.start(self._params(url.query, raw))
+                    status, body = JOBS[path](self.server.job, self._params(url.query, raw))
                     self._json(status, body)
                 else:
                     self._json(200, self.server.job.status())
                 return
             handlers = {"/api/calc": calc, "/api/curve": curve_response, "/api/sensitivity": sensitivity_response,
-                        "/api/advice": advice_response}
+                        "/api/advice": advice_response, "/api/serving": serving_response}
             if path in handlers:
                 self._json(200, handlers[path](self._params(url.query, raw)))
                 return

@@ -186,7 +186,7 @@ class EngineRequest:
 
     __slots__ = ("index", "arrival", "prompt_tokens", "max_tokens", "keys", "num_tokens", "computed", "outputs",
                  "table", "ncached", "hit_tokens", "first_scheduled", "first_token", "last_token", "finish",
-                 "preemptions", "instance", "measured", "turn", "payload", "uid", "oversized")
+                 "preemptions", "instance", "measured", "turn", "payload", "uid", "oversized", "latency")
 
     def __init__(self, index: int, arrival: float, prompt_tokens: int, output_tokens: int, keys: Sequence,
                  measured: bool = True, turn: int = 0, payload=None) -> None:
@@ -212,6 +212,7 @@ class EngineRequest:
         self.payload = payload
         self.uid = 0
         self.oversized = False
+        self.latency = 0.0  # outside the engine's steps: added to TTFT and E2E (StepTime.request_latency_s)
 
     def key(self, j: int):
         keys = self.keys
@@ -227,11 +228,11 @@ class EngineRequest:
 
     @property
     def ttft(self) -> float | None:
-        return None if self.first_token is None else self.first_token - self.arrival
+        return None if self.first_token is None else self.first_token - self.arrival + self.latency
 
     @property
     def e2e(self) -> float | None:
-        return None if self.finish is None else self.finish - self.arrival
+        return None if self.finish is None else self.finish - self.arrival + self.latency
 
 
 REQUEST_COLUMNS = ("request", "arrival_s", "instance", "prompt_tokens", "output_tokens", "hit_tokens",
@@ -291,6 +292,9 @@ class EngineInstance:
         self.waiting: deque[EngineRequest] = deque()
         self.running: list[EngineRequest] = []
         self._seconds = spec.step_time.seconds
+        # Latency outside the steps: the same for every request, so the same as every arrival
+        # shifted by it, which shifts the whole run: it is added to the latencies, not simulated.
+        self._latency = spec.step_time.request_latency_s
         self._busy = False
         self._generation = 0
         self._skip: _Skip | None = None
@@ -344,6 +348,7 @@ class EngineInstance:
         """A request arrives now (``request.arrival`` is now)."""
         request.instance = self.index
         request.uid = next(self._uids)
+        request.latency = self._latency
         bs = self.block_size
         if -(-(request.prompt_tokens + request.max_tokens) // bs) > self.pool.capacity:
             # vLLM refuses a request longer than the cache can ever hold (max_model_len).
@@ -643,8 +648,8 @@ class EngineInstance:
             stats.finished_in_window += 1
             stats.input_tokens_in_window += req.prompt_tokens
         if req.measured:
-            stats.ttft.append(req.first_token - req.arrival)
-            stats.e2e.append(now - req.arrival)
+            stats.ttft.append(req.ttft)
+            stats.e2e.append(req.e2e)
             if req.outputs > 1:
                 stats.tpot.append((now - req.first_token) / (req.outputs - 1))
         if stats.requests is not None:

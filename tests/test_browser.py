@@ -322,3 +322,135 @@ def test_a_cpu_offload_splits_the_headline_by_tier_and_stacks_the_chart(page):
     expect(page.locator("#chart path.tier-area")).to_have_count(0)
     expect(page.locator("select[name=offload-mode]")).to_be_disabled()
     assert not page.problems, page.problems
+
+
+# ----------------------------------------------------------------------------- under load
+
+
+def _api(base_url, path, params):
+    """The server's own answer, to compare the page's figures with."""
+    import urllib.request
+
+    req = urllib.request.Request(base_url.rstrip("/") + path, data=json.dumps(params).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def _number(text: str) -> float:
+    return float(re.search(r"[\d.,]+", text).group().replace(",", ""))
+
+
+def _shorten(page, path, **window):
+    """The page's simulation requests to ``path`` with a short window (the page's own takes a minute)."""
+    def shorter(route):
+        route.continue_(post_data=json.dumps({**json.loads(route.request.post_data), **window}))
+
+    page.route(f"**{path}", shorter)
+
+
+def test_the_headline_shows_what_the_cache_buys_under_load(page, base_url):
+    """TTFT, TPOT, throughput and the sustainable rate beside the hit rate: the models' figures
+    (the cards say so), with caching on and off; a lighter load shortens TTFT."""
+    api = _api(base_url, "/api/serving", {"slo": "ttft-p99=0.5,tpot-p99=0.05"})
+    on, off = api["caching"]["on"], api["caching"]["off"]
+    expect(page.locator("#serving-cards h3").first).to_contain_text("model")
+    assert _number(page.locator("#ttft").inner_text()) == pytest.approx(1000 * on["ttft_s"], abs=0.05)
+    assert _number(page.locator("#ttft-off").inner_text()) == pytest.approx(1000 * off["ttft_s"], abs=0.5)
+    assert _number(page.locator("#tpot").inner_text()) == pytest.approx(1000 * on["tpot_s"], abs=0.05)
+    expect(page.locator("#throughput")).to_have_text("5 req/s")
+    expect(page.locator("#tokens-per-s")).to_have_text(f"{on['input_tokens_per_s']:,.0f} in + "
+                                                       f"{on['output_tokens_per_s']:,.0f} out tokens/s")
+    expect(page.locator("#sustainable")).to_have_text(f"{on['saturation_arrival_rate']:.3g} conv/s")
+    expect(page.locator("#hit-under-load")).to_contain_text(f"under load {100 * on['token_hit_rate']:.1f}% (model")
+    expect(page.locator("#serving-note")).to_contain_text("Models (analytic/load.py)")
+    before = page.locator("#ttft").inner_text()
+    page.fill("input[name=arrival-rate]", "0.5")
+    expect(page.locator("#ttft")).not_to_have_text(before)
+    ready(page)
+    assert _number(page.locator("#ttft").inner_text()) < _number(before)
+    expect(page.locator("#throughput")).to_have_text("2.5 req/s")
+    assert not page.problems, page.problems
+
+
+def test_the_slo_answer_follows_the_targets(page, base_url):
+    bound = _api(base_url, "/api/serving", {"slo": "ttft-p99=0.5,tpot-p99=0.05"})["slo"]["on"]["model_bound_arrival_rate"]
+    answer = page.locator("#slo-models")
+    expect(answer).to_contain_text(f"Within ttft-p99 ≤ 0.5 s, tpot-p99 ≤ 0.05 s, the models allow at most "
+                                   f"{bound:.3g} conversations/s")
+    expect(answer).to_contain_text("an upper bound")
+    page.fill("input[name=slo-ttft-p99]", "0.1")
+    expect(answer).to_contain_text("Within ttft-p99 ≤ 0.1 s")
+    ready(page)
+    tighter = float(re.search(r"at most ([\d.]+) conversations/s", answer.inner_text()).group(1))
+    assert tighter < bound
+    # no target: nothing to plan, and nothing to check
+    page.fill("input[name=slo-ttft-p99]", "")
+    page.fill("input[name=slo-tpot-p99]", "")
+    expect(answer).to_contain_text("Give a latency target")
+    ready(page)
+    expect(page.locator("#simulate-plan")).to_be_disabled()
+    assert not page.problems, page.problems
+
+
+def test_a_bad_engine_field_or_target_is_shown_next_to_it(page):
+    page.fill("input[name=slo-ttft-p99]", "-1")
+    error = page.locator('.err[data-for="slo-ttft-p99"]')
+    expect(error).to_have_text("slo: ttft-p99 must be a number of seconds in (0, 1e6] (got '-1')")
+    expect(page.locator("input[name=slo-ttft-p99]")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#token-hit")).to_have_text("49.3%")  # the hit rates stand
+    page.fill("input[name=slo-ttft-p99]", "0.01")
+    expect(error).to_contain_text("below what a lone request takes")
+    page.fill("input[name=slo-ttft-p99]", "0.5")
+    expect(error).to_be_empty()
+    page.fill("input[name=max-num-seqs]", "0")
+    expect(page.locator('.err[data-for="max-num-seqs"]')).to_contain_text("max-num-seqs must be a whole number > 0")
+    page.fill("input[name=max-num-seqs]", "")
+    expect(page.locator('.err[data-for="max-num-seqs"]')).to_be_empty()
+    page.fill("input[name=step-time]", "/etc/hostname")
+    expect(page.locator('.err[data-for="step-time"]')).to_contain_text("the page reads no files")
+    page.fill("input[name=step-time]", "")
+    ready(page)
+    # no GPU preset, no step time: the models under load say why, and the engine's buttons wait
+    page.fill("input[name=capacity-tokens]", "100000")
+    expect(page.locator("#serving-note")).to_contain_text("the roofline needs the GPU")
+    ready(page)
+    expect(page.locator("#ttft")).to_have_text("–")
+    expect(page.locator("#simulate-load")).to_be_disabled()
+    assert not page.problems, page.problems
+
+
+def test_the_load_chart_draws_the_models_and_the_simulated_points(page):
+    for name in ("ttft-on", "ttft-off", "hit-on", "hit-instant"):
+        assert int(page.locator(f"#load-chart path.load-{name}").get_attribute("data-points")) >= 20, name
+    expect(page.locator("#load-chart .panel-ttft line.target")).to_have_count(1)
+    expect(page.locator("#load-chart .panel-ttft text.label")).to_have_text("arrival rate (conversations/s)")
+    expect(page.locator("#load-chart g.load-point")).to_have_count(0)
+    _shorten(page, "/api/simulate-load", duration=120, warmup=60, replications=2)
+    page.click("#simulate-load")
+    expect(page.locator("#load-status")).to_contain_text("simulated", timeout=120_000)
+    expect(page.locator("#load-status")).to_contain_text("2 replications of 120 s")
+    ttft = page.locator("#load-chart .panel-ttft g.load-point")
+    assert ttft.count() == 8  # four rates (three of the sustainable rate, and the page's), caching on and off
+    expect(page.locator("#load-chart .panel-hit g.load-point")).to_have_count(4)  # nothing hits without caching
+    assert ttft.first.locator("line").count() == 3  # the bar and its two caps
+    expect(page.locator("#load-chart text.legend", has_text="simulated (95% CI)")).to_have_count(1)
+    page.fill("input[name=arrival-rate]", "0.8")  # other inputs: the points are for the old ones
+    ready(page)
+    expect(page.locator("#load-chart g.load-point")).to_have_count(0)
+    assert not page.problems, page.problems
+
+
+def test_the_plan_is_checked_by_a_short_simulation(page):
+    _shorten(page, "/api/simulate-plan", duration=40, warmup=10, replications=1)
+    expect(page.locator("#slo-simulated")).to_be_hidden()
+    page.click("#simulate-plan")
+    simulated = page.locator("#slo-simulated")
+    expect(simulated).to_contain_text("Simulated (shortened: 1 replications of 40 s", timeout=120_000)
+    expect(simulated).to_contain_text("with prefix caching and")
+    expect(page.locator("#plan-status")).to_contain_text("simulated in")
+    expect(page.locator("#plan-lines")).to_contain_text("prefix caching on: a lone request takes", use_inner_text=False)
+    page.fill("input[name=slo-tpot-p99]", "0.04")  # other targets: the answer was for the old ones
+    ready(page)
+    expect(simulated).to_be_hidden()
+    assert not page.problems, page.problems

@@ -189,3 +189,17 @@ def test_against_vllm_own_functions():
             theirs["block_size"], theirs["groups"], theirs["bytes_per_block"], theirs["num_blocks"]), case["name"]
         assert ours.max_concurrency == pytest.approx(theirs["max_concurrency"], rel=1e-12), case["name"]
         assert ours.kv_cache_tokens == theirs["kv_cache_tokens"], case["name"]
+
+
+def test_gemma_3_12b_preset_by_hand():
+    """48 layers, 8 of them global (every 6th), 40 sliding over 1,024 tokens, 8 KV heads of 256:
+    vLLM's hybrid manager makes groups of 8 layers (the full layers' count): 1 full + 5 sliding
+    groups, 16-token blocks of 16 x 8 layers x 2 (K, V) x 8 heads x 256 x 2 bytes = 1 MiB."""
+    from analytic import hybrid, presets
+
+    m = presets.model("gemma-3-12b")
+    assert (m.layers, m.sliding_layers, m.sliding_window, m.kv_heads, m.head_dim) == (48, 40, 1024, 8, 256)
+    p = hybrid.plan(m, 40 * 2**30)
+    assert p.block_size == 16 and p.bytes_per_block == 16 * 8 * 2 * 8 * 256 * 2 == 2**20
+    assert [(g.kind, g.groups, g.layers_per_group) for g in p.groups] == [("full", 1, 8), ("sliding", 5, 8)]
+    assert p.num_blocks == 40 * 2**30 // 2**20

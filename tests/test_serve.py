@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from kvsim import page, serve
+from kvsim import page, page_serving, serve
 from kvsim.cli.main import main as cli_main
 
 
@@ -972,3 +972,250 @@ def test_simulation_with_offload_has_the_tiers(server):
         parts = sum(t["token_hit_rate"]["mean"] for t in p["tiers"].values())
         assert p["token_hit_rate"]["mean"] == pytest.approx(parts)  # the points are the tiered totals
         assert p["tiers"]["cpu"]["token_hit_rate"]["mean"] > 0
+
+
+# ----------------------------------------------------------------------------- under load (kvsim.page_serving)
+
+
+LOAD_FIGURES = ("token_hit_rate", "instant_token_hit_rate", "step_s", "batch", "held_blocks", "ttft_s", "tpot_s",
+                "output_tokens_per_s", "saturation_arrival_rate", "saturation_requests_per_s", "kv_usage")
+
+
+def _same_load_figures(got: dict, expected: dict) -> None:
+    for key in LOAD_FIGURES:  # None: saturated
+        assert got[key] == (expected[key] if expected[key] is None else pytest.approx(expected[key], rel=1e-12)), key
+    assert got["saturated"] == expected["saturated"]
+
+
+@pytest.mark.parametrize("params,argv", [
+    ({}, []),
+    ({"max-num-seqs": "32", "max-num-batched-tokens": "4096"}, ["--max-num-seqs", "32", "--max-num-batched-tokens", "4096"]),
+    ({"step-time": "linear:0.01,2e-5,1e-8", "arrival-rate": "0.5"},
+     ["--step-time", "linear:0.01,2e-5,1e-8", "--arrival-rate", "0.5"]),
+    ({"preset": "qwen3-32b", "gpu": "h100-80gb", "gpus": "2", "policy": "fifo"},
+     ["--preset", "qwen3-32b", "--gpu", "h100-80gb", "--gpus", "2"]),
+])
+def test_serving_answers_as_kvsim_calc_engine(server, capsys, params, argv):
+    status, _, body = complete(server, "/api/serving", params)
+    assert status == 200 and not body["incomplete"], body
+    on, off = body["caching"]["on"], body["caching"]["off"]
+    method = body["policy"]
+    ref = cli_json(capsys, "calc", "--engine", "--json", *argv)["under_load"]
+    _same_load_figures(on, ref["methods"][method])
+    _same_load_figures(off, cli_json(capsys, "calc", "--engine", "--no-prefix-caching", "--json",
+                                     *argv)["under_load"]["methods"][method])
+    assert {k: v for k, v in body["engine"].items() if k != "line"} == ref["engine"]
+    # what caching buys, by the models: hits, a shorter TTFT, or a load served at all (a batch of 32 at most:
+    # without caching the steps are too long for it)
+    assert on["token_hit_rate"] > 0 and off["instant_token_hit_rate"] == 0
+    assert off["saturated"] is not None if params.get("max-num-seqs") == "32" else on["ttft_s"] < off["ttft_s"]
+    from analytic.load import mean_prompt
+
+    w = page._scenario(params)[1].workload
+    assert on["input_tokens_per_s"] == pytest.approx(w.requests_per_second * mean_prompt(w))
+    assert body["slo"] is None and body["notes"][0] == page_serving.MODELS_NOTE
+
+
+def test_the_engine_fields_change_the_answer(server):
+    base = request(server, "/api/serving", {})[2]["caching"]["on"]
+    small = request(server, "/api/serving", {"max-num-seqs": "16"})[2]["caching"]["on"]
+    assert small["saturation_arrival_rate"] < base["saturation_arrival_rate"]  # a batch of 16 requests at most
+    faster = request(server, "/api/serving", {"step-time": "linear:0.001,1e-6,1e-9"})[2]["caching"]["on"]
+    assert faster["tpot_s"] < base["tpot_s"] and faster["saturation_arrival_rate"] > base["saturation_arrival_rate"]
+
+
+def test_serving_slo_bound_is_kvsim_plans(server, capsys):
+    slo = "ttft-p99=0.5,tpot-p99=0.05"
+    status, _, body = request(server, "/api/serving", {"slo": slo})
+    assert status == 200, body
+    s = body["slo"]
+    assert s["text"] == slo and [t["name"] for t in s["targets"]] == ["ttft-p99", "tpot-p99"]
+    plan = cli_json(capsys, "plan", "--slo", slo, "--replications", "1", "--duration", "30", "--warmup", "10", "--json")
+    for key in ("on", "off"):
+        ref = plan["prefix_caching"][key]
+        assert s[key]["model_bound_arrival_rate"] == pytest.approx(ref["model_bound_arrival_rate"], rel=1e-12)
+        assert s["lone_request_s"] == pytest.approx(ref["lone_request_s"], rel=1e-12)
+    # the bound is below the sustainable rate; a tighter target lowers it
+    assert s["on"]["model_bound_arrival_rate"] <= body["caching"]["on"]["saturation_arrival_rate"]
+    tight = request(server, "/api/serving", {"slo": "ttft-p99=0.1"})[2]["slo"]
+    assert 0 < tight["on"]["model_bound_arrival_rate"] < s["on"]["model_bound_arrival_rate"]
+    assert tight["off"]["model_bound_arrival_rate"] < tight["on"]["model_bound_arrival_rate"]
+    assert request(server, "/api/serving", {"slo": ""})[2]["slo"] is None  # no targets
+
+
+def test_serving_chart_is_the_models_against_the_arrival_rate(server):
+    from dataclasses import replace
+
+    from analytic.load import under_load
+    from analytic.scenario import default_evaluate
+
+    body = request(server, "/api/serving", {})[2]
+    c = body["chart"]
+    on, off = body["caching"]["on"], body["caching"]["off"]
+    assert c["complete"] and c["x"] == sorted(c["x"]) and len(c["x"]) >= page_serving.LOAD_CHART_POINTS
+    top = max(on["saturation_arrival_rate"], off["saturation_arrival_rate"])
+    assert c["x_max"] == pytest.approx(page_serving.LOAD_CHART_SPAN * top) and c["x"][-1] == pytest.approx(c["x_max"])
+    assert 1.0 in c["x"] and on["saturation_arrival_rate"] in c["x"]  # the page's rate, the sustainable one
+    i = c["x"].index(1.0)
+    assert c["on"]["ttft_s"][i] == on["ttft_s"] and c["off"]["tpot_s"][i] == off["tpot_s"]
+    _, s, capacity, _, _ = page._scenario({})
+    engine = s.engine_spec()
+    for i in (0, len(c["x"]) // 2):
+        r = under_load(replace(s.workload, arrival_rate=c["x"][i]), capacity.capacity_blocks, s.block_size, engine,
+                       default_evaluate)
+        assert c["on"]["ttft_s"][i] == pytest.approx(r.ttft_s, rel=1e-12)
+        assert c["on"]["token_hit_rate"][i] == pytest.approx(r.token_hit_rate, rel=1e-12)
+    assert c["on"]["ttft_s"][-1] is None and c["off"]["ttft_s"][-1] is None  # past the sustainable rates
+    hits = [h for h in c["on"]["token_hit_rate"] if h is not None]
+    assert hits[0] > hits[-1]  # the blocks running requests hold shrink the cache as the load grows
+    assert all(h <= i for h, i in zip(c["on"]["token_hit_rate"], c["on"]["instant_token_hit_rate"]) if h is not None)
+
+
+@pytest.fixture()
+def empty_caches(model_calls):
+    """Empty the hit models' and the load models' caches (a function: call it again to empty them again)."""
+    def empty():
+        page._model.cache_clear()
+        for cache in (page_serving._under_load, page_serving._saturation, page_serving._bound):
+            cache.cache_clear()
+
+    empty()
+    yield empty
+    empty()
+
+
+def test_serving_out_of_time_gives_the_headline_then_the_chart(server, monkeypatch, model_calls, empty_caches):
+    params = {"slo": "ttft-p99=0.5"}
+    monkeypatch.setattr(page_serving, "LOAD_CHART_POINTS", 6)
+    monkeypatch.setattr(page, "CLOCK", lambda: 0.0)  # time stands still: the whole answer at once
+    expected = request(server, "/api/serving", params)[2]
+    empty_caches()
+    monkeypatch.setattr(page, "CLOCK", JumpingClock())
+    rounds, headline_at, sizes = 0, None, []
+    while True:
+        model_calls.clear()
+        status, _, body = request(server, "/api/serving", params)
+        rounds += 1
+        assert status == 200 and sum(model_calls.values()) <= 1  # one new evaluation per request, then out of time
+        if "caching" not in body:
+            assert body["incomplete"] and headline_at is None
+        else:
+            headline_at = headline_at or rounds
+            assert body["caching"] == expected["caching"] and body["slo"] == expected["slo"]
+            sizes.append(len(body["chart"]["x"]))
+            assert body["incomplete"] == (not body["chart"]["complete"])
+            if not body["incomplete"]:
+                break
+        assert rounds < 500
+    assert 10 < headline_at < rounds  # the headline first, then the chart's rates, a few at a time
+    assert sizes == sorted(sizes) and sizes[-1] == len(expected["chart"]["x"])
+    assert body["chart"] == expected["chart"]
+    model_calls.clear()
+    assert not request(server, "/api/serving", params)[2]["incomplete"] and sum(model_calls.values()) == 0
+
+
+@pytest.mark.parametrize("params,text", [
+    ({"capacity-tokens": "100000"}, "the roofline needs the GPU"),
+    ({"gpu-memory-gb": "48"}, "the roofline needs the GPU"),
+    ({"instances": "2"}, "take one instance"),
+    ({"cpu-offload-gib": "64"}, "no offload tiers"),
+    ({"preset": "gemma-2-9b"}, "full-attention models only"),
+])
+def test_serving_unavailable_says_why(server, params, text):
+    status, _, body = request(server, "/api/serving", params)
+    assert status == 200 and text in body["unavailable"] and "caching" not in body
+    status, _, body = request(server, "/api/simulate-load", params)
+    assert status == 400 and text in body["error"]
+
+
+def test_a_linear_step_time_needs_no_gpu(server):
+    status, _, body = request(server, "/api/serving", {"capacity-tokens": "100000", "step-time": "linear:0.01,2e-5,1e-8"})
+    assert status == 200 and body["caching"]["on"]["ttft_s"] > 0
+
+
+@pytest.mark.parametrize("params,field,text", [
+    ({"max-num-seqs": "0"}, "max-num-seqs", "max-num-seqs must be a whole number > 0"),
+    ({"max-num-seqs": "abc"}, "max-num-seqs", "max-num-seqs must be a whole number (got 'abc')"),
+    ({"max-num-batched-tokens": "100"}, "max-num-batched-tokens", "must be >= max-num-seqs (256)"),
+    ({"step-time": "/etc/hostname"}, "step-time", "the page reads no files"),
+    ({"step-time": "linear:1,2"}, "step-time", "step-time must be"),
+    ({"slo": "ttft-p99=-1"}, "slo", "slo: ttft-p99 must be a number of seconds in (0, 1e6] (got '-1')"),
+    ({"slo": "ttft-p42=1"}, "slo", "must be METRIC-STAT=SECONDS"),
+    ({"slo": "ttft-p99=0.01"}, "slo", "below what a lone request takes"),
+])
+def test_bad_serving_input_is_a_400_naming_the_field(server, params, field, text):
+    status, _, body = request(server, "/api/serving", params)
+    assert status == 400 and body["field"] == field and text in body["error"], body
+    assert body["errors"] == {field: body["error"]}
+
+
+def test_presets_name_the_engine_fields(server):
+    body = request(server, "/api/presets")[2]
+    for flag in ("max-num-batched-tokens", "max-num-seqs", "step-time"):
+        assert body["defaults"][flag] is None and flag in body["help"]
+    assert "engine" not in body["defaults"] and "no-prefix-caching" not in body["defaults"]
+
+
+def test_the_engine_simulation_runs_in_the_background_at_a_few_rates(server):
+    from dataclasses import replace
+
+    from kvsim.fleet import simulate_fleet
+
+    wait_done(server)
+    params = {"arrival-rate": "0.5", "duration": 120, "warmup": 60, "replications": 2}
+    status, _, body = request(server, "/api/simulate-load", params)
+    assert status == 202 and body["kind"] == "load" and body["params"] == {"arrival-rate": "0.5"}, body
+    sat = request(server, "/api/serving", {"arrival-rate": "0.5"})[2]["caching"]["on"]["saturation_arrival_rate"]
+    assert body["rates"] == pytest.approx(sorted([f * sat for f in page_serving.LOAD_SIM_FRACTIONS] + [0.5]))
+    done = wait_done(server)
+    assert done["state"] == "done" and done["done"] == done["total"] == len(done["points"]) == 2 * len(body["rates"])
+    for p in done["points"]:
+        est = p["ttft_p99"]
+        assert est["ci95"][0] <= est["mean"] <= est["ci95"][1]
+        assert (p["token_hit_rate"]["mean"] > 0) == (p["caching"] == "on")
+    # a point is the engine simulated at its rate with the job's window
+    _, s, capacity, _, _ = page._scenario({"arrival-rate": "0.5"})
+    point = next(p for p in done["points"] if p["arrival_rate"] == 0.5 and p["caching"] == "on")
+    r = simulate_fleet(replace(s.workload, arrival_rate=0.5), capacity.capacity_blocks, 1, engine=s.engine_spec(),
+                       block_size=s.block_size, duration=120, warmup=60, replications=2, seed=0).as_dict()
+    assert point["ttft_s"]["p99"] == r["serving"]["ttft_s"]["p99"]
+    assert point["token_hit_rate"] == r["token_hit_rate"]
+
+
+def test_the_plan_simulation_is_kvsim_plan_slo(server, capsys):
+    wait_done(server)
+    slo = "ttft-p99=0.5,tpot-p99=0.05"
+    window = {"duration": 40, "warmup": 10, "replications": 1}
+    # one instance behind the page's router field (it always sends one): no fleet
+    status, _, body = request(server, "/api/simulate-plan", {"slo": slo, "instances": "1", "router": "affinity",
+                                                              **window})
+    assert status == 202 and body["kind"] == "plan" and body["slo"] == slo, body
+    done = wait_done(server)
+    assert done["state"] == "done" and done["done"] == done["total"] == 1, done
+    ref = cli_json(capsys, "plan", "--slo", slo, *(f"--{k}={v}" for k, v in window.items()), "--json")
+    assert done["plan"]["prefix_caching"] == _json_clean(ref["prefix_caching"])
+    assert done["plan"]["caching_gain"] == ref["caching_gain"]
+    assert "prefix caching on: a lone request takes" in "\n".join(done["plan_lines"])
+
+
+def test_the_engine_jobs_are_refused_politely(server, monkeypatch):
+    wait_done(server)
+    status, _, body = request(server, "/api/simulate-plan", {})
+    assert status == 400 and body["field"] == "slo"  # a plan needs a target
+    monkeypatch.setattr(page_serving, "LOAD_SIM_MAX_REQUESTS", 1000)
+    status, _, body = request(server, "/api/simulate-load", {})
+    assert status == 400 and "the page runs at most 1,000" in body["error"] and "kvsim plan --slo" in body["error"]
+    status, _, body = request(server, "/api/simulate-load", {"duration": 3000})
+    assert status == 400 and body["field"] == "duration"
+    assert request(server, "/api/simulate")[2]["state"] != "running"
+    monkeypatch.undo()
+    # a memory sweep of a few seconds: still running a request later
+    status, _, first = request(server, "/api/simulate", {"duration": 5000, "warmup": 300, "replications": 2,
+                                                          "points": 1})
+    assert status == 202
+    try:
+        status, _, second = request(server, "/api/simulate-load", {})
+        assert status == 409 and "already running" in second["error"]
+        assert request(server, "/api/simulate-plan")[2]["kind"] == "memory"  # every job path reports the one job
+    finally:
+        server.job.cancel(wait=60)

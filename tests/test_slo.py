@@ -5,6 +5,7 @@ import json
 import pytest
 
 from analytic.slo import Target, lone_request, parse_slo
+from analytic.distributions import TurnCount
 from analytic.specs import Workload
 from analytic.steptime import LinearStepTime
 from kvsim.cli.main import main
@@ -118,3 +119,28 @@ def test_bad_solve_for_is_one_line(argv, needle, capsys):
     assert main(["plan", *SMALL, *argv]) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_no_rate_meets_an_impossible_target_and_the_bound_is_zero():
+    from analytic.scenario import default_evaluate
+    from analytic.serving import EngineSpec
+    from analytic.slo import model_rate_bound
+
+    engine = EngineSpec(LinearStepTime(0.01, 2e-5, 1e-8), 2048, 256)
+    assert model_rate_bound(parse_slo("ttft-mean=0.000001"), Workload(), 5000, 16, engine, default_evaluate) == 0.0
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_as_a_lone_request_is():
+    """Nearly no load, nothing cached, prompts of several token budgets: the models' TTFT is the
+    lone request's (its chunks one step each), not chunks x a step holding the whole prompt."""
+    from analytic.distributions import TokenCount
+    from analytic.load import step_fixed_point, under_load
+    from analytic.serving import EngineSpec
+
+    step = LinearStepTime(0.01, 2e-5, 1e-8)
+    engine = EngineSpec(step, 1024, 256, prefix_caching=False)
+    w = Workload(arrival_rate=1e-4, turns=TurnCount("fixed", 1), input_tokens=TokenCount("fixed", 5000))
+    r = under_load(w, 100_000, 16, engine, None)
+    alone = lone_request(w, step, 1024)["ttft"]
+    residual = step_fixed_point(step, w, 0.0).mean_residual  # the models' wait for the step in progress
+    assert r.ttft_s - residual == pytest.approx(alone, rel=0.001) and alone > 4 * step.seconds(1024, 0, 0, 1)

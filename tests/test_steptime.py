@@ -295,3 +295,36 @@ def test_the_roofline_is_cheap_and_pure_python():
     r = roofline(presets.model("mixtral-8x7b"), "h100-80gb", 2)
     values = {r.seconds(64, 64_000, 64_000, 64) for _ in range(3)}
     assert len(values) == 1 and type(values.pop()) is float
+
+
+def test_the_request_latency_in_the_forms_and_the_engine(tmp_path):
+    """``linear:A,B,G,LATENCY`` and the file carry it; the engine adds it to TTFT and E2E only."""
+    import numpy as np
+    import simpy
+
+    from analytic.serving import EngineSpec
+    from analytic.steptime import LinearStepTime, parse_step_time, write_step_time
+    from kvsim.engine import Counters
+    from kvsim.step_engine import EngineInstance, EngineRequest, ServingStats
+
+    st = parse_step_time("linear:0.01,2e-5,1e-8,0.02", None, "")
+    assert st == LinearStepTime(0.01, 2e-5, 1e-8, 0.02)
+    write_step_time(tmp_path / "s.json", st)
+    assert parse_step_time(str(tmp_path / "s.json"), None, "") == st
+    with pytest.raises(ValueError, match="request_latency_s must be a finite number >= 0"):
+        parse_step_time("linear:0.01,2e-5,1e-8,-1", None, "")
+
+    def serve(step_time):
+        env = simpy.Environment()
+        stats = ServingStats(0.0, float("inf"), requests=[])
+        inst = EngineInstance(env, EngineSpec(step_time, 512, 8), 400, 16, stats, Counters())
+        for i in range(6):
+            req = EngineRequest(i, 0.05 * i, 300 + 50 * i, 20, [])
+            env.timeout(req.arrival).callbacks.append(lambda _, r=req: inst.submit(r))
+        env.run()
+        return stats
+
+    a, b = serve(LinearStepTime(0.01, 2e-5, 1e-8)), serve(st)
+    assert a.steps == b.steps and a.tpot == b.tpot
+    assert np.allclose(np.subtract(b.ttft, a.ttft), 0.02) and np.allclose(np.subtract(b.e2e, a.e2e), 0.02)
+    assert [r.ttft - r.first_token + r.arrival for r in b.requests] == pytest.approx([0.02] * 6)

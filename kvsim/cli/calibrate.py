@@ -43,6 +43,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("the fit")
     f.add_argument("--max-simulations", type=positive_int, default=None, metavar="N",
                    help="engine simulations at most (default 200)")
+    f.add_argument("--latency-only", action="store_true",
+                   help="keep the roofline's step time and fit only the latency per request outside the steps "
+                        "(one simulation; the file then holds the roofline's latency for this --preset/--gpu)")
+    f.add_argument("--no-request-latency", action="store_true",
+                   help="fit the step time alone: no latency per request outside the steps (default: fit one, "
+                        "for client-side TTFTs that hold the API server's time)")
     f.add_argument("--seed", type=nonnegative_int, default=None,
                    help="seed of the arrivals reconstructed when the JSON has no start_times (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -54,7 +60,7 @@ def cmd(a) -> int:
     from analytic.sizing import capacity_from_memory
     from analytic.specs import DEFAULT_ACTIVATION_RESERVE_GIB, DEFAULT_MEMORY_UTILIZATION, Hardware, check_dtype
     from analytic.steptime import default_engine_limits, roofline, write_step_time
-    from kvsim.calibrate import (DEFAULT_MAX_SIMULATIONS, RECONSTRUCTION_SEED, EngineSetup, fit,
+    from kvsim.calibrate import (DEFAULT_MAX_SIMULATIONS, RECONSTRUCTION_SEED, EngineSetup, fit, fit_latency,
                                  read_measurements)
     from kvsim.cli.args import DEFAULT_GPU, DEFAULT_PRESET, _model
 
@@ -79,7 +85,15 @@ def cmd(a) -> int:
     setup = EngineSetup(capacity, a.block_size, tokens, seqs, not a.no_prefix_caching, a.shared_prefix_tokens,
                         a.prompt_cycle)
     m = read_measurements(a.measurements, RECONSTRUCTION_SEED if a.seed is None else a.seed)
-    linear, report = fit(m, setup, before, DEFAULT_MAX_SIMULATIONS if a.max_simulations is None else a.max_simulations)
+    if a.latency_only and (a.no_request_latency or a.max_simulations is not None):
+        raise UsageError("--latency-only fits the request latency alone: leave out --no-request-latency and "
+                         "--max-simulations")
+    if a.latency_only:
+        linear, report = fit_latency(m, setup, before)
+    else:
+        linear, report = fit(m, setup, before,
+                             DEFAULT_MAX_SIMULATIONS if a.max_simulations is None else a.max_simulations,
+                             request_latency=not a.no_request_latency)
     extra = {"fitted_by": "kvsim calibrate", "measurements": str(a.measurements),
              "mean_ttft_error": report["after"]["ttft_error"], "mean_e2e_error": report["after"]["e2e_error"]}
     write_step_time(out, linear, extra)
@@ -109,7 +123,9 @@ def report_lines(r: dict, where: str = "") -> list[str]:
     lines.append("")
     lines.append(f"{'':18} {'mean TTFT s':>12} {'error':>7} {'mean E2E s':>11} {'error':>7} {'MAPE':>6}")
     lines.append(f"{'measured':18} {ms['mean_ttft_s']:>12.4f} {'':>7} {ms['mean_e2e_s']:>11.4f}")
-    for label, key in (("before (roofline)", "before"), ("after (linear)", "after")):
+    roofline_after = r["after"]["step_time"]["step_time"] == "roofline"
+    for label, key in (("before (roofline)", "before"), ("after (roofline)" if roofline_after else "after (linear)",
+                                                           "after")):
         if key in r:
             x = r[key]
             lines.append(f"{label:18} {x['mean_ttft_s']:>12.4f} {_pct(x['ttft_error']):>7} {x['mean_e2e_s']:>11.4f} "
@@ -118,9 +134,17 @@ def report_lines(r: dict, where: str = "") -> list[str]:
     if "before" in r:
         lines.append(f"before    {r['before']['describe']}")
     a = r["after"]["step_time"]
+    latency = a.get("request_latency_s", 0.0)  # left out of the file when 0
+    if roofline_after:
+        lines.append(f"after     the roofline + {1000 * latency:.3g} ms per request outside the steps")
+        lines.append("fit       the request latency alone: the median of the measured minus the simulated TTFTs (one "
+                     "engine simulation)")
+        lines.append(f"written   {r['out']} (use: --step-time {r['out']} with the same --preset/--model-config and --gpu)")
+        return lines
     lines.append(f"after     linear: alpha {a['alpha']:.4g} s + beta {a['beta']:.4g} s x tokens + gamma "
-                 f"{a['gamma']:.4g} s x context tokens")
-    lines.append(f"          = --step-time linear:{a['alpha']:.6g},{a['beta']:.6g},{a['gamma']:.6g}")
+                 f"{a['gamma']:.4g} s x context tokens; {1000 * latency:.3g} ms per request outside the steps")
+    lines.append(f"          = --step-time linear:{a['alpha']:.6g},{a['beta']:.6g},{a['gamma']:.6g}"
+                 + (f",{latency:.6g}" if latency else ""))
     lines.append(f"fit       Nelder-Mead over log coefficients from the {r['start']['from']}; "
                  f"{fit['simulations']} engine simulations (at most {fit['max_simulations']}); per request: decode "
                  f"time RMSE {100 * r['after']['decode_rmse']:.1f}%, TTFT by input length "
