@@ -21,12 +21,17 @@ from analytic.offload import (DEFAULT_CPU_BANDWIDTH_GBPS, DEFAULT_DISK_BANDWIDTH
 from analytic.specs import DEFAULT_BLOCK_SIZE, DTYPE_BYTES, Hardware, ModelSpec, Workload, check_dtype, check_positive
 
 if TYPE_CHECKING:
+    from analytic.hybrid import HybridPlan
     from analytic.ttl import ModelResult
 
 Evaluate = Callable[[Workload, int, int, str], "ModelResult"]
 
 MAX_INSTANCES = 10_000  # a fleet simulation keeps a cache per instance: beyond this it is a typo
 MODEL_POLICIES = ("lru", "fifo")  # the eviction policies the analytic models know
+# How vLLM caches Mamba states for prefix caching, as the simulator's hybrid cache knows it
+# (kvsim.hybrid_cache): align (0.33: at prefill-chunk ends) and all (before 0.33: at every block
+# boundary). Not analytic.hybrid.MAMBA_CACHE_MODES, the sizing's: align (prefix caching on), none.
+MAMBA_PREFIX_CACHE_MODES = ("align", "all")
 METHODS = ("seed", *MODEL_POLICIES)  # what kvsim calc computes: the original calculator and the models
 
 
@@ -170,15 +175,30 @@ class Scenario:
     conversations: tuple[str, ...] | None = None
     offload: Offload = field(default_factory=Offload)
     engine: EngineOptions = field(default_factory=EngineOptions)
+    # The simulator's cache is vLLM's KV cache manager (``vllm``): a hybrid model gets its hybrid
+    # manager, unless ``hybrid_allocator`` is False (vLLM's --disable-hybrid-kv-cache-manager: the
+    # upper bound); Mamba states are cached as ``mamba_cache_mode`` says.
+    vllm: bool = False
+    hybrid_allocator: bool = True
+    mamba_cache_mode: str = "align"
 
     def __post_init__(self) -> None:
         check_dtype("kv-dtype", self.kv_dtype)
         check_dtype("weight-dtype", self.weight_dtype)
+        if self.mamba_cache_mode not in MAMBA_PREFIX_CACHE_MODES:
+            raise ValueError(f"mamba-cache-mode must be one of {', '.join(MAMBA_PREFIX_CACHE_MODES)} "
+                             f"(got {self.mamba_cache_mode!r})")
         given = [x is not None for x in (self.hardware, self.capacity_tokens, self.capacity_gib)]
         if sum(given) != 1:
             raise ValueError("give exactly one of GPU memory (hardware), capacity-tokens and capacity-gib")
         if self.policy not in MODEL_POLICIES:
             raise ValueError(f"policy must be one of {', '.join(MODEL_POLICIES)} (got {self.policy!r})")
+
+    @property
+    def hybrid_cache(self) -> bool:
+        """Whether the simulator serves this scenario through vLLM's hybrid KV cache manager
+        (kvsim.hybrid_cache): ``vllm``, a hybrid model and the hybrid allocator."""
+        return self.vllm and self.hybrid_allocator and self.model.is_hybrid
 
     def engine_spec(self) -> EngineSpec:
         """The step engine of this deployment: its step time from the model on the GPUs (the
@@ -195,6 +215,23 @@ class Scenario:
         if self.capacity_tokens is not None:
             return capacity_from_tokens(self.model, self.capacity_tokens, self.kv_dtype, self.block_size)
         return capacity_from_gib(self.model, self.capacity_gib, self.kv_dtype, self.block_size)
+
+    def kv_cache_bytes(self) -> float:
+        """The KV cache memory of one instance, in bytes over its GPUs: what :meth:`capacity` fills
+        with every layer caching every token (GPU memory - weights - activations, or given)."""
+        capacity = self.capacity()
+        if capacity.source == "gpu-memory":
+            return (capacity.usable_gib - capacity.weights_gib - capacity.activation_reserve_gib) * GIB
+        return capacity.kv_cache_gib * GIB
+
+    def hybrid_plan(self) -> HybridPlan:
+        """vLLM's KV cache configuration for this scenario's model and KV memory
+        (:func:`analytic.hybrid.plan`): its groups, block size and pool of blocks (vLLM's
+        ``--disable-hybrid-kv-cache-manager`` without ``hybrid_allocator``)."""
+        from analytic.hybrid import plan
+
+        return plan(self.model, self.kv_cache_bytes(), kv_dtype=self.kv_dtype, block_size=self.block_size,
+                    tp=self.hardware.gpus if self.hardware is not None else 1, hybrid_allocator=self.hybrid_allocator)
 
     def weights_gib(self) -> float:
         """Weights in GiB: given, or parameters x weight-dtype bytes (the original tool's convention)."""

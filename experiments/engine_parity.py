@@ -1,16 +1,27 @@
-"""kvsim's step engine against vLLM's own scheduler, request by request and step by step.
+"""kvsim against vLLM's own code, request by request: the step engine against vLLM's scheduler, and
+(``--hybrid``) the hybrid cache against vLLM's hybrid KV cache manager.
 
 Needs the optional `engines` environment (vLLM 0.33 on CPU, no GPU): make it once with
 ``../shared/engines/setup.sh`` (about 8 minutes), then
 
-    .venv/bin/python experiments/engine_parity.py [--engines-python /tmp/kvengines/bin/python]
+    .venv/bin/python experiments/engine_parity.py [--hybrid] [--engines-python /tmp/kvengines/bin/python]
 
-Three workloads (light load; saturated, with preemptions; a shared system prompt with long
-prompts that need chunking) are served by vLLM's ``Scheduler`` (experiments/vllm_driver.py, in
+Step engine: three workloads (light load; saturated, with preemptions; a shared system prompt with
+long prompts that need chunking) are served by vLLM's ``Scheduler`` (experiments/vllm_driver.py, in
 the engines' python) and by :class:`kvsim.step_engine.EngineInstance`, with the same arrivals,
 token ids and linear step time. Printed: per workload, how many requests have an identical hit,
 first scheduling, TTFT, end-to-end time and preemptions, and how many steps schedule identical
 tokens; the first differences, if any.
+
+Hybrid cache (``--hybrid``): multi-turn conversations sharing a system prompt (some turns branch
+off or repeat an earlier one), each request prefilled and decoded alone, through small pools (so
+that blocks are evicted) of a sliding-window hybrid (a window of 128 tokens, as gpt-oss) and of an
+SSM hybrid (Mamba2-like, with a prefill checkpoint, and Mamba1-like, without, in mode align; and
+in mode all), by vLLM's scheduler and hybrid KV cache manager (experiments/vllm_hybrid_driver.py)
+and by :class:`kvsim.hybrid_cache.HybridCache`. Printed: per layout and pool, the requests, vLLM's
+token hit rate, how many hits kvsim gets identical, and how many the per-block reference gets
+identical when it keeps vLLM's duplicate copies (the one corner kvsim leaves out); every request
+where kvsim differs is then explained if that reference matches vLLM there.
 """
 
 from __future__ import annotations
@@ -107,16 +118,118 @@ def compare(name: str, vllm: dict, ours: dict) -> dict:
             "preemptions": sum(r["preemptions"] for r in vllm["requests"]), "first_difference": first}
 
 
+# ---------------------------------------------------------------- the hybrid cache
+
+HYBRID_BLOCK = 16
+# vLLM's KV cache groups, in vLLM's order (the non-full kind first, as gpt-oss, Qwen3-Next and Jamba
+# have it), and its Mamba caching mode.
+HYBRID_LAYOUTS = {
+    "sliding 128 + full": ([{"kind": "sliding", "window": 128}, {"kind": "full"}], "align"),
+    "mamba2 + full, align": ([{"kind": "mamba", "checkpoint": True}, {"kind": "full"}], "align"),
+    "mamba1 + full, align": ([{"kind": "mamba", "checkpoint": False}, {"kind": "full"}], "align"),
+    "mamba + full, all": ([{"kind": "mamba"}, {"kind": "full"}], "all"),
+}
+HYBRID_POOLS = (120, 250, 600)  # blocks: most requests hold 20 to 70
+
+
+def output_token(request: int, j: int) -> int:
+    """The token request ``request`` samples ``j``-th in experiments/vllm_hybrid_driver.py."""
+    return 2_000_000_000 + request * 100_000 + j
+
+
+def hybrid_stream(seed: int, conversations: int = 30, system: int = 200) -> list[dict]:
+    """Requests in arrival order: ``{"prompt": tokens, "max_tokens": n}``. Each conversation starts
+    with the shared system prompt; a turn's prompt is the context (previous prompt and output) and
+    new user tokens; one turn in eight branches off an earlier point of its conversation instead,
+    one in ten repeats an earlier request verbatim."""
+    rng = np.random.default_rng(seed)
+    turns = [int(rng.integers(2, 7)) for _ in range(conversations)]
+    order = [c for c in range(conversations) for _ in range(turns[c])]
+    order = [order[i] for i in rng.permutation(len(order))]
+    context = {c: list(range(1, system + 1)) for c in range(conversations)}
+    fresh, out = 10_000_000, []
+    for c in order:
+        if out and rng.random() < 0.1:
+            out.append(dict(out[int(rng.integers(len(out)))]))
+            continue
+        base = context[c]
+        if rng.random() < 0.125:
+            base = base[:int(rng.integers(system, len(base) + 1))]
+        user = int(rng.integers(20, 150))
+        prompt = base + list(range(fresh, fresh + user))
+        fresh += user
+        out.append({"prompt": prompt, "max_tokens": int(rng.integers(1, 150))})
+        if base is context[c]:
+            context[c] = prompt + [output_token(len(out) - 1, j) for j in range(out[-1]["max_tokens"])]
+    return out
+
+
+def hybrid_hits(w: dict, duplicates: bool | None = None) -> list[int | None]:
+    """kvsim's hits of ``w`` (the request's tokens: its prompt and the outputs it computes, the last
+    output being sampled, not computed); ``duplicates``: the per-block reference instead, keeping
+    vLLM's duplicate copies or not."""
+    from kvsim.hybrid_cache import CacheGroup, HybridCache, ReferenceHybridCache
+
+    bs = w["block_size"]
+    groups = [CacheGroup(g["kind"], g.get("window", 0), g.get("checkpoint", False)) for g in w["groups"]]
+    if duplicates is None:
+        cache = HybridCache(w["num_blocks"], groups, bs, w["mamba_cache_mode"])
+    else:
+        cache = ReferenceHybridCache(w["num_blocks"], groups, bs, w["mamba_cache_mode"], duplicates=duplicates)
+    ids: dict = {}
+    hits = []
+    for i, r in enumerate(w["requests"]):
+        prompt = len(r["prompt"])
+        tokens = r["prompt"] + [output_token(i, j) for j in range(r["max_tokens"] - 1)]
+        keys = [ids.setdefault(k, len(ids)) for k in keys_of(tokens, bs)]
+        result = cache.serve(keys, (prompt - 1) // bs, -(-len(tokens) // bs), prompt, len(tokens))
+        hits.append(None if result.oversized else result.hit_blocks * bs)
+    return hits
+
+
+def hybrid_parity(engines_python: str, seed: int) -> int:
+    """The ``--hybrid`` comparison; returns how many differences no reference explains."""
+    requests = hybrid_stream(seed)
+    prompts = sum(len(r["prompt"]) for r in requests)
+    print(f"{len(requests)} requests, {prompts:,} prompt tokens, blocks of {HYBRID_BLOCK} tokens; kvsim's hits against "
+          "vLLM 0.33's (its scheduler and hybrid KV cache manager, one request at a time)")
+    print(f"{'layout':22} {'pool':>5} {'requests':>8} {'vLLM hit rate':>13} {'kvsim identical':>15} "
+          f"{'with duplicates':>15} {'oversized':>9}")
+    unexplained = 0
+    for name, (groups, mode) in HYBRID_LAYOUTS.items():
+        for pool in HYBRID_POOLS:
+            w = {"block_size": HYBRID_BLOCK, "num_blocks": pool, "mamba_cache_mode": mode, "groups": groups,
+                 "requests": requests}
+            with tempfile.TemporaryDirectory() as d:
+                src, dst = Path(d) / "in.json", Path(d) / "out.json"
+                src.write_text(json.dumps(w))
+                subprocess.run([engines_python, str(HERE / "vllm_hybrid_driver.py"), str(src), str(dst)], check=True)
+                vllm = json.loads(dst.read_text())["hits"]
+            ours, exact = hybrid_hits(w), hybrid_hits(w, duplicates=True)
+            differ = [i for i, (a, b) in enumerate(zip(vllm, ours)) if a != b]
+            unexplained += sum(1 for i in differ if exact[i] != vllm[i])
+            rate = sum(h or 0 for h in vllm) / prompts
+            print(f"{name:22} {pool:>5} {len(vllm):>8} {rate:>13.4f} {len(vllm) - len(differ):>15} "
+                  f"{sum(a == b for a, b in zip(vllm, exact)):>15} {sum(h is None for h in vllm):>9}")
+    print("every difference explained: vLLM's duplicate copies" if not unexplained else
+          f"{unexplained} differences not explained by vLLM's duplicate copies")
+    return unexplained
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engines-python", default=os.path.join(tempfile.gettempdir(), "kvengines", "bin", "python"),
                    help="python of the engines environment (../shared/engines/setup.sh prints it)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hybrid", action="store_true",
+                   help="the hybrid cache against vLLM's hybrid KV cache manager (instead of the step engine)")
     a = p.parse_args()
     if not Path(a.engines_python).exists():
         print(f"engine_parity: no engines environment at {a.engines_python}: run ../shared/engines/setup.sh",
               file=sys.stderr)
         return 2
+    if a.hybrid:
+        return 1 if hybrid_parity(a.engines_python, a.seed) else 0
     print(f"{'workload':14} {'requests':>8} {'hit':>5} {'first sched':>11} {'TTFT':>5} {'E2E':>5} {'preempt':>7} "
           f"{'steps':>11} {'preemptions':>11}")
     for name, w in workloads(a.seed).items():

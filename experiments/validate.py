@@ -624,6 +624,141 @@ def loaded_breakdown(rows: list[dict]) -> list[str]:
     return lines
 
 
+
+# ----------------------------------------------------------------------------- hybrid section
+
+HYBRID_PRESETS = ("gpt-oss-20b", "gemma-3-12b", "qwen3-next-80b-a3b", "jamba-v0.1")
+HYBRID_FRACTIONS = (0.15, 0.5, 0.85)  # of the no-eviction ceiling, where the pool model puts the capacity
+HYBRID_MIN_CONVERSATIONS = 4
+
+
+def hybrid_groups(layout) -> list[tuple[str, int, int]]:
+    """A kvsim.hybrid_cache.HybridLayout's groups as analytic.hybrid_lru takes them: (kind, window, count)."""
+    counts: dict = {}
+    for g in layout.groups:
+        counts[(g.kind, g.window)] = counts.get((g.kind, g.window), 0) + 1
+    return [(kind, window, n) for (kind, window), n in counts.items()]
+
+
+def hybrid_grid(quick: bool) -> list[dict]:
+    """Hybrid presets x workloads x pools placed where the pool model predicts given fractions of
+    the no-eviction ceiling."""
+    from analytic import presets
+    from analytic.hybrid_lru import hybrid_lru_model
+    from kvsim.hybrid_cache import vllm_layout
+
+    base = dict(arrival_rate=1.0, turns_dist="fixed", turns=5, think_time=30.0, think_dist="exp", think_cv=1.0,
+                system_prompt_tokens=0)
+    workloads = [base] if quick else [base, {**base, "system_prompt_tokens": 2000},
+                                      {**base, "turns_dist": "geometric", "turns": 8, "think_time": 10.0}]
+    names = HYBRID_PRESETS[:2] if quick else HYBRID_PRESETS
+    points = []
+    for name in names:
+        layout = vllm_layout(presets.model(name))
+        groups = hybrid_groups(layout)
+
+        def evaluate(w, blocks, bs, method, groups=groups):
+            return hybrid_lru_model(w, groups, blocks, bs)
+
+        for w in workloads:
+            workload = make_workload(w)
+            ceiling = evaluate(workload, 10**9, layout.block_size, "lru").token_hit_rate
+            # At least HYBRID_MIN_CONVERSATIONS mean conversations in every group: below, a long system
+            # prompt puts the low targets where the pool holds less than one conversation.
+            mean = workload.system_prompt_tokens + workload.turns.mean * workload.tokens_per_turn
+            least = HYBRID_MIN_CONVERSATIONS * len(layout.groups) * -(-int(mean) // layout.block_size)
+            for f in HYBRID_FRACTIONS[::2] if quick else HYBRID_FRACTIONS:
+                blocks = max(least, capacity_for_target(workload, f * ceiling, "token", block_size=layout.block_size,
+                                                        evaluate=evaluate))
+                if points and points[-1]["capacity_blocks"] == blocks and points[-1]["preset"] == name:
+                    continue  # two targets below the least pool: one point
+                points.append({**w, "preset": name, "block_size": layout.block_size, "capacity_blocks": int(blocks),
+                               "target_fraction": f, "layout": layout.as_dict()})
+    return points
+
+
+def hybrid_predictions(p: dict) -> dict:
+    """The pool model, and the single-group LRU model at the pool in tokens of context at the mean
+    prompt (what kvsim calc's LRU line takes for a hybrid: analytic.hybrid.HybridPlan.effective_tokens)."""
+    from analytic import hybrid, presets
+    from analytic.calc import mean_prompt_tokens
+    from analytic.hybrid_lru import hybrid_lru_model
+    from kvsim.hybrid_cache import HybridLayout
+
+    layout = HybridLayout.from_dict(p["layout"])
+    workload = make_workload(p)
+    bs = layout.block_size
+    pool = hybrid_lru_model(workload, hybrid_groups(layout), p["capacity_blocks"], bs)
+    ctx = max(1, round(mean_prompt_tokens(workload)))
+    plan = hybrid.plan(presets.model(p["preset"]), 1.0)  # the groups and block size (any memory will do)
+    effective = p["capacity_blocks"] * ctx // plan.blocks_per_sequence(ctx) // bs
+    return {"pool": pool.token_hit_rate, "effective": lru_model(workload, effective, bs).token_hit_rate}
+
+
+def run_hybrid_point(p: dict, replications: int, requests_per_replication: int, seed: int) -> list[dict]:
+    """Simulate one hybrid configuration (kvsim.hybrid_cache, vLLM's rules) and predict it."""
+    from kvsim.engine import simulate  # imported in the worker
+    from kvsim.hybrid_cache import HybridLayout
+
+    layout = HybridLayout.from_dict(p["layout"])
+    workload = make_workload(p)
+    models = hybrid_predictions(p)
+    span = workload.turns.mean * workload.think_time.mean
+    warmup = 5 * span + 600
+    window = requests_per_replication / workload.requests_per_second
+    sim = simulate(workload, p["capacity_blocks"], "lru", block_size=layout.block_size, duration=warmup + window,
+                   warmup=warmup, replications=replications, seed=seed, progress=False, hybrid=layout)
+    lo, hi = sim.token_hit_rate.ci95 or (np.nan, np.nan)
+    return [hybrid_score({**{k: v for k, v in p.items() if k != "layout"}, "method": method,
+                          "simulated": sim.token_hit_rate.mean, "ci_lo": lo, "ci_hi": hi,
+                          "requests": sim.total("requests"), "replications": replications}, models)
+            for method in ("pool", "effective")]
+
+
+def hybrid_score(row: dict, models: dict) -> dict:
+    predicted = models[row["method"]]
+    return {**row, "predicted": predicted, "signed_err": predicted - row["simulated"],
+            "abs_err": abs(predicted - row["simulated"])}
+
+
+def run_hybrid(args) -> list[dict]:
+    points_dir = Path(args.out) / "points"
+    points = hybrid_grid(args.quick)
+    run_missing(points, lambda p: points_dir / f"hybrid-{point_id(p)}.json", run_hybrid_point, args,
+                "hybrid configurations", "validate hybrid")
+    rows = []
+    for p in points:
+        point_rows = json.loads((points_dir / f"hybrid-{point_id(p)}.json").read_text())
+        if args.rescore:
+            models = hybrid_predictions(p)
+            point_rows = [hybrid_score(r, models) for r in point_rows]
+        rows.extend(point_rows)
+    return rows
+
+
+def hybrid_summary(rows: list[dict]) -> list[str]:
+    lines = []
+    for method in ("pool", "effective"):
+        errs = [r["abs_err"] for r in rows if r["method"] == method]
+        lines.append(f"hybrid {method}: mean_abs_err={np.mean(errs):.4f} max_abs_err={np.max(errs):.4f} n={len(errs)}")
+    return lines
+
+
+def hybrid_breakdown(rows: list[dict]) -> list[str]:
+    """Per preset and configuration: the block size, the pool, simulated [95% CI] and both models."""
+    lines = [f"{'preset':20} {'workload':22} {'bs':>4} {'pool blocks':>11} {'simulated':>20} {'pool model':>10} "
+             f"{'effective':>10}"]
+    by: dict = {}
+    for r in rows:
+        by.setdefault((r["preset"], workload_label(r), int(r["block_size"]), int(r["capacity_blocks"])), {})[
+            r["method"]] = r
+    for (preset, label, bs, blocks), m in by.items():
+        sim = m["pool"]
+        lines.append(f"{preset:20} {label:22} {bs:>4} {blocks:>11,} {float(sim['simulated']):>7.3f} "
+                     f"[{float(sim['ci_lo']):.3f}, {float(sim['ci_hi']):.3f}] {float(m['pool']['predicted']):>10.3f} "
+                     f"{float(m['effective']['predicted']):>10.3f}")
+    return lines
+
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
@@ -714,8 +849,10 @@ def main(argv=None) -> int:
     only = ap.add_mutually_exclusive_group()
     only.add_argument("--tiered-only", action="store_true", help="run only the tiered section")
     only.add_argument("--loaded-only", action="store_true", help="run only the loaded section")
+    only.add_argument("--hybrid-only", action="store_true", help="run only the hybrid section")
     ap.add_argument("--no-tiered", action="store_true", help="skip the tiered (GPU -> CPU) section")
     ap.add_argument("--no-loaded", action="store_true", help="skip the loaded section (the engine under load)")
+    ap.add_argument("--no-hybrid", action="store_true", help="skip the hybrid section (hybrid models' pools)")
     args = ap.parse_args(argv)
     args.replications = args.replications or (2 if args.quick else 3)
     args.requests = args.requests or (6000 if args.quick else 20000)
@@ -728,7 +865,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not (args.tiered_only or args.loaded_only):
+    if not (args.tiered_only or args.loaded_only or args.hybrid_only):
         try:
             rows = run(args)
         except ValueError as e:  # e.g. --dask without the extra
@@ -741,8 +878,12 @@ def main(argv=None) -> int:
             curve_figure(out, args.replications, args.requests, args.seed)
         print("\n".join(breakdown(rows)), file=sys.stderr)
         print("\n".join(lines), flush=True)
-    sections = [("tiered", run_tiered, tiered_summary, tiered_breakdown, args.no_tiered or args.loaded_only),
-                ("loaded", run_loaded, loaded_summary, loaded_breakdown, args.no_loaded or args.tiered_only)]
+    sections = [("tiered", run_tiered, tiered_summary, tiered_breakdown, args.no_tiered or args.loaded_only
+                 or args.hybrid_only),
+                ("loaded", run_loaded, loaded_summary, loaded_breakdown, args.no_loaded or args.tiered_only
+                 or args.hybrid_only),
+                ("hybrid", run_hybrid, hybrid_summary, hybrid_breakdown, args.no_hybrid or args.tiered_only
+                 or args.loaded_only)]
     for name, run_section, summarise, tabulate, skip in sections:
         if skip:
             continue

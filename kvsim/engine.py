@@ -13,6 +13,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import simpy
@@ -23,6 +24,9 @@ from kvsim.cache import PrefixCache
 from kvsim.defaults import DEFAULT_MAX_EVENTS
 from kvsim.tiered import make_cache, tier_tokens
 from kvsim.workload import Turn, synthetic_conversation
+
+if TYPE_CHECKING:
+    from kvsim.hybrid_cache import HybridLayout
 
 # A source of conversations: (rng, conversation id) -> its turns.
 ConversationSource = Callable[[np.random.Generator, int], Iterator[Turn]]
@@ -141,6 +145,10 @@ def counting_server(cache: PrefixCache, c: Counters, block_size: int, warmup: fl
     turn's keys as runs when the caller has them."""
     if serve_runs is None:
         serve_runs = cache.serve_runs
+    from kvsim.hybrid_cache import HybridCache
+
+    # vLLM's hybrid KV cache manager prefills the prompt and decodes the output: it takes the tokens.
+    with_tokens = isinstance(cache, HybridCache)
     as_runs = cache.runs
     turn_requests = c.turn_requests
     turn_hits = c.turn_hits
@@ -151,10 +159,13 @@ def counting_server(cache: PrefixCache, c: Counters, block_size: int, warmup: fl
 
     def serve(turn: Turn, now: float, conversation_id: int = 0, runs=None):
         nonlocal last_time, last_size
-        index, _, keys, max_hit, alloc, prompt_tokens, prompt_blocks, turn_runs, _ = turn
+        index, _, keys, max_hit, alloc, prompt_tokens, prompt_blocks, turn_runs, output_tokens = turn
         if runs is None:
             runs = as_runs(keys) if turn_runs is None else turn_runs
-        result = serve_runs(runs, max_hit, alloc)
+        if with_tokens:
+            result = serve_runs(runs, max_hit, alloc, prompt_tokens, prompt_tokens + output_tokens)
+        else:
+            result = serve_runs(runs, max_hit, alloc)
         if now < warmup:
             last_size = len(cache)
             return result
@@ -426,9 +437,12 @@ def simulate(
     progress: bool | None = None,
     max_events: int | None = DEFAULT_MAX_EVENTS,
     tiers: Tiers | None = None,
+    hybrid: HybridLayout | None = None,
 ) -> SimulationResult:
     """Simulate ``workload`` through a prefix cache of ``capacity_blocks`` blocks (the GPU; with
-    ``tiers``, CPU and disk tiers below it: :func:`kvsim.tiered.make_cache`, per-tier results).
+    ``tiers``, CPU and disk tiers below it: :func:`kvsim.tiered.make_cache`, per-tier results;
+    with ``hybrid``, the pool of a hybrid model's groups: :class:`kvsim.hybrid_cache.HybridCache`,
+    LRU, at ``hybrid.block_size``).
 
     ``duration`` (s of arrivals) and ``warmup`` (s not measured) default to an automatic
     window (:func:`run_window`): 5 mean conversation lifetimes of warm-up (at least 600 s), then
@@ -440,6 +454,10 @@ def simulate(
     refused with ``ValueError`` before it starts; None lifts the limit.
     """
     check_positive("capacity-blocks", capacity_blocks, integer=True, allow_zero=True)
+    if hybrid is not None and (policy != "lru" or tiers is not None or hybrid.block_size != block_size):
+        raise ValueError(f"hybrid: vLLM's hybrid KV cache manager is one LRU pool without tiers at its own block size "
+                         f"({hybrid.block_size}) (got policy {policy!r}, block size {block_size}"
+                         f"{', tiers' if tiers is not None else ''})")
     duration, warmup = run_window(workload, duration, warmup, source)
     source = checked_source(workload, source, block_size, duration, warmup, replications, seed, max_events)
     bar = progress_bar(progress, duration * replications, f"simulate {policy}")
@@ -447,7 +465,7 @@ def simulate(
     try:
         for r in range(replications):
             rng = np.random.default_rng([seed, r])
-            cache = make_cache(capacity_blocks, policy, tiers, block_size)
+            cache = hybrid.cache(capacity_blocks) if hybrid else make_cache(capacity_blocks, policy, tiers, block_size)
             runs.append(run_replication(source, workload.arrival_rate, cache, block_size, duration, warmup,
                                         rng, bar.update if bar else None))
     finally:

@@ -56,8 +56,10 @@ import os
 import sys
 import time
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analytic.offload import MAX_TIER_BLOCKS, Tiers
 from kvsim.cache import PrefixCache, runs_of
@@ -66,6 +68,9 @@ from kvsim.policies.belady import BeladyPolicy, Future
 from kvsim.tiered import TieredCache, make_cache
 from kvsim.tiered import tier_tokens as split_tier_tokens
 from kvsim.traces import TraceError, iter_requests
+
+if TYPE_CHECKING:
+    from kvsim.hybrid_cache import HybridLayout
 
 __all__ = [
     "DENSE_CURVE_MAX_DOUBLINGS", "OFFLINE_POLICIES", "check_block_size", "policy_choices", "policy_names", "rate",
@@ -287,7 +292,10 @@ class _Tally:
     tier_tokens: list[int] = field(default_factory=list)
 
 
-def _make_tally(policy: str, capacity: int, future: Future | None, tiers: Tiers | None, bs: int) -> _Tally:
+def _make_tally(policy: str, capacity: int, future: Future | None, tiers: Tiers | None, bs: int,
+                layout: HybridLayout | None = None) -> _Tally:
+    if layout is not None:
+        return _Tally(policy, layout.cache(capacity))
     if policy == "belady":
         return _Tally(policy, PrefixCache(capacity, BeladyPolicy(future, capacity)))
     cache = make_cache(capacity, policy, tiers, bs)
@@ -356,7 +364,7 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
            arrival_rate: float | None = None, seed: int = 0, vllm: bool = False, skip_bad: bool = False,
            max_requests: int | None = None, progress: bool | None = None, curve: bool = False,
            tiers: Tiers | None = None, tier_tokens: tuple[int, int] | None = None,
-           per_request: list | None = None) -> dict:
+           per_request: list | None = None, hybrid: Callable[[int], HybridLayout] | None = None) -> dict:
     """Replay ``traces`` through prefix caches; return the ``kvsim replay --json`` record.
 
     ``curve``: LRU at every capacity from one pass (:class:`kvsim.curve.LRUCurve`, exact), with
@@ -382,8 +390,16 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
 
     ``per_request``: a list that gets, per request, ``(index, arrival_s, input_tokens, output_tokens,
     hit_tokens)`` of the one cache (one policy and one capacity; arrival from the first request).
+
+    ``hybrid``: the caches are vLLM's hybrid KV cache manager (:class:`kvsim.hybrid_cache.HybridCache`,
+    LRU, ``vllm`` semantics), laid out by ``hybrid(block size)`` (e.g. :func:`kvsim.hybrid_cache.vllm_layout`
+    of a model), whose block size is the replay's; a capacity is its pool of blocks. Not with the
+    tiers, belady or ``curve``.
     """
     names = policy_names(policies)
+    if hybrid is not None and (names != ["lru"] or curve or not vllm or tiers is not None or tier_tokens is not None):
+        raise ValueError("vLLM's hybrid KV cache manager (a hybrid model with --vllm) is one LRU pool: give --policy "
+                         "lru, and no --curve or offload tiers")
     if (tiers is not None or tier_tokens is not None) and (curve or "belady" in names):
         raise ValueError("the CPU/disk tiers work with the online policies, not with --curve or belady")
     capacities = _sizes(capacities_blocks, "capacity-blocks")
@@ -402,6 +418,10 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
     first = next(requests, None)
     if bs is None:
         bs = first.block_size if first is not None else 1
+    layout = None
+    if hybrid is not None:
+        layout = hybrid(bs)
+        bs = layout.block_size  # a Mamba state may need larger blocks: a multiple of the trace's, checked below
     capacities += [t // bs for t in tokens]
     if tier_tokens is not None:
         cpu_tokens, disk_tokens = tier_tokens
@@ -420,7 +440,7 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
         started = time.perf_counter()
         future = _future(traces, reading, bs, vllm, max_requests)
         future_s = time.perf_counter() - started
-    tallies = [_make_tally(p, c, future, tiers, bs) for p in names for c in capacities
+    tallies = [_make_tally(p, c, future, tiers, bs, layout) for p in names for c in capacities
                if not (p == "lru" and lru_curve)]
     if per_request is not None and (len(tallies) != 1 or lru_curve is not None):
         raise ValueError("requests-out: the requests' hits need one cache: one --policy and one capacity, no --curve")
@@ -457,7 +477,10 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
             if lru_curve is not None:
                 lru_curve.add(runs, max_hit, alloc, inp)
             for tally in tallies:
-                result = tally.cache.serve_runs(runs, max_hit, alloc)
+                if layout is None:
+                    result = tally.cache.serve_runs(runs, max_hit, alloc)
+                else:  # the hybrid cache prefills the input, decodes the output
+                    result = tally.cache.serve_runs(runs, max_hit, alloc, inp, inp + req.output_tokens)
                 if per_request is not None:
                     per_request.append((n - 1, req.time - t_first, inp, req.output_tokens,
                                      min(result.hit_blocks * bs, inp)))
@@ -526,6 +549,7 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
             "skip_bad": skip_bad,
             "max_requests": max_requests,
             "curve": curve,
+            **({"hybrid_cache": layout.as_dict()} if layout is not None else {}),
         },
         "trace": {
             "requests": n,

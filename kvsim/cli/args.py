@@ -353,6 +353,8 @@ def scenario_from_values(v: Mapping, *, sized_offload: bool = True) -> Scenario:
         capacity_gib=v.get("capacity_gib") if hardware is None else None,
         policy=policy if policy in MODEL_POLICIES else "lru", fleet=_fleet(v), conversations=conversations,
         offload=offload_from_values(v, sized_offload), engine=engine_options(v),
+        vllm=bool(v.get("vllm")), hybrid_allocator=not v.get("no_hybrid_allocator"),
+        mamba_cache_mode=v.get("mamba_cache_mode") or "align",
     )
 
 

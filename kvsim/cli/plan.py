@@ -87,6 +87,8 @@ def plan_record(scenario: Scenario, target: float, metric: str = "token", method
     header = describe(s.model, capacity.as_dict(), s.workload, s.kv_dtype)
     if s.fleet.routed:
         return _fleet_plan(s, target, metric, method, check, header[:1] + header[-1:])
+    if s.model.is_hybrid and s.hybrid_allocator:
+        return _hybrid_plan(s, target, metric, method, check, header[:1] + header[-1:])
     hardware, bs = s.hardware, s.block_size
     blocks = capacity_for_target(s.workload, target, metric, bs, method)
     tokens = blocks * bs
@@ -138,6 +140,57 @@ def plan_record(scenario: Scenario, target: float, metric: str = "token", method
         sim = f" {ci(row['simulated_lru']['token_hit_rate']):>32}" if check else ""
         lines.append(f"{row['capacity_tokens']:>16,} {row['token_hit_rate']:>15.4f} {row['request_hit_rate']:>17.4f}"
                      f"{sim}{mark}")
+    return record, lines
+
+
+def _hybrid_plan(s: Scenario, target: float, metric: str, method: str, check, header: list[str]):
+    """A hybrid model (sliding-window or Mamba layers): the pool of vLLM's hybrid KV cache manager
+    the target needs, by the pool's LRU model (analytic.hybrid_lru), in blocks of vLLM's size."""
+    from analytic import hybrid
+    from analytic.hybrid_lru import hybrid_lru_model
+    from analytic.plan import capacity_for_target
+    from analytic.sizing import bytes_per_token
+
+    if method != "lru" or check is not None:
+        raise UsageError("a hybrid model's pool is planned with its LRU model (vLLM's pool is LRU): leave out "
+                         "--method fifo and --check (kvsim simulate --vllm checks a pool), or give "
+                         "--no-hybrid-allocator for the upper bound")
+    hardware = s.hardware
+    tp = hardware.gpus if hardware is not None else 1
+    p = hybrid.plan(s.model, 1.0, kv_dtype=s.kv_dtype, block_size=s.block_size, tp=tp)  # groups and block size
+    groups = [(g.kind, g.window, g.groups) for g in p.groups]
+
+    def evaluate(workload, blocks, block_size, _method):
+        return hybrid_lru_model(workload, groups, blocks, block_size, p.mamba_cache_mode)
+
+    blocks = capacity_for_target(s.workload, target, metric, p.block_size, "lru", evaluate=evaluate)
+    kv_bytes = blocks * p.bytes_per_block * tp
+    plan = {"target_hit_rate": target, "metric": metric, "method": "lru (hybrid pool)", "pool_blocks": blocks,
+            "block_size": p.block_size, "groups": [g.__dict__ for g in p.groups], "kv_cache_gib": kv_bytes / GIB}
+    lines = [*header, f"\ntarget: {metric} hit rate >= {target:g} (the pool's LRU model, analytic/hybrid_lru.py)",
+             f"needs   {blocks:,} blocks of {p.block_size} tokens in vLLM's hybrid pool ({p.group_count} KV cache "
+             f"groups) = {plan['kv_cache_gib']:.1f} GiB of KV cache"]
+    if hardware is not None:
+        tokens = kv_bytes / bytes_per_token(s.model, s.kv_dtype)  # the same bytes, as the sizing counts them
+        total = memory_for_tokens(s.model, int(tokens), s.kv_dtype, s.weight_dtype, hardware.memory_utilization,
+                                  hardware.activation_reserve_gib, s.model_size_gib)
+        plan["gpu_memory_gib_total"] = total
+        line = (f"        {total:.1f} GiB of GPU memory in all (weights, {hardware.activation_reserve_gib:g} GiB "
+                f"activations, utilisation {hardware.memory_utilization:g})")
+        if hardware.gpu != "custom":
+            plan["gpus_needed"] = math.ceil(total / hardware.gpu_memory_gib)
+            line += f": {plan['gpus_needed']} x {hardware.gpu}"
+        lines.append(line)
+    curve = []
+    for f in np.geomspace(0.1, 3, 12):
+        n = max(1, int(blocks * f))
+        r = evaluate(s.workload, n, p.block_size, "lru")
+        curve.append({"pool_blocks": n, "token_hit_rate": r.token_hit_rate, "request_hit_rate": r.request_hit_rate})
+    lines.append(f"\n{'pool_blocks':>12} {'token_hit_rate':>15} {'request_hit_rate':>17}")
+    lines += [f"{row['pool_blocks']:>12,} {row['token_hit_rate']:>15.4f} {row['request_hit_rate']:>17.4f}"
+              for row in curve]
+    record = {"inputs": inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype),
+              "plan": plan, "curve": curve}
     return record, lines
 
 

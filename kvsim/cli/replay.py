@@ -9,6 +9,7 @@ import json
 from analytic.offload import OFFLOAD_MODES, Tiers
 from kvsim.cli.parser import nonnegative_int, output_file, positive_float, positive_int
 from kvsim.cli.engine_args import add_engine_args, engine_asked, engine_options
+from kvsim.cli.simulate import add_hybrid_cache_args
 from kvsim.export import export_libcachesim_csv
 from kvsim.replay import OFFLINE_POLICIES, policy_choices, policy_names, replay
 
@@ -80,17 +81,43 @@ def configure_replay_parser(p: argparse.ArgumentParser) -> None:
     o.add_argument("--offload-mode", choices=OFFLOAD_MODES,
                    help="inclusive (write-through, the default) or exclusive (GPU evictions move down)")
     add_engine_args(p)
-    e = p.add_argument_group("the engine's model and GPU (for the roofline step time and the capacity)")
+    e = p.add_argument_group("the model and GPU (the engine's roofline step time and capacity; with --vllm, a hybrid "
+                             "model's KV cache groups)")
     e.add_argument("--rate-scale", type=positive_float, default=1.0,
                    help="with --engine: replay the same requests this many times faster (default 1)")
-    e.add_argument("--preset", help="model preset (default llama-3.1-8b)")
+    e.add_argument("--preset", help="model preset (default llama-3.1-8b); with --vllm, a hybrid model (sliding-window "
+                                    "or Mamba layers) is replayed through vLLM's hybrid KV cache manager, the "
+                                    "capacities being its pool of blocks")
     e.add_argument("--model-config", metavar="PATH", help="a Hugging Face config.json describing the model")
     e.add_argument("--gpu", help="GPU preset (default a100-40gb); its memory sizes the cache unless a capacity is given")
     e.add_argument("--tp", "--gpus", dest="gpus", type=positive_int, default=1, help="GPUs per instance (tensor parallel)")
     e.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
     e.add_argument("--weight-dtype", default="bf16", help="weight dtype (default bf16)")
+    add_hybrid_cache_args(p, vllm=False)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_replay)
+
+
+def hybrid_layout(a):
+    """``--vllm`` with a hybrid ``--preset`` / ``--model-config``: vLLM's KV cache groups for a block
+    size (:func:`kvsim.hybrid_cache.vllm_layout`), else None (one pool, as without a model)."""
+    model = None
+    if a.vllm and (a.preset or a.model_config):
+        from kvsim.cli.args import _model
+
+        model = _model({"preset": a.preset, "model_config": a.model_config})
+    if a.mamba_cache_mode is not None and not (model and any(g.kind == "mamba" for g in model.groups)):
+        raise ValueError("--mamba-cache-mode applies with --vllm to a --preset or --model-config with Mamba / "
+                         "linear-attention layers")
+    if model is None or not model.is_hybrid:
+        return None
+    from functools import partial
+
+    from analytic.specs import check_dtype
+    from kvsim.hybrid_cache import vllm_layout
+
+    check_dtype("kv-dtype", a.kv_dtype)
+    return partial(vllm_layout, model, kv_dtype=a.kv_dtype, tp=a.gpus, mamba_cache_mode=a.mamba_cache_mode or "align")
 
 
 def replay_tiers(a) -> dict:
@@ -127,7 +154,7 @@ def cmd_replay(a) -> int:
         raise ValueError("--curve computes LRU: use it with --policy lru (or a list with lru)")
     hits = [] if requests_out else None
     record = replay(a.traces, a.policy, a.capacity_blocks or [], capacities_tokens=a.capacity_tokens,
-                    curve=a.curve, **replay_kwargs(a), **replay_tiers(a), per_request=hits)
+                    curve=a.curve, **replay_kwargs(a), **replay_tiers(a), per_request=hits, hybrid=hybrid_layout(a))
     if requests_out:
         from kvsim.cli.simulate import write_requests
         from kvsim.step_engine import EngineRequest
@@ -160,6 +187,11 @@ def cmd_replay(a) -> int:
     print(f"requests  {tr['requests']:,} over {span:,.0f} s; {tr['input_tokens']:,} input tokens in "
           f"{tr['listed_blocks']:,} blocks of {bs} tokens ({tr['distinct_blocks']:,} distinct)")
     print(f"semantics {record['inputs']['semantics']}")
+    if "hybrid_cache" in record["inputs"]:
+        from kvsim.hybrid_cache import HybridLayout
+
+        print(f"cache     vLLM's hybrid KV cache manager: "
+              f"{HybridLayout.from_dict(record['inputs']['hybrid_cache']).describe()}")
     print(f"ideal     block_hit_rate {_pct(record['ideal_block_hit_rate'])}, token_hit_rate "
           f"{_pct(record['ideal_token_hit_rate'])} (infinite cache)")
     if record["results"]:
@@ -188,6 +220,9 @@ def _cmd_replay_engine(a) -> int:
     from kvsim.replay_engine import replay_engine
 
     requests_out = output_file("--requests-out", a.requests_out)
+    if hybrid_layout(a) is not None:
+        raise ValueError("--engine: the step engine keeps one KV cache group; leave out --vllm to replay a hybrid "
+                         "model with the upper bound (every layer caching every token)")
     if a.policy != ["lru"]:
         raise ValueError(f"policy must be lru with --engine (vLLM's block pool) (got {','.join(a.policy)})")
     if a.curve:

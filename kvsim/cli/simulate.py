@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from analytic.scenario import Scenario, inputs_summary
+from analytic.scenario import MAMBA_PREFIX_CACHE_MODES, Scenario, inputs_summary
 from kvsim.cli.args import (SimulationSettings, UsageError, add_fleet_args, add_json_arg, add_offload_args,
                             add_scenario_args, add_simulation_args, load_templates, scenario_from_values, simulation_from_values)
 from kvsim.cli.engine_args import add_engine_args
@@ -21,9 +21,23 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_fleet_args(p, simulation=True)
     add_engine_args(p)
     add_offload_args(p)
+    add_hybrid_cache_args(p)
     add_simulation_args(p)
     add_json_arg(p)
     p.set_defaults(func=cmd)
+
+
+def add_hybrid_cache_args(p: argparse.ArgumentParser, vllm: bool = True) -> None:
+    """``--vllm`` (``kvsim replay`` has its own) and ``--mamba-cache-mode``."""
+    g = p.add_argument_group("vLLM's hybrid KV cache manager (models with sliding-window or Mamba layers)")
+    if vllm:
+        g.add_argument("--vllm", action="store_true",
+                       help="serve a hybrid model through vLLM's hybrid KV cache manager: its KV cache groups, their "
+                            "hit rules and one pool of blocks, sized as kvsim calc sizes it (default: one group in "
+                            "which every layer caches every token, the upper bound); other models are unchanged")
+    g.add_argument("--mamba-cache-mode", choices=MAMBA_PREFIX_CACHE_MODES,
+                   help="with --vllm: where Mamba states are cached: align (vLLM 0.33, the default: where a prefill "
+                        "chunk ends and at the decode's block boundaries) or all (older vLLM: at every block boundary)")
 
 
 def cmd(a) -> int:
@@ -50,6 +64,7 @@ def simulate_record(scenario: Scenario, policy: str, settings: SimulationSetting
 
     s = scenario
     capacity = s.capacity()
+    hybrid = hybrid_layout(s, policy, requests_out)
     source = None
     if s.conversations is not None:
         from kvsim.templates import template_source
@@ -63,6 +78,13 @@ def simulate_record(scenario: Scenario, policy: str, settings: SimulationSetting
                             capacity_tokens=capacity.capacity_tokens,
                             conversations=list(s.conversations) if s.conversations else None)
     header = describe(s.model, capacity.as_dict(), s.workload, s.kv_dtype)
+    if hybrid is not None:
+        plan = s.hybrid_plan()  # vLLM's pool for the same KV memory, as kvsim calc sizes it
+        pool = max(0, plan.num_blocks - 1)  # vLLM keeps one block aside: its null block
+        inputs["hybrid_cache"] = {**hybrid.as_dict(), "capacity_blocks": pool, "plan": plan.as_dict()}
+        header += [f"cache     vLLM's hybrid KV cache manager: {hybrid.describe()}",
+                   f"          {pool:,} blocks of {hybrid.block_size} tokens (vLLM's num_gpu_blocks, {plan.num_blocks:,}, "
+                   "less its null block) instead of the capacity above"]
     if s.conversations is not None:
         header[-1] = (f"workload  {s.workload.arrival_rate:g} conversations/s, each replaying one of "
                       f"{len(load_templates(s.conversations, s.block_size).templates):,} template conversations "
@@ -77,6 +99,10 @@ def simulate_record(scenario: Scenario, policy: str, settings: SimulationSetting
         header.append(engine_line(engine))
     if s.fleet.simulated or engine is not None or requests_out:
         results = _fleet_results(s, source, policies, window, progress, tiers, engine, requests_out)
+    elif hybrid is not None:
+        results = [simulate(s.workload, inputs["hybrid_cache"]["capacity_blocks"], "lru", block_size=hybrid.block_size,
+                            duration=duration, warmup=warmup, replications=settings.replications, seed=settings.seed,
+                            progress=progress, max_events=settings.max_events, hybrid=hybrid).as_dict()]
     else:
         results = [simulate(s.workload, capacity.capacity_blocks, p, block_size=s.block_size, duration=duration,
                             warmup=warmup, replications=settings.replications, seed=settings.seed, source=source,
@@ -91,6 +117,35 @@ def simulate_record(scenario: Scenario, policy: str, settings: SimulationSetting
     if requests_out:
         lines.append(f"\nrequests: {requests_out}")
     return record, lines
+
+
+def hybrid_layout(s: Scenario, policy: str, requests_out: str | None = None):
+    """vLLM's KV cache groups (:func:`kvsim.hybrid_cache.vllm_layout`) when the scenario asks for its
+    hybrid KV cache manager (--vllm on a hybrid model), else None: today's single pool."""
+    mamba = any(g.kind == "mamba" for g in s.model.groups)
+    if s.mamba_cache_mode != "align" and not (s.vllm and mamba):
+        raise UsageError("--mamba-cache-mode applies with --vllm to models with Mamba / linear-attention layers")
+    if s.vllm and mamba and not s.hybrid_allocator:
+        try:
+            s.hybrid_plan()  # refuses, as vLLM does
+        except ValueError as e:
+            raise UsageError(f"--{e}") from None
+    if not s.hybrid_cache:
+        return None
+    unsupported = [flag for flag, given in (("--instances/--router", s.fleet.simulated), ("--engine", s.engine.enabled),
+                                            ("the offload tiers", s.offload.asked),
+                                            ("--conversations", s.conversations is not None),
+                                            ("--requests-out", bool(requests_out))) if given]
+    if unsupported:
+        raise UsageError(f"{unsupported[0]}: vLLM's hybrid KV cache manager (--vllm on a hybrid model) is simulated "
+                         "on one instance of the synthetic workload, without the engine or offload tiers (leave out "
+                         "--vllm for the upper bound)")
+    if policy != "lru":
+        raise UsageError(f"--policy: vLLM's hybrid KV cache manager evicts LRU (got {policy})")
+    from kvsim.hybrid_cache import vllm_layout
+
+    return vllm_layout(s.model, s.block_size, kv_dtype=s.kv_dtype, tp=s.hardware.gpus if s.hardware else 1,
+                       mamba_cache_mode=s.mamba_cache_mode)
 
 
 def engine_line(engine) -> str:
