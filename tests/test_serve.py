@@ -1209,8 +1209,12 @@ def test_the_engine_jobs_are_refused_politely(server, monkeypatch):
     assert status == 400 and body["field"] == "duration"
     assert request(server, "/api/simulate")[2]["state"] != "running"
     monkeypatch.undo()
-    # a memory sweep of a few seconds: still running a request later
-    status, _, first = request(server, "/api/simulate", {"duration": 5000, "warmup": 300, "replications": 2,
+    # a memory sweep held until released: still running whatever the machine's speed
+    import kvsim.engine
+
+    release, simulate = threading.Event(), kvsim.engine.simulate
+    monkeypatch.setattr(kvsim.engine, "simulate", lambda *a, **k: release.wait(60) and simulate(*a, **k))
+    status, _, first = request(server, "/api/simulate", {"duration": 500, "warmup": 300, "replications": 1,
                                                           "points": 1})
     assert status == 202
     try:
@@ -1218,4 +1222,5 @@ def test_the_engine_jobs_are_refused_politely(server, monkeypatch):
         assert status == 409 and "already running" in second["error"]
         assert request(server, "/api/simulate-plan")[2]["kind"] == "memory"  # every job path reports the one job
     finally:
+        release.set()
         server.job.cancel(wait=60)

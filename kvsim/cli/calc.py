@@ -211,15 +211,11 @@ def hybrid_capacity(s: Scenario, capacity, hybrid_allocator: bool = True):
 
     from analytic import hybrid, seed
     from analytic.calc import mean_prompt_tokens
-    from analytic.sizing import GIB
     from analytic.specs import DTYPE_BYTES
     from analytic.steptime import DEFAULT_MAX_NUM_BATCHED_TOKENS, default_engine_limits
 
     hw = s.hardware
-    if capacity.source == "gpu-memory":
-        kv_bytes = (capacity.usable_gib - capacity.weights_gib - capacity.activation_reserve_gib) * GIB
-    else:
-        kv_bytes = capacity.kv_cache_gib * GIB
+    kv_bytes = s.kv_cache_bytes()
     tp = hw.gpus if hw is not None else 1
     batched = default_engine_limits(hw.gpu_memory_gib, hw.gpu)[0] if hw is not None else DEFAULT_MAX_NUM_BATCHED_TOKENS
     w = s.workload
