@@ -22,9 +22,10 @@ token hit rate ``h`` of prompt tokens:
 * Latencies: TPOT = ``s``; TTFT = the rest of the step in progress when the request arrives
   (the renewal residual ``E[S²]/2E[S]`` of the two kinds of steps: Poisson arrivals see time
   averages) plus its prefill: the step with the prefills arriving in it, or, when ``(1-h)·P``
-  exceeds the budget the decodes leave, one step per chunk of that budget plus the step time's request latency outside the steps (0 unless calibrated). No admission queue is modelled: valid while the batch stays
-  below ``max_num_seqs`` and the held blocks below the capacity; near saturation the waiting
-  queue grows and the simulation is the answer.
+  exceeds the budget the decodes leave, one step per chunk of that budget; plus the step time's
+  request latency outside the steps (0 unless calibrated). No admission queue is modelled: valid
+  while the batch stays below ``max_num_seqs`` and the held blocks below the capacity; near
+  saturation the waiting queue grows and the simulation is the answer.
 * The largest sustainable arrival rate: the rate at which the fixed point ceases to exist, the
   batch reaches ``max_num_seqs``, a step's tokens exceed the budget, or the held blocks fill the
   cache (bisection on the rate).
@@ -187,7 +188,8 @@ def under_load(workload: Workload, capacity_blocks: int, block_size: int, engine
         return LoadResult(workload.arrival_rate, lam, instant_token_hit_rate=instant, saturated=why, **none)
     return LoadResult(workload.arrival_rate, lam, token_hit_rate=h, instant_token_hit_rate=instant, step_s=s,
                       batch=batch, held_blocks=held, effective_capacity_blocks=capacity_blocks - held,
-                      ttft_s=steps.mean_residual + _prefill_s(engine, workload, h, steps) + engine.step_time.request_latency_s,
+                      ttft_s=(steps.mean_residual + _prefill_s(engine, workload, h, steps)
+                              + engine.step_time.request_latency_s),
                       tpot_s=s, saturated=None,
                       output_tokens_per_s=lam * o)
 

@@ -311,7 +311,7 @@ def _from_file(path: Path, model: ModelSpec, gpu: str, tp: int, weight_dtype: st
         if not gpu:
             raise ValueError(f"step-time: {path} is the roofline with a request latency: it needs the GPU (--gpu NAME)")
         step = roofline(model, gpu, tp, weight_dtype, kv_dtype)
-        return replace(step, request_latency_s=_check_coefficient("request_latency_s", data["request_latency_s"]))
+        return replace(step, request_latency_s=data["request_latency_s"])  # checked by RooflineStepTime
     if not isinstance(data, dict) or data.get("step_time") != "linear":
         raise ValueError(f'step-time: {path}: must hold {{"step_time": "linear", "alpha": .., "beta": .., '
                          f'"gamma": ..}} or {{"step_time": "roofline", "request_latency_s": ..}} (as kvsim '
