@@ -133,6 +133,17 @@ class HybridPlan:
     def group_count(self) -> int:
         return sum(g.groups for g in self.groups)
 
+    @property
+    def pool_blocks(self) -> int:
+        """The blocks requests can use: vLLM keeps one of ``num_blocks`` aside (its null block)."""
+        return max(self.num_blocks - 1, 0)
+
+    @property
+    def group_kinds(self) -> list[tuple[str, int, int]]:
+        """(kind, window, vLLM KV cache groups of that kind) per kind: the groups
+        :func:`analytic.hybrid_lru.hybrid_lru_model` takes."""
+        return [(g.kind, g.window, g.groups) for g in self.groups]
+
     def blocks_per_sequence(self, tokens: int) -> int:
         """Pool blocks one finished sequence of ``tokens`` tokens keeps, over all groups."""
         return sum(g.groups * g.blocks_for(tokens, self.block_size) for g in self.groups)
@@ -146,6 +157,7 @@ class HybridPlan:
     def as_dict(self) -> dict:
         out = asdict(self)
         out["group_count"] = self.group_count
+        out["pool_blocks"] = self.pool_blocks
         return out
 
 

@@ -52,14 +52,13 @@ def study(name: str, kv_gib: float, workload: Workload, duration: float, warmup:
     p = hybrid.plan(model, kv_bytes)
     layout = vllm_layout(model, BLOCK_SIZE)
     assert layout.block_size == p.block_size
-    pool = max(p.num_blocks - 1, 0)  # vLLM's null block
-    groups = [(g.kind, g.window, g.groups) for g in p.groups]
+    pool = p.pool_blocks
     row = {"preset": name, "kinds": " + ".join(f"{g.groups}x{g.kind}{g.window or ''}" for g in p.groups),
            "seed_request_hit_rate": seed_out["hit_rate"], "upper_bound_tokens": upper_tokens,
            "upper_bound_lru_token_hit_rate": (lru_model(workload, upper_tokens // BLOCK_SIZE, BLOCK_SIZE)
                                               .token_hit_rate if upper_tokens >= BLOCK_SIZE else 0.0),
            "pool_blocks": pool, "block_size": p.block_size, "pool_block_tokens": pool * p.block_size,
-           "pool_lru_token_hit_rate": hybrid_lru_model(workload, groups, pool, p.block_size).token_hit_rate}
+           "pool_lru_token_hit_rate": hybrid_lru_model(workload, p.group_kinds, pool, p.block_size).token_hit_rate}
     sim = simulate(workload, pool, "lru", block_size=p.block_size, duration=warmup + duration, warmup=warmup,
                    replications=2, seed=0, progress=False, hybrid=layout)
     lo, hi = sim.token_hit_rate.ci95 or (float("nan"), float("nan"))

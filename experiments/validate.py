@@ -632,18 +632,10 @@ HYBRID_FRACTIONS = (0.15, 0.5, 0.85)  # of the no-eviction ceiling, where the po
 HYBRID_MIN_CONVERSATIONS = 4
 
 
-def hybrid_groups(layout) -> list[tuple[str, int, int]]:
-    """A kvsim.hybrid_cache.HybridLayout's groups as analytic.hybrid_lru takes them: (kind, window, count)."""
-    counts: dict = {}
-    for g in layout.groups:
-        counts[(g.kind, g.window)] = counts.get((g.kind, g.window), 0) + 1
-    return [(kind, window, n) for (kind, window), n in counts.items()]
-
-
 def hybrid_grid(quick: bool) -> list[dict]:
     """Hybrid presets x workloads x pools placed where the pool model predicts given fractions of
     the no-eviction ceiling."""
-    from analytic import presets
+    from analytic import hybrid, presets
     from analytic.hybrid_lru import hybrid_lru_model
     from kvsim.hybrid_cache import vllm_layout
 
@@ -655,7 +647,7 @@ def hybrid_grid(quick: bool) -> list[dict]:
     points = []
     for name in names:
         layout = vllm_layout(presets.model(name))
-        groups = hybrid_groups(layout)
+        groups = hybrid.plan(presets.model(name), 1.0).group_kinds  # any memory will do
 
         def evaluate(w, blocks, bs, method, groups=groups):
             return hybrid_lru_model(w, groups, blocks, bs)
@@ -679,18 +671,17 @@ def hybrid_grid(quick: bool) -> list[dict]:
 
 def hybrid_predictions(p: dict) -> dict:
     """The pool model, and the single-group LRU model at the pool in tokens of context at the mean
-    prompt (what kvsim calc's LRU line takes for a hybrid: analytic.hybrid.HybridPlan.effective_tokens)."""
+    prompt (analytic.hybrid.HybridPlan.effective_tokens: what kvsim calc's FIFO line takes for a hybrid)."""
     from analytic import hybrid, presets
     from analytic.calc import mean_prompt_tokens
     from analytic.hybrid_lru import hybrid_lru_model
     from kvsim.hybrid_cache import HybridLayout
 
-    layout = HybridLayout.from_dict(p["layout"])
     workload = make_workload(p)
-    bs = layout.block_size
-    pool = hybrid_lru_model(workload, hybrid_groups(layout), p["capacity_blocks"], bs)
-    ctx = max(1, round(mean_prompt_tokens(workload)))
+    bs = HybridLayout.from_dict(p["layout"]).block_size
     plan = hybrid.plan(presets.model(p["preset"]), 1.0)  # the groups and block size (any memory will do)
+    pool = hybrid_lru_model(workload, plan.group_kinds, p["capacity_blocks"], bs)
+    ctx = max(1, round(mean_prompt_tokens(workload)))
     effective = p["capacity_blocks"] * ctx // plan.blocks_per_sequence(ctx) // bs
     return {"pool": pool.token_hit_rate, "effective": lru_model(workload, effective, bs).token_hit_rate}
 

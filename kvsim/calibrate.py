@@ -426,20 +426,15 @@ def errors(m: Measurements, ttft: np.ndarray, e2e: np.ndarray) -> dict:
     decode, decode_sim = m.e2e_s - m.ttft_s, e2e - ttft
     md = float(decode.mean())
     per_decode = float(np.mean(((decode_sim - decode) / md) ** 2)) if md > 0 else 0.0
-    tb, tb_sim = _ttft_by_input(m, ttft)
+    bins = _input_bins(m)
+    count = np.bincount(bins)
+    used = count > 0
+    tb = np.bincount(bins, weights=m.ttft_s)[used] / count[used]
+    tb_sim = np.bincount(bins, weights=ttft)[used] / count[used]
     per_ttft = float(np.mean(((tb_sim - tb) / mt) ** 2))
     return {"mean_ttft_s": st, "mean_e2e_s": se, "ttft_error": et, "e2e_error": ee,
             "mape": (abs(et) + abs(ee)) / 2, "per_request": (per_decode + per_ttft) / 2,
             "decode_rmse": per_decode ** 0.5, "ttft_by_input_rmse": per_ttft ** 0.5}
-
-
-def _ttft_by_input(m: Measurements, ttft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The mean measured and simulated TTFT of each group of requests by input length."""
-    bins = _input_bins(m)
-    count = np.bincount(bins)
-    used = count > 0
-    return (np.bincount(bins, weights=m.ttft_s)[used] / count[used],
-            np.bincount(bins, weights=ttft)[used] / count[used])
 
 
 def request_latency(m: Measurements, ttft: np.ndarray) -> float:

@@ -77,7 +77,7 @@ def calc_record(scenario: Scenario, method: str = "all", *, advise: bool = False
 
             h = capacity.hybrid
             r = hybrid_lru_model(s.workload, [(g["kind"], g["window"], g["groups"]) for g in h["groups"]],
-                                 max(h["num_blocks"] - 1, 0), h["block_size"], h["mamba_cache_mode"])
+                                 h["pool_blocks"], h["block_size"], h["mamba_cache_mode"])
             record["methods"]["lru"] = {**r.as_dict(), "variant": "hybrid pool"}
     if s.tiers() is not None:
         _tiered_methods(s, record)

@@ -158,10 +158,8 @@ def _hybrid_plan(s: Scenario, target: float, metric: str, method: str, check, he
     hardware = s.hardware
     tp = hardware.gpus if hardware is not None else 1
     p = hybrid.plan(s.model, 1.0, kv_dtype=s.kv_dtype, block_size=s.block_size, tp=tp)  # groups and block size
-    groups = [(g.kind, g.window, g.groups) for g in p.groups]
-
     def evaluate(workload, blocks, block_size, _method):
-        return hybrid_lru_model(workload, groups, blocks, block_size, p.mamba_cache_mode)
+        return hybrid_lru_model(workload, p.group_kinds, blocks, block_size, p.mamba_cache_mode)
 
     blocks = capacity_for_target(s.workload, target, metric, p.block_size, "lru", evaluate=evaluate)
     kv_bytes = blocks * p.bytes_per_block * tp

@@ -80,7 +80,7 @@ def simulate_record(scenario: Scenario, policy: str, settings: SimulationSetting
     header = describe(s.model, capacity.as_dict(), s.workload, s.kv_dtype)
     if hybrid is not None:
         plan = s.hybrid_plan()  # vLLM's pool for the same KV memory, as kvsim calc sizes it
-        pool = max(0, plan.num_blocks - 1)  # vLLM keeps one block aside: its null block
+        pool = plan.pool_blocks
         inputs["hybrid_cache"] = {**hybrid.as_dict(), "capacity_blocks": pool, "plan": plan.as_dict()}
         header += [f"cache     vLLM's hybrid KV cache manager: {hybrid.describe()}",
                    f"          {pool:,} blocks of {hybrid.block_size} tokens (vLLM's num_gpu_blocks, {plan.num_blocks:,}, "
