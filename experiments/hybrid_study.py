@@ -37,7 +37,7 @@ from kvsim.engine import simulate  # noqa: E402
 from kvsim.hybrid_cache import vllm_layout  # noqa: E402
 
 PRESETS = ("gemma-3-12b", "gemma-3-27b", "gpt-oss-20b", "gpt-oss-120b", "qwen3-next-80b-a3b", "jamba-v0.1",
-           "nemotronh-v0.1")
+           "nemotronh-v0.1", "granite-4.0-h-tiny", "falcon-h1-7b")
 BLOCK_SIZE = 16
 
 

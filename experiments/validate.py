@@ -662,28 +662,34 @@ def hybrid_grid(quick: bool) -> list[dict]:
             for f in HYBRID_FRACTIONS[::2] if quick else HYBRID_FRACTIONS:
                 blocks = max(least, capacity_for_target(workload, f * ceiling, "token", block_size=layout.block_size,
                                                         evaluate=evaluate))
-                if points and points[-1]["capacity_blocks"] == blocks and points[-1]["preset"] == name:
+                if points and points[-2]["capacity_blocks"] == blocks and points[-2]["preset"] == name:
                     continue  # two targets below the least pool: one point
-                points.append({**w, "preset": name, "block_size": layout.block_size, "capacity_blocks": int(blocks),
-                               "target_fraction": f, "layout": layout.as_dict()})
+                groups_only = {k: v for k, v in layout.as_dict().items() if k != "policy"}  # the point's own
+                point = {**w, "preset": name, "block_size": layout.block_size, "capacity_blocks": int(blocks),
+                         "target_fraction": f, "layout": groups_only}
+                # the same pool evicted FIFO ("policy" only on these: the LRU points keep their ids)
+                points += [point, {**point, "policy": "fifo"}]
     return points
 
 
 def hybrid_predictions(p: dict) -> dict:
-    """The pool model, and the single-group LRU model at the pool in tokens of context at the mean
-    prompt (analytic.hybrid.HybridPlan.effective_tokens: what kvsim calc's FIFO line takes for a hybrid)."""
+    """The pool model of the point's policy (LRU or FIFO), and the single-group model of that
+    policy at the pool in tokens of context at the mean prompt (analytic.hybrid.HybridPlan.effective_tokens)."""
     from analytic import hybrid, presets
     from analytic.calc import mean_prompt_tokens
+    from analytic.hybrid_fifo import hybrid_fifo_model
     from analytic.hybrid_lru import hybrid_lru_model
     from kvsim.hybrid_cache import HybridLayout
 
     workload = make_workload(p)
     bs = HybridLayout.from_dict(p["layout"]).block_size
     plan = hybrid.plan(presets.model(p["preset"]), 1.0)  # the groups and block size (any memory will do)
-    pool = hybrid_lru_model(workload, plan.group_kinds, p["capacity_blocks"], bs)
+    fifo = p.get("policy", "lru") == "fifo"
+    pool = (hybrid_fifo_model if fifo else hybrid_lru_model)(workload, plan.group_kinds, p["capacity_blocks"], bs)
     ctx = max(1, round(mean_prompt_tokens(workload)))
     effective = p["capacity_blocks"] * ctx // plan.blocks_per_sequence(ctx) // bs
-    return {"pool": pool.token_hit_rate, "effective": lru_model(workload, effective, bs).token_hit_rate}
+    single = fifo_model(workload, effective, bs) if fifo else lru_model(workload, effective, bs)
+    return {"pool": pool.token_hit_rate, "effective": single.token_hit_rate}
 
 
 def run_hybrid_point(p: dict, replications: int, requests_per_replication: int, seed: int) -> list[dict]:
@@ -691,16 +697,17 @@ def run_hybrid_point(p: dict, replications: int, requests_per_replication: int, 
     from kvsim.engine import simulate  # imported in the worker
     from kvsim.hybrid_cache import HybridLayout
 
-    layout = HybridLayout.from_dict(p["layout"])
+    policy = p.get("policy", "lru")
+    layout = HybridLayout.from_dict({**p["layout"], "policy": policy})
     workload = make_workload(p)
     models = hybrid_predictions(p)
     span = workload.turns.mean * workload.think_time.mean
     warmup = 5 * span + 600
     window = requests_per_replication / workload.requests_per_second
-    sim = simulate(workload, p["capacity_blocks"], "lru", block_size=layout.block_size, duration=warmup + window,
+    sim = simulate(workload, p["capacity_blocks"], policy, block_size=layout.block_size, duration=warmup + window,
                    warmup=warmup, replications=replications, seed=seed, progress=False, hybrid=layout)
     lo, hi = sim.token_hit_rate.ci95 or (np.nan, np.nan)
-    return [hybrid_score({**{k: v for k, v in p.items() if k != "layout"}, "method": method,
+    return [hybrid_score({**{k: v for k, v in p.items() if k != "layout"}, "policy": policy, "method": method,
                           "simulated": sim.token_hit_rate.mean, "ci_lo": lo, "ci_hi": hi,
                           "requests": sim.total("requests"), "replications": replications}, models)
             for method in ("pool", "effective")]
@@ -729,23 +736,26 @@ def run_hybrid(args) -> list[dict]:
 
 def hybrid_summary(rows: list[dict]) -> list[str]:
     lines = []
-    for method in ("pool", "effective"):
-        errs = [r["abs_err"] for r in rows if r["method"] == method]
-        lines.append(f"hybrid {method}: mean_abs_err={np.mean(errs):.4f} max_abs_err={np.max(errs):.4f} n={len(errs)}")
+    for policy in ("lru", "fifo"):
+        for method in ("pool", "effective"):
+            errs = [r["abs_err"] for r in rows if r["method"] == method and r.get("policy", "lru") == policy]
+            if errs:
+                lines.append(f"hybrid {policy} {method}: mean_abs_err={np.mean(errs):.4f} "
+                             f"max_abs_err={np.max(errs):.4f} n={len(errs)}")
     return lines
 
 
 def hybrid_breakdown(rows: list[dict]) -> list[str]:
     """Per preset and configuration: the block size, the pool, simulated [95% CI] and both models."""
-    lines = [f"{'preset':20} {'workload':22} {'bs':>4} {'pool blocks':>11} {'simulated':>20} {'pool model':>10} "
-             f"{'effective':>10}"]
+    lines = [f"{'preset':20} {'workload':22} {'bs':>4} {'pool blocks':>11} {'policy':>6} {'simulated':>20} "
+             f"{'pool model':>10} {'effective':>10}"]
     by: dict = {}
     for r in rows:
-        by.setdefault((r["preset"], workload_label(r), int(r["block_size"]), int(r["capacity_blocks"])), {})[
-            r["method"]] = r
-    for (preset, label, bs, blocks), m in by.items():
+        by.setdefault((r["preset"], workload_label(r), int(r["block_size"]), int(r["capacity_blocks"]),
+                       r.get("policy", "lru")), {})[r["method"]] = r
+    for (preset, label, bs, blocks, policy), m in by.items():
         sim = m["pool"]
-        lines.append(f"{preset:20} {label:22} {bs:>4} {blocks:>11,} {float(sim['simulated']):>7.3f} "
+        lines.append(f"{preset:20} {label:22} {bs:>4} {blocks:>11,} {policy:>6} {float(sim['simulated']):>7.3f} "
                      f"[{float(sim['ci_lo']):.3f}, {float(sim['ci_hi']):.3f}] {float(m['pool']['predicted']):>10.3f} "
                      f"{float(m['effective']['predicted']):>10.3f}")
     return lines

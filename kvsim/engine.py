@@ -442,7 +442,7 @@ def simulate(
     """Simulate ``workload`` through a prefix cache of ``capacity_blocks`` blocks (the GPU; with
     ``tiers``, CPU and disk tiers below it: :func:`kvsim.tiered.make_cache`, per-tier results;
     with ``hybrid``, the pool of a hybrid model's groups: :class:`kvsim.hybrid_cache.HybridCache`,
-    LRU, at ``hybrid.block_size``).
+    ``hybrid.policy`` (LRU as vLLM's, or FIFO), at ``hybrid.block_size``).
 
     ``duration`` (s of arrivals) and ``warmup`` (s not measured) default to an automatic
     window (:func:`run_window`): 5 mean conversation lifetimes of warm-up (at least 600 s), then
@@ -454,9 +454,9 @@ def simulate(
     refused with ``ValueError`` before it starts; None lifts the limit.
     """
     check_positive("capacity-blocks", capacity_blocks, integer=True, allow_zero=True)
-    if hybrid is not None and (policy != "lru" or tiers is not None or hybrid.block_size != block_size):
-        raise ValueError(f"hybrid: vLLM's hybrid KV cache manager is one LRU pool without tiers at its own block size "
-                         f"({hybrid.block_size}) (got policy {policy!r}, block size {block_size}"
+    if hybrid is not None and (policy != hybrid.policy or tiers is not None or hybrid.block_size != block_size):
+        raise ValueError(f"hybrid: vLLM's hybrid KV cache manager is one pool ({hybrid.policy}) without tiers at its own "
+                         f"block size ({hybrid.block_size}) (got policy {policy!r}, block size {block_size}"
                          f"{', tiers' if tiers is not None else ''})")
     duration, warmup = run_window(workload, duration, warmup, source)
     source = checked_source(workload, source, block_size, duration, warmup, replications, seed, max_events)

@@ -33,7 +33,9 @@ of its prompt, decode of the rest of its tokens one by one, free.
   request's blocks are freed group by group in vLLM's order, each group's deepest first, the
   partial last ones uncached.
 * **Eviction**: vLLM's free queue: uncached free blocks are taken first, then cached blocks,
-  least recently freed first.
+  least recently freed first. With ``policy="fifo"`` (not vLLM's: the FIFO model's reference) a
+  request's hits stay where they are in the queue instead of going back to its tail, spared while
+  it holds them: a cached block keeps the place it took when first freed.
 
 One corner differs from vLLM, as in :class:`~kvsim.cache.PrefixCache` (DESIGN.md §3): a block the
 request computes although its key is cached (beyond the agreed hit) takes the cached copy as its
@@ -64,6 +66,9 @@ from kvsim.policies.lru import LRUPolicy
 __all__ = ["CacheGroup", "HybridCache", "HybridLayout", "ReferenceHybridCache", "vllm_layout"]
 
 GROUP_KINDS = ("full", "sliding", "mamba")
+# The pool's eviction order: vLLM's LRU free queue, or FIFO (the block hashed longest ago goes
+# first; a hit keeps its place), the single-group FIFO's rule, for the FIFO model's validation.
+POLICIES = ("lru", "fifo")
 _KEY_END = 1 << 65  # keys are below (PrefixCache interns other keys from 2**64 on)
 _GROUP_SHIFT = 1 << 66  # group g's keys are shifted by g * _GROUP_SHIFT
 _MAX_GROUPS_OF_A_KIND = 256
@@ -101,21 +106,24 @@ class HybridLayout:
     groups: tuple[CacheGroup, ...]
     block_size: int
     mamba_cache_mode: str = "align"
+    policy: str = "lru"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "groups", _check_groups(self.groups, self.block_size, self.mamba_cache_mode))
+        _check_policy(self.policy)
 
     def cache(self, capacity_blocks: int) -> HybridCache:
-        return HybridCache(capacity_blocks, self.groups, self.block_size, self.mamba_cache_mode)
+        return HybridCache(capacity_blocks, self.groups, self.block_size, self.mamba_cache_mode, self.policy)
 
     def as_dict(self) -> dict:
         return {"groups": [{"kind": g.kind, **({"window": g.window} if g.window else {}),
                             **({"checkpoint": g.checkpoint} if g.kind == "mamba" else {})} for g in self.groups],
-                "block_size": self.block_size, "mamba_cache_mode": self.mamba_cache_mode}
+                "block_size": self.block_size, "mamba_cache_mode": self.mamba_cache_mode, "policy": self.policy}
 
     @classmethod
     def from_dict(cls, d: dict) -> HybridLayout:
-        return cls(tuple(CacheGroup(**g) for g in d["groups"]), d["block_size"], d["mamba_cache_mode"])
+        return cls(tuple(CacheGroup(**g) for g in d["groups"]), d["block_size"], d["mamba_cache_mode"],
+                   d.get("policy", "lru"))
 
     def describe(self) -> str:
         """The groups in words: "1 sliding 128 + 1 full KV cache groups, one LRU queue"."""
@@ -125,12 +133,12 @@ class HybridLayout:
         names = {"full": "full", "sliding": "sliding {}", "mamba": "mamba"}
         kinds = " + ".join(f"{n} {names[g.kind].format(g.window)}" for g, n in counts.items())
         mamba = any(g.kind == "mamba" for g in self.groups)
-        return f"{kinds} KV cache groups, one LRU queue" + (
+        return f"{kinds} KV cache groups, one {self.policy.upper()} queue" + (
             f"; Mamba states cached as {self.mamba_cache_mode}" if mamba else "")
 
 
 def vllm_layout(model: ModelSpec, block_size: int = 16, *, kv_dtype: str = "bf16", tp: int = 1,
-                mamba_cache_mode: str = "align") -> HybridLayout:
+                mamba_cache_mode: str = "align", policy: str = "lru") -> HybridLayout:
     """vLLM's hybrid KV cache manager for ``model`` run with ``--block-size block_size``: its KV cache
     groups and its block size (:func:`analytic.hybrid.plan`: a Mamba state may need larger blocks).
 
@@ -144,7 +152,13 @@ def vllm_layout(model: ModelSpec, block_size: int = 16, *, kv_dtype: str = "bf16
     groups: list[CacheGroup] = []
     for layers, g in sorted(zip(model.groups, p.groups), key=lambda pair: pair[1].kind == "full"):
         groups += [CacheGroup(g.kind, g.window, g.kind == "mamba" and layers.checkpoint_blocks > 0)] * g.groups
-    return HybridLayout(tuple(groups), p.block_size, mamba_cache_mode)
+    return HybridLayout(tuple(groups), p.block_size, mamba_cache_mode, policy)
+
+
+def _check_policy(policy: str) -> str:
+    if policy not in POLICIES:
+        raise ValueError(f"policy: a hybrid model's pool is one of {', '.join(POLICIES)} (got {policy!r})")
+    return policy
 
 
 def _check_groups(groups: Sequence[CacheGroup], block_size: int, mamba_cache_mode: str) -> tuple[CacheGroup, ...]:
@@ -293,11 +307,12 @@ class HybridCache:
     _id = PrefixCache._id
 
     def __init__(self, capacity_blocks: int, groups: Sequence[CacheGroup], block_size: int,
-                 mamba_cache_mode: str = "align") -> None:
+                 mamba_cache_mode: str = "align", policy: str = "lru") -> None:
         self.capacity_blocks = _check_capacity(capacity_blocks)
         self.groups = _check_groups(groups, block_size, mamba_cache_mode)
         self.block_size = block_size
         self.mamba_cache_mode = mamba_cache_mode
+        self.policy = _check_policy(policy)
         self.requests = self.oversized = self.evictions = 0
         self._specs = _spec_groups(self.groups)
         self._kind_of = [0] * len(self.groups)  # group -> its index in _specs
@@ -569,15 +584,13 @@ class HybridCache:
         step, its own frees joining the queue as they happen."""
         pool = self._pool
         kind_of = self._kind_of
+        fifo = self.policy == "fifo"
         shifts = [g * _GROUP_SHIFT for g in range(len(self.groups))]
         removed = 0
-        for i, ((taken, *_), (spec, ids)) in enumerate(zip(plans, self._specs)):
-            keys = self._keys(runs, depths, taken, 0)
-            if keys:
-                for g in ids:
-                    removed += pool.discard([(k + shifts[g], c) for k, c in keys])
-                if spec.kind != "full":
-                    removed += pool.discard(self._mirror_all(i, keys))
+        if not fifo:  # LRU: the hits leave the queue, to go back to its tail (FIFO: they stay in place)
+            for i, (taken, *_) in enumerate(plans):
+                if taken:
+                    removed += pool.discard(self._pool_keys(i, self._keys(runs, depths, taken, 0)))
         for g, mine in enumerate(own):
             if mine:
                 keys = self._keys(runs, depths, mine, 0)
@@ -585,9 +598,18 @@ class HybridCache:
                 if self.groups[g].kind != "full":
                     removed += pool.discard(self._mirror(g, keys))
         self._pooled -= removed
+        stages = self._fifo_stages(runs, depths, plans) if fifo else [(0, [], 0)]
+        firsts = [first for first, *_ in stages]
+        ends = firsts[1:] + [len(fresh)]
+
+        def hashed(plan: tuple, intervals: list) -> list:
+            """The blocks of ``intervals`` with a key, less (FIFO) the hits, which never left the queue."""
+            intervals = intervals if intervals[-1][1] <= n_keys else _clip(intervals, 0, n_keys)
+            return _minus(intervals, plan[0]) if fifo and intervals else intervals
+
         # The hashed blocks each kind frees in each step, as keys (shifted per group below).
-        freed_keys = [[self._keys(runs, depths, freed if freed[-1][1] <= n_keys else _clip(freed, 0, n_keys), 0)
-                       if freed else None for freed in plan[1]] for plan in plans]
+        freed_keys = [[self._keys(runs, depths, hashed(plan, freed), 0) if freed else None for freed in plan[1]]
+                      for plan in plans]
         steps_freeing = sorted({i for plan in plans for i, freed in enumerate(plan[1]) if freed})
 
         def freed_by(g: int, i: int) -> list | None:
@@ -605,8 +627,14 @@ class HybridCache:
             front -= reused
             evictions.append(n - reused)
         freed_lists: list[list] = []  # the hashed frees of each step and group, in time order
-        if sum(evictions) <= self._pooled:
-            pool.evict(sum(evictions))
+        pooled, at_once = self._pooled, True
+        for (first, _, spared), end in zip(stages, ends):
+            pooled -= sum(evictions[first:end])
+            at_once = at_once and pooled >= spared
+        if at_once:
+            for (first, pinned, _), end in zip(stages, ends):
+                if sum(evictions[first:end]):
+                    pool.evict(sum(evictions[first:end]), pinned)
             self._pooled -= sum(evictions)
             self._uncached = front
             for i in steps_freeing:
@@ -624,18 +652,44 @@ class HybridCache:
                 reused = min(n, self._uncached)
                 self._uncached -= reused
                 if n > reused:
-                    if n - reused > self._pooled:  # nothing older left: the request's own frees go first
+                    _, pinned, spared = stages[bisect_right(firsts, i) - 1]
+                    if n - reused > self._pooled - spared:  # nothing older left: the request's own frees go first
                         self._put_back(freed_lists)
-                    pool.evict(n - reused)
+                    pool.evict(n - reused, pinned)
                     self._pooled -= n - reused
         for g, shift in enumerate(shifts):  # vLLM frees group by group, each group's blocks deepest first
             live = plans[kind_of[g]][3]
-            hashed = _clip(live, 0, n_keys)
-            if hashed:
-                freed_lists.append([(k + shift, c) for k, c in self._keys(runs, depths, hashed, 0)])
-            self._uncached += _size(live) - _size(hashed)  # partial last blocks: uncached, to the front
+            keyed = hashed(plans[kind_of[g]], live) if live else []
+            if keyed:
+                freed_lists.append([(k + shift, c) for k, c in self._keys(runs, depths, keyed, 0)])
+            self._uncached += _size(live) - _size(_clip(live, 0, n_keys))  # partial last blocks: uncached, to the front
         self._put_back(freed_lists)
         return sum(evictions)
+
+    def _pool_keys(self, kind: int, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The keys of positions ``keys`` in the groups of kind ``kind`` as the pool may hold them:
+        shifted per group, and (but full attention) mirrored."""
+        out = [(k + g * _GROUP_SHIFT, c) for g in self._specs[kind][1] for k, c in keys]
+        return out + self._mirror_all(kind, keys) if keys and self._specs[kind][0].kind != "full" else out
+
+    def _fifo_stages(self, runs: Runs, depths: list[int], plans: list) -> list[tuple[int, list, int]]:
+        """FIFO leaves a request's hits in their place in the queue, spared by evictions while the
+        request holds them (a sliding window or a Mamba group frees some early: from then on they
+        can go, where they are). Per span of steps over which it holds the same hits: (its first
+        step, the pool's keys of those hits as sorted ``(lo, hi)`` ranges, how many)."""
+        held = [plan[0] for plan in plans]
+        stages = []
+        for i in range(len(plans[0][1])):
+            if i:
+                after = [_minus(h, plan[1][i]) if h and plan[1][i] else h for h, plan in zip(held, plans)]
+                if all(_size(a) == _size(h) for a, h in zip(after, held)):
+                    continue
+                held = after
+            pinned = sorted(part for kind, intervals in enumerate(held) if intervals
+                            for first, count in self._pool_keys(kind, self._keys(runs, depths, intervals, 0))
+                            for part in self._pool.covered(first, first + count))
+            stages.append((i, pinned, sum(b - a for a, b in pinned)))
+        return stages
 
     def _put_back(self, freed_lists: list[list]) -> None:
         """The freed blocks of ``freed_lists`` to the tail of the queue, the first list first out
@@ -668,11 +722,13 @@ class ReferenceHybridCache:
     """
 
     def __init__(self, capacity_blocks: int, groups: Sequence[CacheGroup], block_size: int,
-                 mamba_cache_mode: str = "align", duplicates: bool = False) -> None:
+                 mamba_cache_mode: str = "align", policy: str = "lru", duplicates: bool = False) -> None:
         self.capacity_blocks = _check_capacity(capacity_blocks)
         self.groups = _check_groups(groups, block_size, mamba_cache_mode)
         self.block_size = block_size
         self.mamba_cache_mode = mamba_cache_mode
+        self.policy = _check_policy(policy)
+        self._pinned: set[int] = set()  # FIFO: the request's hit blocks, left in their place in the queue
         self.duplicates = duplicates
         self.requests = self.oversized = self.evictions = 0
         self._free = list(range(self.capacity_blocks))
@@ -732,6 +788,8 @@ class ReferenceHybridCache:
             self._free, self._hash, self._copies = saved
             self.oversized += 1
             return ServeResult(0, 0, True)
+        finally:
+            self._pinned.clear()
 
     def _prefill_ends(self, start: int, junction: int, prompt: int) -> list[int]:
         """vLLM's scheduler, ``_mamba_block_aligned_split``, one chunk after the other (tokens)."""
@@ -782,12 +840,24 @@ class ReferenceHybridCache:
         self._release(freed)
 
     def _release(self, blocks: list[int]) -> None:
-        """vLLM's free_blocks: hashed blocks to the tail in order, the others to the front."""
+        """vLLM's free_blocks: hashed blocks to the tail in order, the others to the front (FIFO:
+        the hits are still in their place)."""
         self._free[:0] = [b for b in blocks if b not in self._hash]
-        self._free.extend(b for b in blocks if b in self._hash)
+        self._free.extend(b for b in blocks if b in self._hash and b not in self._pinned)
+        self._pinned.difference_update(blocks)
 
-    def _take(self, block: int) -> None:
-        self._free.remove(block)
+    def _take(self, block: int, hit: bool = False) -> None:
+        if hit and self.policy == "fifo":
+            self._pinned.add(block)
+        else:
+            self._free.remove(block)
+
+    def _victim(self) -> int:
+        """The next free block: the queue's first that the request does not hold."""
+        for i, block in enumerate(self._free):
+            if block not in self._pinned:
+                return self._free.pop(i)
+        raise _DoesNotFit
 
     def _serve(self, keys: list, max_hit: int, prompt: int, tokens: int) -> ServeResult:
         bs = self.block_size
@@ -808,7 +878,7 @@ class ReferenceHybridCache:
                 first = max(0, hit - 1)
             table = [None] * first + [self._copies[(g, keys[i])][0] for i in range(first, hit)]
             for block in table[first:]:
-                self._take(block)
+                self._take(block, hit=True)
             tables.append(table)
         own = {}
         if not self.duplicates:  # the cached copies of blocks the request computes are its own
@@ -837,9 +907,7 @@ class ReferenceHybridCache:
                     if (g, i) in own:
                         tables[g].append(own.pop((g, i)))
                         continue
-                    if not self._free:
-                        raise _DoesNotFit
-                    block = self._free.pop(0)
+                    block = self._victim()
                     if block in self._hash:
                         h = self._hash.pop(block)
                         self._copies[h].remove(block)

@@ -392,14 +392,15 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
     hit_tokens)`` of the one cache (one policy and one capacity; arrival from the first request).
 
     ``hybrid``: the caches are vLLM's hybrid KV cache manager (:class:`kvsim.hybrid_cache.HybridCache`,
-    LRU, ``vllm`` semantics), laid out by ``hybrid(block size)`` (e.g. :func:`kvsim.hybrid_cache.vllm_layout`
+    LRU or FIFO, ``vllm`` semantics), laid out by ``hybrid(block size)`` (e.g. :func:`kvsim.hybrid_cache.vllm_layout`
     of a model), whose block size is the replay's; a capacity is its pool of blocks. Not with the
     tiers, belady or ``curve``.
     """
     names = policy_names(policies)
-    if hybrid is not None and (names != ["lru"] or curve or not vllm or tiers is not None or tier_tokens is not None):
-        raise ValueError("vLLM's hybrid KV cache manager (a hybrid model with --vllm) is one LRU pool: give --policy "
-                         "lru, and no --curve or offload tiers")
+    if hybrid is not None and (names not in (["lru"], ["fifo"]) or curve or not vllm or tiers is not None
+                               or tier_tokens is not None):
+        raise ValueError("vLLM's hybrid KV cache manager (a hybrid model with --vllm) is one pool: give --policy "
+                         "lru (vLLM's) or fifo, and no --curve or offload tiers")
     if (tiers is not None or tier_tokens is not None) and (curve or "belady" in names):
         raise ValueError("the CPU/disk tiers work with the online policies, not with --curve or belady")
     capacities = _sizes(capacities_blocks, "capacity-blocks")
@@ -420,7 +421,7 @@ def replay(traces, policies=("lru",), capacities_blocks=(), *, capacities_tokens
         bs = first.block_size if first is not None else 1
     layout = None
     if hybrid is not None:
-        layout = hybrid(bs)
+        layout = replace(hybrid(bs), policy=names[0])
         bs = layout.block_size  # a Mamba state may need larger blocks: a multiple of the trace's, checked below
     capacities += [t // bs for t in tokens]
     if tier_tokens is not None:

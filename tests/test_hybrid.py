@@ -98,6 +98,18 @@ QWEN3_NEXT = {"model_type": "qwen3_next", "hidden_size": 2048, "intermediate_siz
               "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4,
               "full_attention_interval": 4, "num_experts": 512, "num_experts_per_tok": 10, "moe_intermediate_size": 512}
 
+# As their published config.json files state them (analytic/hybrid_presets.csv names the copies read).
+GRANITE_H_TINY = {"model_type": "granitemoehybrid", "hidden_size": 1536, "num_hidden_layers": 40,
+                  "num_attention_heads": 12, "num_key_value_heads": 4, "intermediate_size": 512,
+                  "shared_intermediate_size": 1024, "num_local_experts": 64, "num_experts_per_tok": 6,
+                  "vocab_size": 100352, "max_position_embeddings": 131072, "mamba_d_state": 128, "mamba_n_groups": 1,
+                  "mamba_n_heads": 48, "mamba_d_head": 64, "mamba_expand": 2, "mamba_d_conv": 4,
+                  "layer_types": ["attention" if i in (5, 15, 25, 35) else "mamba" for i in range(40)]}
+FALCON_H1_7B = {"model_type": "falcon_h1", "hidden_size": 3072, "num_hidden_layers": 44, "num_attention_heads": 12,
+                "num_key_value_heads": 2, "head_dim": 128, "intermediate_size": 12288, "vocab_size": 130048,
+                "mamba_d_state": 256, "mamba_n_groups": 1, "mamba_n_heads": 24, "mamba_d_head": 128,
+                "mamba_d_ssm": 3072, "mamba_expand": 2, "mamba_d_conv": 4, "max_position_embeddings": 262144}
+
 
 def write(tmp_path, data) -> Path:
     path = tmp_path / "config.json"
@@ -117,6 +129,25 @@ def test_config_layer_kinds(tmp_path):
                "hybrid_override_pattern": "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-",
                "mamba_num_heads": 128, "mamba_head_dim": 64, "n_groups": 8, "ssm_state_size": 128, "conv_kernel": 4}
     assert model_from_config(write(tmp_path, pattern)).layer_groups == presets.model("nemotronh-v0.1").layer_groups
+    granite = model_from_config(write(tmp_path, GRANITE_H_TINY))
+    assert granite.layer_groups == presets.model("granite-4.0-h-tiny").layer_groups
+    assert (granite.head_dim, granite.experts, granite.max_context) == (128, 64, 131072)
+    falcon = model_from_config(write(tmp_path, FALCON_H1_7B))
+    assert falcon.layer_groups == presets.model("falcon-h1-7b").layer_groups
+
+
+def test_falcon_h1_plan_by_hand():
+    """Falcon-H1-7B runs attention and Mamba2 side by side in all 44 layers. A token's K/V in one layer:
+    2 x 2 heads x 128 x 2 bytes = 1 KiB; a Mamba state: conv 3 x (3072 + 2 x 256) x 2 bytes + SSM
+    24 x 128 x 256 x 2 bytes = 1,594,368 bytes, so vLLM raises the block to 16 x cdiv(1,594,368, 16 KiB)
+    = 1,568 tokens (a 1,605,632-byte page); one group of 44 layers per kind, 70,647,808 bytes a block."""
+    m = presets.model("falcon-h1-7b")
+    assert m.groups[1].state_bytes() == 3 * 3584 * 2 + 24 * 128 * 256 * 2 == 1594368
+    p = hybrid.plan(m, 60 * GIB, max_model_len=262144)
+    assert (p.block_size, p.group_count, p.bytes_per_block) == (1568, 2, 1568 * 1024 * 44)
+    assert p.num_blocks == 60 * GIB // (1568 * 1024 * 44) == 911
+    # one request at 262,144 tokens: cdiv(262144, 1568) = 168 attention blocks + 3 states (align mode)
+    assert p.max_concurrency == 911 / (168 + 3)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -177,6 +208,18 @@ def test_against_vllm_own_functions():
          "hf": {"architecture": "NemotronHForCausalLM", "num_key_value_heads": 8, "head_dim": 128, "mamba_num_heads": 128,
                 "mamba_head_dim": 64, "n_groups": 8, "ssm_state_size": 128, "conv_kernel": 4},
          "layers": [{"M": "mamba", "*": "full"}[c] for c in "MMMM*MMMMM*MMMMM*MMMMM*MMMMM"]},
+        {"name": "granite-4.0-h-tiny", "preset": "granite-4.0-h-tiny", "tp": 1, "max_model_len": 131072,
+         "mamba_cls": "vllm.model_executor.models.granitemoehybrid.GraniteMoeHybridForCausalLM", "checkpoint_blocks": 1,
+         "hf": {"architecture": "GraniteMoeHybridForCausalLM", "num_key_value_heads": 4, "head_dim": 128,
+                "hidden_size": 1536, "mamba_expand": 2, "mamba_n_groups": 1, "mamba_n_heads": 48, "mamba_d_head": 64,
+                "mamba_d_state": 128, "mamba_d_conv": 4},
+         "layers": ["full" if i in (5, 15, 25, 35) else "mamba" for i in range(40)]},
+        *({"name": f"falcon-h1-7b tp{tp}", "preset": "falcon-h1-7b", "tp": tp, "max_model_len": 262144,
+           "mamba_cls": "vllm.model_executor.models.falcon_h1.FalconH1ForCausalLM", "checkpoint_blocks": 1,
+           "hf": {"architecture": "FalconH1ForCausalLM", "num_key_value_heads": 2, "head_dim": 128, "hidden_size": 3072,
+                  "mamba_expand": 2, "mamba_d_ssm": 3072, "mamba_n_groups": 1, "mamba_n_heads": 24,
+                  "mamba_d_head": 128, "mamba_d_state": 256, "mamba_d_conv": 4},
+           "layers": ["full"] * 44 + ["mamba"] * 44} for tp in (1, 2)),  # attention and Mamba in every layer
     ]
     lines = "".join(json.dumps({**c, "kv_gib": 60, "block_size": 16, "mnbt": 8192}) + "\n" for c in cases)
     done = subprocess.run([str(VLLM_PYTHON), str(ROOT / "experiments" / "hybrid_vllm_check.py")], input=lines,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from analytic import presets
 from kvsim.cache import PrefixCache, runs_of
 from kvsim.cli.main import main
-from kvsim.hybrid_cache import CacheGroup, HybridCache, ReferenceHybridCache, vllm_layout
+from kvsim.hybrid_cache import POLICIES, CacheGroup, HybridCache, ReferenceHybridCache, vllm_layout
 
 BS = 16
 FULL, MAMBA, CKPT = CacheGroup("full"), CacheGroup("mamba"), CacheGroup("mamba", checkpoint=True)
@@ -194,12 +194,12 @@ def streams(draw, max_requests: int = 14):
     return out
 
 
-@settings(max_examples=150, deadline=None)
-@given(layout=layouts(), stream=streams(), capacity=st.integers(0, 40))
-def test_run_based_cache_equals_its_per_block_reference(layout, stream, capacity):
+@settings(max_examples=200, deadline=None)
+@given(layout=layouts(), stream=streams(), capacity=st.integers(0, 40), policy=st.sampled_from(POLICIES))
+def test_run_based_cache_equals_its_per_block_reference(layout, stream, capacity, policy):
     groups, mode = layout
-    fast = Tokens(HybridCache(capacity, groups, BS, mode))
-    reference = Tokens(ReferenceHybridCache(capacity, groups, BS, mode))
+    fast = Tokens(HybridCache(capacity, groups, BS, mode, policy))
+    reference = Tokens(ReferenceHybridCache(capacity, groups, BS, mode, policy))
     reference.ids = fast.ids
     for tokens, prompt in stream:
         assert fast.serve(tokens, prompt) == reference.serve(tokens, prompt)
@@ -254,9 +254,9 @@ def key_requests(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(workload=key_requests(), capacity=st.integers(0, 40))
-def test_one_full_attention_group_is_the_prefix_cache_bit_for_bit(workload, capacity):
-    prefix, hybrid = PrefixCache(capacity, "lru"), HybridCache(capacity, [FULL], BS)
+@given(workload=key_requests(), capacity=st.integers(0, 40), policy=st.sampled_from(POLICIES))
+def test_one_full_attention_group_is_the_prefix_cache_bit_for_bit(workload, capacity, policy):
+    prefix, hybrid = PrefixCache(capacity, policy), HybridCache(capacity, [FULL], BS, policy=policy)
     for keys, max_hit, alloc in workload:
         assert hybrid.serve(keys, max_hit, alloc) == prefix.serve(keys, max_hit, alloc)
         assert len(hybrid) == len(prefix)
@@ -339,7 +339,7 @@ def test_simulate_vllm_leaves_full_attention_models_as_they_were(capsys):
 
 @pytest.mark.parametrize("argv,text", [
     (["--preset", "gpt-oss-20b", "--vllm", "--engine"], "--engine: vLLM's hybrid KV cache manager"),
-    (["--preset", "gpt-oss-20b", "--vllm", "--policy", "fifo"], "--policy: vLLM's hybrid KV cache manager evicts LRU"),
+    (["--preset", "gpt-oss-20b", "--vllm", "--policy", "sieve"], "--policy: vLLM's hybrid KV cache manager evicts LRU; kvsim"),
     (["--preset", "gpt-oss-20b", "--vllm", "--mamba-cache-mode", "all"], "--mamba-cache-mode applies with --vllm"),
     (["--preset", "jamba-v0.1", "--mamba-cache-mode", "all"], "--mamba-cache-mode applies with --vllm"),
     (["--preset", "jamba-v0.1", "--vllm", "--no-hybrid-allocator"], "--no-hybrid-allocator: vLLM needs its hybrid"),
@@ -367,5 +367,9 @@ def test_replay_vllm_with_a_hybrid_preset(capsys, trace):
     assert "hybrid_cache" not in plain["inputs"]
     # a growing conversation with a window larger than its turns: the same hits as one pool
     assert hybrid["results"][0]["hit_tokens"] == plain["results"][0]["hit_tokens"] > 0
+    code, out, err = run(capsys, *args, "--preset", "gpt-oss-20b", "--policy", "fifo")
+    assert code == 0 and json.loads(out)["inputs"]["hybrid_cache"]["policy"] == "fifo"
+    code, out, err = run(capsys, *args, "--preset", "gpt-oss-20b", "--policy", "sieve")
+    assert code == 2 and "give --policy lru (vLLM's) or fifo" in err and len(err.strip().splitlines()) == 1
     code, out, err = run(capsys, *args, "--preset", "gpt-oss-20b", "--engine")
     assert code == 2 and "--engine: the step engine keeps one KV cache group" in err

@@ -1,9 +1,11 @@
 """The LRU model of a hybrid pool (analytic.hybrid_lru): hand-worked sums per kind of group, and
-one full-attention group is the single-group LRU model."""
+one full-attention group is the single-group LRU model (and, for analytic.hybrid_fifo, FIFO's)."""
 
 import pytest
 
 from analytic.distributions import ThinkTime, TokenCount, TurnCount
+from analytic.fifo import fifo_model
+from analytic.hybrid_fifo import hybrid_fifo_model
 from analytic.hybrid_lru import group_sums, hybrid_lru_model
 from analytic.lru import lru_model
 from analytic.specs import Workload
@@ -33,11 +35,13 @@ def test_group_sums_by_hand():
     Workload(input_tokens=TokenCount("lognormal", 300, 1.0), think_time=ThinkTime("gamma", 20, 0.5)),
 ])
 @pytest.mark.parametrize("capacity", [300, 2000, 8000])
-def test_one_full_group_is_the_lru_model(workload, capacity):
-    a = hybrid_lru_model(workload, [("full", 0, 1)], capacity, 16)
-    b = lru_model(workload, capacity, 16, variant="che")
+@pytest.mark.parametrize("pool,single", [(hybrid_lru_model, lru_model), (hybrid_fifo_model, fifo_model)])
+def test_one_full_group_is_the_single_group_model(workload, capacity, pool, single):
+    a = pool(workload, [("full", 0, 1)], capacity, 16)
+    b = single(workload, capacity, 16, variant="che")
     assert a.token_hit_rate == pytest.approx(b.token_hit_rate, rel=1e-9)
     assert a.request_hit_rate == pytest.approx(b.request_hit_rate, rel=1e-9)
+    assert a.characteristic_time == pytest.approx(b.characteristic_time, rel=1e-9)
 
 
 def test_what_a_pool_buys_by_kind():
@@ -66,5 +70,12 @@ def test_plan_sizes_a_hybrid_pool(capsys):
     assert hybrid_lru_model(w, groups, n, bs).token_hit_rate >= 0.6 > hybrid_lru_model(w, groups, n - 1, bs).token_hit_rate
     assert plan["kv_cache_gib"] == pytest.approx(n * 2 * 12 * 16 * 8 * 64 * 2 / 2**30)  # 2 groups of 12 layers
     assert main(["plan", "--preset", "gpt-oss-20b", "--gpu", "h100-80gb", "--target-hit-rate", "0.6", "--method",
-                 "fifo"]) == 2
-    assert "planned with its LRU model" in capsys.readouterr().err
+                 "fifo", "--arrival-rate", "4", "--json"]) == 0
+    fifo = json.loads(capsys.readouterr().out)["plan"]
+    from analytic.hybrid_fifo import hybrid_fifo_model
+
+    n = fifo["pool_blocks"]
+    assert hybrid_fifo_model(w, groups, n, bs).token_hit_rate >= 0.6 > hybrid_fifo_model(w, groups, n - 1, bs).token_hit_rate
+    assert n > plan["pool_blocks"]  # FIFO needs more pool than LRU for the same hits
+    assert main(["plan", "--preset", "gpt-oss-20b", "--gpu", "h100-80gb", "--target-hit-rate", "0.6", "--check"]) == 2
+    assert "--check: a hybrid model's pool is checked by kvsim simulate --vllm" in capsys.readouterr().err

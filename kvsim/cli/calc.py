@@ -70,15 +70,17 @@ def calc_record(scenario: Scenario, method: str = "all", *, advise: bool = False
               **result}
     if capacity.hybrid is not None and capacity.hybrid["hybrid_allocator"]:
         record["memory"].pop("bytes_per_token_note", None)  # the hybrid plan replaces the upper bound
-        if "lru" in record["methods"]:
-            # The pool as it is, group by group (validated against vLLM's rules: experiments/validate.py
-            # --hybrid-only), not the pool in tokens at the mean prompt; vLLM's null block left out.
-            from analytic.hybrid_lru import hybrid_lru_model
+        # The pool as it is, group by group (validated against the hybrid cache: experiments/validate.py
+        # --hybrid-only), not the pool in tokens at the mean prompt; vLLM's null block left out.
+        from analytic.hybrid_fifo import hybrid_fifo_model
+        from analytic.hybrid_lru import hybrid_lru_model
 
-            h = capacity.hybrid
-            r = hybrid_lru_model(s.workload, [(g["kind"], g["window"], g["groups"]) for g in h["groups"]],
-                                 h["pool_blocks"], h["block_size"], h["mamba_cache_mode"])
-            record["methods"]["lru"] = {**r.as_dict(), "variant": "hybrid pool"}
+        h = capacity.hybrid
+        groups = [(g["kind"], g["window"], g["groups"]) for g in h["groups"]]
+        for name, model in (("lru", hybrid_lru_model), ("fifo", hybrid_fifo_model)):
+            if name in record["methods"]:
+                r = model(s.workload, groups, h["pool_blocks"], h["block_size"], h["mamba_cache_mode"])
+                record["methods"][name] = {**r.as_dict(), "variant": "hybrid pool"}
     if s.tiers() is not None:
         _tiered_methods(s, record)
     if s.engine.enabled:
@@ -264,8 +266,7 @@ def hybrid_lines(h: dict) -> list[str]:
     lines.append(f"seed      formula 2 x layers x kv_heads x head_dim x dtype = {h['seed_bytes_per_token']:,.0f} B/token; "
                  f"vLLM at the mean prompt: {h['bytes_per_token_at_mean_prompt']:,.0f} B/token (seed x{ratio:.2f})")
     if h["hybrid_allocator"]:
-        lines.append("models    lru: the pool's LRU model, group by group (analytic/hybrid_lru.py); fifo: the pool in "
-                     "tokens at the mean prompt")
+        lines.append("models    the pool's LRU and FIFO models, group by group (analytic/hybrid_lru.py, hybrid_fifo.py)")
     return lines
 
 

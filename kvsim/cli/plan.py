@@ -145,27 +145,30 @@ def plan_record(scenario: Scenario, target: float, metric: str = "token", method
 
 def _hybrid_plan(s: Scenario, target: float, metric: str, method: str, check, header: list[str]):
     """A hybrid model (sliding-window or Mamba layers): the pool of vLLM's hybrid KV cache manager
-    the target needs, by the pool's LRU model (analytic.hybrid_lru), in blocks of vLLM's size."""
+    the target needs, by the pool's LRU model (analytic.hybrid_lru; vLLM's pool is LRU) or FIFO model
+    (analytic.hybrid_fifo), in blocks of vLLM's size."""
     from analytic import hybrid
+    from analytic.hybrid_fifo import hybrid_fifo_model
     from analytic.hybrid_lru import hybrid_lru_model
     from analytic.plan import capacity_for_target
     from analytic.sizing import bytes_per_token
 
-    if method != "lru" or check is not None:
-        raise UsageError("a hybrid model's pool is planned with its LRU model (vLLM's pool is LRU): leave out "
-                         "--method fifo and --check (kvsim simulate --vllm checks a pool), or give "
-                         "--no-hybrid-allocator for the upper bound")
+    if check is not None:
+        raise UsageError("--check: a hybrid model's pool is checked by kvsim simulate --vllm (leave out --check), or "
+                         "give --no-hybrid-allocator for the upper bound")
+    pool_model = hybrid_fifo_model if method == "fifo" else hybrid_lru_model
     hardware = s.hardware
     tp = hardware.gpus if hardware is not None else 1
     p = hybrid.plan(s.model, 1.0, kv_dtype=s.kv_dtype, block_size=s.block_size, tp=tp)  # groups and block size
     def evaluate(workload, blocks, block_size, _method):
-        return hybrid_lru_model(workload, p.group_kinds, blocks, block_size, p.mamba_cache_mode)
+        return pool_model(workload, p.group_kinds, blocks, block_size, p.mamba_cache_mode)
 
-    blocks = capacity_for_target(s.workload, target, metric, p.block_size, "lru", evaluate=evaluate)
+    blocks = capacity_for_target(s.workload, target, metric, p.block_size, method, evaluate=evaluate)
     kv_bytes = blocks * p.bytes_per_block * tp
-    plan = {"target_hit_rate": target, "metric": metric, "method": "lru (hybrid pool)", "pool_blocks": blocks,
+    plan = {"target_hit_rate": target, "metric": metric, "method": f"{method} (hybrid pool)", "pool_blocks": blocks,
             "block_size": p.block_size, "groups": [g.__dict__ for g in p.groups], "kv_cache_gib": kv_bytes / GIB}
-    lines = [*header, f"\ntarget: {metric} hit rate >= {target:g} (the pool's LRU model, analytic/hybrid_lru.py)",
+    lines = [*header, f"\ntarget: {metric} hit rate >= {target:g} (the pool's {method.upper()} model, "
+                      f"analytic/hybrid_{method}.py)",
              f"needs   {blocks:,} blocks of {p.block_size} tokens in vLLM's hybrid pool ({p.group_count} KV cache "
              f"groups) = {plan['kv_cache_gib']:.1f} GiB of KV cache"]
     if hardware is not None:
@@ -182,7 +185,7 @@ def _hybrid_plan(s: Scenario, target: float, metric: str, method: str, check, he
     curve = []
     for f in np.geomspace(0.1, 3, 12):
         n = max(1, int(blocks * f))
-        r = evaluate(s.workload, n, p.block_size, "lru")
+        r = evaluate(s.workload, n, p.block_size, method)
         curve.append({"pool_blocks": n, "token_hit_rate": r.token_hit_rate, "request_hit_rate": r.request_hit_rate})
     lines.append(f"\n{'pool_blocks':>12} {'token_hit_rate':>15} {'request_hit_rate':>17}")
     lines += [f"{row['pool_blocks']:>12,} {row['token_hit_rate']:>15.4f} {row['request_hit_rate']:>17.4f}"

@@ -100,7 +100,7 @@ def simulate_record(scenario: Scenario, policy: str, settings: SimulationSetting
     if s.fleet.simulated or engine is not None or requests_out:
         results = _fleet_results(s, source, policies, window, progress, tiers, engine, requests_out)
     elif hybrid is not None:
-        results = [simulate(s.workload, inputs["hybrid_cache"]["capacity_blocks"], "lru", block_size=hybrid.block_size,
+        results = [simulate(s.workload, inputs["hybrid_cache"]["capacity_blocks"], policy, block_size=hybrid.block_size,
                             duration=duration, warmup=warmup, replications=settings.replications, seed=settings.seed,
                             progress=progress, max_events=settings.max_events, hybrid=hybrid).as_dict()]
     else:
@@ -140,12 +140,13 @@ def hybrid_layout(s: Scenario, policy: str, requests_out: str | None = None):
         raise UsageError(f"{unsupported[0]}: vLLM's hybrid KV cache manager (--vllm on a hybrid model) is simulated "
                          "on one instance of the synthetic workload, without the engine or offload tiers (leave out "
                          "--vllm for the upper bound)")
-    if policy != "lru":
-        raise UsageError(f"--policy: vLLM's hybrid KV cache manager evicts LRU (got {policy})")
-    from kvsim.hybrid_cache import vllm_layout
+    from kvsim.hybrid_cache import POLICIES as HYBRID_POLICIES, vllm_layout
 
+    if policy not in HYBRID_POLICIES:
+        raise UsageError(f"--policy: vLLM's hybrid KV cache manager evicts LRU; kvsim also runs its pool FIFO "
+                         f"(one of {', '.join(HYBRID_POLICIES)}; got {policy})")
     return vllm_layout(s.model, s.block_size, kv_dtype=s.kv_dtype, tp=s.hardware.gpus if s.hardware else 1,
-                       mamba_cache_mode=s.mamba_cache_mode)
+                       mamba_cache_mode=s.mamba_cache_mode, policy=policy)
 
 
 def engine_line(engine) -> str:
