@@ -717,8 +717,9 @@ class ReferenceHybridCache:
     ``(group, key)``, and ``copies`` maps a hash to its blocks in the order they were hashed (vLLM
     looks up and touches the first). With ``duplicates`` (vLLM's own behaviour) a request that
     computes a block whose hash is cached already gets a new block for it; without (the rule of
-    :class:`~kvsim.cache.PrefixCache`, the default) it takes the cached copy as its own. For tests
-    and the parity experiment only: O(pool) per request.
+    :class:`~kvsim.cache.PrefixCache`, the default) it takes the cached copy as its own. With
+    ``policy="fifo"`` a hit block stays in the queue, skipped by victims until the request frees
+    it. For tests and the parity experiment only: O(pool) per request.
     """
 
     def __init__(self, capacity_blocks: int, groups: Sequence[CacheGroup], block_size: int,
