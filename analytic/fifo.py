@@ -222,13 +222,17 @@ def _overlap_weights(table: _Table, new: np.ndarray | None = None) -> np.ndarray
     return np.where(valid, both[i, jj] * table.law.reach[jj], 0.0)
 
 
-def fifo_characteristic_time(rate, think, table, c_conv, groups=None) -> tuple[float, _FifoState, _FifoState]:
+def fifo_characteristic_time(rate, think, table, c_conv, groups=None, copies: float = 1.0,
+                             per_second: float = 0.0) -> tuple[float, _FifoState, _FifoState]:
     """T_F solving  C_conv = occupancy(T_F), with the states just below and above it.
 
-    Bracket: every conversation's last served context stays exactly T_F, so occupancy >= rate K2
-    T_F; and nothing is written more than all of c'_j at every turn, so occupancy <= rate T_F
-    E[sum_j c'_j]. The occupancy jumps where F^{*n} does (deterministic or empirical gaps):
-    brentq then converges onto the jump, and the caller mixes the two sides.
+    The occupancy is ``copies`` times one cache's (a hybrid pool's groups that each write the
+    conversation's blocks) plus ``per_second`` T_F (what is written at a steady rate and never
+    rewritten: a hybrid's Mamba states). Bracket: every conversation's last served context stays
+    exactly T_F, so occupancy >= rate K2 T_F; and nothing is written more than all of c'_j at
+    every turn, so occupancy <= rate T_F E[sum_j c'_j]. The occupancy jumps where F^{*n} does
+    (deterministic or empirical gaps): brentq then converges onto the jump, and the caller mixes
+    the two sides (``_mix``).
     """
     if groups is None:
         groups = _fifo_groups(table)
@@ -236,9 +240,10 @@ def fifo_characteristic_time(rate, think, table, c_conv, groups=None) -> tuple[f
     most = float(table.law.reach @ table.conv_served)
 
     def state(T):
-        return _fifo_state(T, rate, think, table, groups)
+        s = _fifo_state(T, rate, think, table, groups)
+        return _FifoState(copies * s.occupancy + per_second * T, s.keep)
 
-    lo, hi = c_conv / (rate * most), c_conv / (rate * k2)
+    lo, hi = c_conv / (copies * rate * most + per_second), c_conv / (copies * rate * k2 + per_second)
     for _ in range(60):  # the bound above makes one pass enough; this guards rounding only
         if state(hi).occupancy >= c_conv:
             break
@@ -513,9 +518,15 @@ def fifo_model(
         keep, occupancy = np.tensordot(mass, pieces.keep, axes=1), float(capacity_blocks)
     else:  # "che" (and det with one turn: nothing is reused, T_F only sets the occupancy)
         T, low, high = fifo_characteristic_time(rate, think, table, c_conv, groups)
-        jump = high.occupancy - low.occupancy
-        share = float(np.clip((c_conv - low.occupancy) / jump, 0.0, 1.0)) if jump > 1e-9 * c_conv else 0.5
-        keep = share * high.keep + (1 - share) * low.keep
-        occupancy = table.system_blocks + share * high.occupancy + (1 - share) * low.occupancy
+        keep, occupancy = _mix(low, high, c_conv, table.system_blocks)
     token, request, per_turn, context = _fifo_rates(table, groups, keep)
     return ModelResult("fifo", variant, T, per_turn, request, token, occupancy, context, capacity_blocks, block_size)
+
+
+def _mix(low: _FifoState, high: _FifoState, c_conv: float, system: float) -> tuple[np.ndarray, float]:
+    """(keep, occupancy with ``system`` blocks) of the states on either side of T_F, mixed in the
+    proportion that fills ``c_conv`` exactly where the occupancy jumps (half and half where it
+    does not)."""
+    jump = high.occupancy - low.occupancy
+    share = float(np.clip((c_conv - low.occupancy) / jump, 0.0, 1.0)) if jump > 1e-9 * c_conv else 0.5
+    return share * high.keep + (1 - share) * low.keep, system + share * high.occupancy + (1 - share) * low.occupancy

@@ -24,8 +24,8 @@ group (every hybrid preset has one).
 
 The pool holds ``C = system + sum_g n_g occ_g(T_F)`` (the system prompt as in the LRU model: n_S
 blocks per full group, ``min(n_S, w)`` per sliding group, a state per Mamba group), solved by
-brentq; where the occupancy jumps at the root (empirical or deterministic gaps) the two sides are
-mixed as ``fifo_model``'s "che" variant does. Deterministic think times get that variant too, not
+brentq (:func:`analytic.fifo.fifo_characteristic_time`); where the occupancy jumps at the root
+(empirical or deterministic gaps) the two sides are mixed as ``fifo_model``'s "che" variant does. Deterministic think times get that variant too, not
 the single-group model's horizon law ("che+gaussian").
 
 The system prompt's last window (sliding groups) and its state (Mamba groups) are another matter:
@@ -43,10 +43,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import optimize
 
 from analytic.distributions import ThinkTime
-from analytic.fifo import FIFO_MAX_TURNS, _fifo_groups, _fifo_rates, _fifo_state
+from analytic.fifo import FIFO_MAX_TURNS, _fifo_groups, _fifo_rates, _mix, fifo_characteristic_time
 from analytic.hybrid_lru import group_sums
 from analytic.specs import Workload
 from analytic.ttl import ModelResult, _check, _nothing_served, _table, rates
@@ -88,32 +87,14 @@ def hybrid_fifo_model(workload: Workload, groups: Sequence[tuple[str, int, int]]
     c_conv = capacity_blocks - system
     fgroups = _fifo_groups(table)
     K = table.law.turns
-    k2 = table.sums()[1]
-
-    def state(T: float):
-        s = _fifo_state(T, rate, think, table, fgroups)
-        return rewriting * s.occupancy + rate * T * states, s
-
     if c_conv <= 0:
         T, keep, occupancy = 0.0, np.zeros((len(fgroups.first), K)), system
-    elif k2 <= 0 and states <= 0:
+    elif table.sums()[1] <= 0 and states <= 0:
         T, occupancy = math.inf, system
         keep = (np.arange(1, K + 1)[None, :] > fgroups.first[:, None]).astype(float)
     else:
-        # Bracket as fifo_characteristic_time: the last context stays T_F at least, all of every
-        # context written at every turn at most.
-        most = float(table.law.reach @ table.conv_served)
-        lo, hi = c_conv / (rate * (rewriting * most + states)), c_conv / (rate * (rewriting * k2 + states))
-        while state(hi)[0] < c_conv:  # guards rounding only
-            hi *= 2
-        T = lo if state(lo)[0] >= c_conv else optimize.brentq(lambda t: state(t)[0] - c_conv, lo, hi,
-                                                              xtol=1e-12 * hi, rtol=1e-12)
-        step = 1e-9 * T
-        (low, s_low), (high, s_high) = state(max(T - step, 0.0)), state(T + step)
-        jump = high - low
-        share = float(np.clip((c_conv - low) / jump, 0.0, 1.0)) if jump > 1e-9 * c_conv else 0.5
-        keep = share * s_high.keep + (1 - share) * s_low.keep
-        occupancy = system + share * high + (1 - share) * low
+        T, low, high = fifo_characteristic_time(rate, think, table, c_conv, fgroups, rewriting, rate * states)
+        keep, occupancy = _mix(low, high, c_conv, system)
     if table.system_blocks and any(kind != "full" for kind, _, _ in groups) and 0 < T < math.inf:
         token, request, per_turn, context = _system_window_rates(workload, groups, table, fgroups, keep, T)
     else:

@@ -663,7 +663,7 @@ def hybrid_grid(quick: bool) -> list[dict]:
                 blocks = max(least, capacity_for_target(workload, f * ceiling, "token", block_size=layout.block_size,
                                                         evaluate=evaluate))
                 if points and points[-2]["capacity_blocks"] == blocks and points[-2]["preset"] == name:
-                    continue  # two targets below the least pool: one point
+                    continue  # two targets below the least pool: one point (points come in LRU, FIFO pairs)
                 groups_only = {k: v for k, v in layout.as_dict().items() if k != "policy"}  # the point's own
                 point = {**w, "preset": name, "block_size": layout.block_size, "capacity_blocks": int(blocks),
                          "target_fraction": f, "layout": groups_only}

@@ -64,23 +64,27 @@ def calc_record(scenario: Scenario, method: str = "all", *, advise: bool = False
     elif any(g.kind == "mamba" for g in s.model.groups):
         raise UsageError("offload tiers are not modelled for models with Mamba / linear-attention layers")
     methods = METHODS if method == "all" else (method,)
+    pool = capacity.hybrid is not None and capacity.hybrid["hybrid_allocator"]
+    # A hybrid's pool as it is, group by group (validated against the hybrid cache:
+    # experiments/validate.py --hybrid-only), not the pool in tokens at the mean prompt.
+    by_pool = ("lru", "fifo") if pool else ()
     result = calculate(s.model, capacity, s.workload, kv_dtype=s.kv_dtype, model_size_gb=s.weights_gib(),
-                       methods=methods)
+                       methods=tuple(m for m in methods if m not in by_pool))
     record = {"inputs": inputs_summary(s.model, s.workload, kv_dtype=s.kv_dtype, weight_dtype=s.weight_dtype),
               **result}
-    if capacity.hybrid is not None and capacity.hybrid["hybrid_allocator"]:
-        record["memory"].pop("bytes_per_token_note", None)  # the hybrid plan replaces the upper bound
-        # The pool as it is, group by group (validated against the hybrid cache: experiments/validate.py
-        # --hybrid-only), not the pool in tokens at the mean prompt; vLLM's null block left out.
+    if pool:
         from analytic.hybrid_fifo import hybrid_fifo_model
         from analytic.hybrid_lru import hybrid_lru_model
 
+        record["memory"].pop("bytes_per_token_note", None)  # the hybrid plan replaces the upper bound
         h = capacity.hybrid
         groups = [(g["kind"], g["window"], g["groups"]) for g in h["groups"]]
+        computed = record["methods"]
         for name, model in (("lru", hybrid_lru_model), ("fifo", hybrid_fifo_model)):
-            if name in record["methods"]:
+            if name in methods:  # vLLM's null block left out
                 r = model(s.workload, groups, h["pool_blocks"], h["block_size"], h["mamba_cache_mode"])
-                record["methods"][name] = {**r.as_dict(), "variant": "hybrid pool"}
+                computed[name] = {**r.as_dict(), "variant": "hybrid pool"}
+        record["methods"] = {name: computed[name] for name in methods}
     if s.tiers() is not None:
         _tiered_methods(s, record)
     if s.engine.enabled:
